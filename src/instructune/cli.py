@@ -1,0 +1,54 @@
+"""The `instructune` command: a thin dispatcher over each stage's `main(argv)`.
+
+Bad input (InstructuneError) ends in one line on stderr and exit code 2; Ctrl-C in exit code 130.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from .errors import EXIT_BAD_INPUT, InstructuneError
+
+COMMANDS = {
+    "quickstart": ("instructune.quickstart", "Run the whole pipeline end to end on the default model and built-in data."),
+    "prepare": ("instructune.data.prepare", "Raw records + task templates (or a mixture) -> instruction JSONL."),
+    "train": ("instructune.train", "Fine-tune from a YAML config with key=value overrides."),
+    "eval": ("instructune.evaluate.run", "Evaluate a model (optionally with an adapter) on tasks -> metrics JSON."),
+    "compare": ("instructune.evaluate.compare", "Before/after table, forgetting flags, charts and an HTML report."),
+    "chat": ("instructune.chat", "Talk with a model (optionally with an adapter) in the terminal."),
+    "export": ("instructune.export", "Merge a LoRA adapter into its base and save a plain model folder."),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: instructune <command> [options]   (instructune <command> --help for each)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"instructune: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except InstructuneError as error:
+        print(f"instructune {name}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"instructune {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

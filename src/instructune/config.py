@@ -1,0 +1,145 @@
+"""The run config: one pydantic model per stage, validated, loadable from YAML with key=value overrides.
+
+An unknown key or a value of the wrong type is a one-line error naming the key (exit code 2 from the
+CLI). The resolved config is saved into the run folder, so every run can be reproduced from it.
+What this file leaves out: mixture and task configs, which belong to the data stage (data/prepare.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InstructuneError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str | None = Field(None, description="Local Hugging Face model folder; null = default SmolLM2-135M-Instruct.")
+    chat_template: bool | None = Field(None, description="Wrap prompts in the tokenizer's chat template; null = when it has one.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model (off unless you trust it).")
+
+
+class DataConfig(_Section):
+    train: str | None = Field(None, description="Instruction JSONL for training (prompt/completion or messages rows).")
+    validation: str | None = Field(None, description="Instruction JSONL for validation loss; optional.")
+    max_length: int = Field(512, gt=8, description="Tokens per example (and per packed row). Longer ones are truncated.")
+    packing: bool = Field(True, description="Best-fit pack examples into rows of max_length (no cross-attention).")
+    limit: int | None = Field(None, gt=0, description="Use only the first N training examples.")
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(True, description="Train a LoRA adapter (true) or all weights (false).")
+    r: int = Field(16, gt=0, description="LoRA rank: higher learns more, costs more memory.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field("all-linear", description="Modules to adapt: 'all-linear' or a list of names.")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides epochs.")
+    batch_size: int = Field(8, gt=0, description="Rows per micro-batch (per process).")
+    grad_accum_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps with linear warmup.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm; null = off.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast where supported; auto = bf16 on a GPU that has it, else fp32.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
+    eval_every_n_steps: int | None = Field(None, gt=0, description="Validation loss every N steps; null = at the end only.")
+    save_every_n_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps; null = at the end only.")
+    keep_last_n_checkpoints: int = Field(2, gt=0, description="Older checkpoints are deleted.")
+    log_every_n_steps: int = Field(1, gt=0, description="Metrics line every N steps.")
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop after N validations without improvement.")
+    num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; null = all cores.")
+
+
+class RunConfig(_Section):
+    run_name: str = Field("run", description="Name of the run folder under output_dir.")
+    output_dir: str = Field("runs", description="Parent folder of run folders.")
+    seed: int = Field(0, description="Seed for data order, initialisation and dropout.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.train.early_stopping_patience and not (self.data.validation and self.train.eval_every_n_steps):
+            raise ValueError("train.early_stopping_patience needs data.validation and train.eval_every_n_steps")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+
+def _parse_value(text: str) -> Any:
+    """`key=value` overrides take YAML scalars: 3, 0.1, true, null, [a, b]."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply dotted `section.key=value` overrides to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise InstructuneError(f"override {item!r}: expected key=value, e.g. train.lr=1e-4")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InstructuneError(f"override {key}: {part} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{key}'"
+    return f"{source}: config key '{key}': {first['msg']}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **defaults: Any) -> RunConfig:
+    """Read a YAML run config, apply `key=value` overrides, and validate it.
+
+    Example:
+        >>> cfg = load_config("configs/quickstart.yaml", ["train.lr=1e-4"])
+        >>> cfg.train.lr
+        0.0001
+    """
+    raw: dict = dict(defaults)
+    source = str(path) if path else "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InstructuneError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise InstructuneError(f"{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        if not isinstance(loaded, dict):
+            raise InstructuneError(f"{path}: expected a mapping of config sections at the top level")
+        raw.update(loaded)
+    apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise InstructuneError(_format_error(error, source)) from None
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))

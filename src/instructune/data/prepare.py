@@ -1,0 +1,305 @@
+"""`instructune prepare`: raw records -> rendered instruction examples on disk, with a summary.
+
+Two forms:
+    instructune prepare RAW_FILE --task TASK_OR_YAML -o out.jsonl [--seed --template --num-fewshot --limit]
+    instructune prepare --mixture mixture.yaml -o out.jsonl|out_dir
+
+The output is JSON Lines (a path ending in .jsonl) or a `datasets` folder (any other path), and the
+summary is printed and saved beside it as `<out>.summary.json`: examples per task and template,
+length percentiles (tokens with `--tokenizer`, else characters) and how many exceed `--max-length`.
+`prepare()` is the same thing as a Python function, for notebooks.
+
+Leaves out: tokenizing for training and packing (tokenize.py); the examples are text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from tqdm.auto import tqdm
+
+from instructune.data.mixture import MixtureConfig, MixtureReport, mix
+from instructune.data.sources import load_records
+from instructune.data.templates import load_task, render_records
+from instructune.errors import InstructuneError
+
+PERCENTILES = (50, 90, 95, 99)
+_SINGLE_TASK_ONLY = " [single-task form; a mixture YAML sets its own]"
+
+
+def load_mixture(path: str | Path) -> MixtureConfig:
+    """Read and validate a mixture YAML.
+
+    Raises:
+        InstructuneError: one line naming the file and the bad key, e.g.
+            `mix.yaml: tasks.0.limitt: unknown key`.
+
+    Example:
+        >>> load_mixture("mixture.yaml").strategy
+        'proportional'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InstructuneError(f"{path}: no such mixture file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise InstructuneError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict):
+        raise InstructuneError(f"{path}: expected a mapping with a `tasks:` list")
+    try:
+        return MixtureConfig.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise InstructuneError(f"{path}: {where + ': ' if where else ''}{message}") from None
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    """A relative path is looked up beside the mixture file first, then in the working directory."""
+    candidate = Path(path)
+    if not candidate.is_absolute() and base_dir is not None and (base_dir / candidate).exists():
+        return base_dir / candidate
+    return candidate
+
+
+def build_task_examples(
+    data: str | Path,
+    task: str | Path,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    template: str | int = "sample",
+    num_fewshot: int = 0,
+) -> list[dict]:
+    """Load one raw file and render it with one task.
+
+    Args:
+        data: raw records (file or folder, see `load_records`).
+        task: built-in task name or task YAML path.
+        split: split of a saved DatasetDict or split folder.
+        limit: use at most this many raw records (the first ones).
+        seed, template, num_fewshot: as in `render_records`.
+
+    Returns:
+        The rendered examples.
+
+    Example:
+        >>> build_task_examples("../shared/data/piqa/validation.jsonl", "piqa", limit=2)[0]["label"]
+        0
+    """
+    loaded_task = load_task(task)
+    records = load_records(data, split=split)
+    if limit is not None:
+        records = records.select(range(min(limit, len(records))))
+    source = data if Path(data).is_file() else None
+    return render_records(loaded_task, records, seed=seed, template=template, num_fewshot=num_fewshot, source=source)
+
+
+def build_mixture_examples(config: MixtureConfig, base_dir: str | Path | None = None) -> tuple[list[dict], MixtureReport]:
+    """Render every task of a mixture and mix them.
+
+    Args:
+        config: the mixture (see `MixtureConfig`).
+        base_dir: where relative paths in the config are looked up first (the mixture file's folder).
+
+    Returns:
+        (examples, report).
+    """
+    base = Path(base_dir) if base_dir is not None else None
+    per_task: dict[str, list[dict]] = {}
+    for entry in tqdm(config.tasks, desc="rendering tasks", unit="task"):
+        task_ref = entry.task if not entry.task.endswith((".yaml", ".yml")) else str(_resolve(entry.task, base))
+        per_task[entry.name or entry.task] = build_task_examples(
+            _resolve(entry.data, base), task_ref, split=entry.split, limit=entry.limit, seed=config.seed,
+            template=entry.template if entry.template is not None else config.template,
+            num_fewshot=entry.num_fewshot if entry.num_fewshot is not None else config.num_fewshot,
+        )
+    return mix(per_task, strategy=config.strategy, cap=config.cap, temperature=config.temperature,
+               weights=config.weights, total=config.total, seed=config.seed)
+
+
+def _lengths(examples: list[dict], tokenizer: Any) -> list[int]:
+    """Length of each example as the model sees it (tokens), or in characters without a tokenizer."""
+    if tokenizer is None:
+        return [len(example["prompt"]) + len(example["completion"]) for example in examples]
+    from instructune.tokenize import format_prompt
+
+    lengths: list[int] = []
+    batch_size = 512
+    for start in tqdm(range(0, len(examples), batch_size), desc="measuring tokens", unit="batch"):
+        batch = examples[start:start + batch_size]
+        texts = [format_prompt(tokenizer, example["prompt"]) + example["completion"] for example in batch]
+        # +1: the EOS appended after the completion at training time.
+        lengths.extend(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return lengths
+
+
+def summarize(examples: list[dict], tokenizer: Any = None, max_length: int | None = None) -> dict[str, Any]:
+    """Counts per task and template, length percentiles, and how many exceed `max_length`.
+
+    Args:
+        examples: rendered examples.
+        tokenizer: measure in tokens (chat-formatted prompt + completion + EOS); None: characters.
+        max_length: count examples longer than this (same unit).
+
+    Example:
+        >>> summarize([{"prompt": "ab", "completion": "c", "task": "t", "template": 0}])["length"]
+        {'unit': 'characters', 'p50': 3, 'p90': 3, 'p95': 3, 'p99': 3, 'max': 3, 'mean': 3.0}
+    """
+    per_task = Counter(example["task"] for example in examples)
+    per_template: dict[str, dict[str, int]] = {}
+    for (task, index), count in sorted(Counter((e["task"], e["template"]) for e in examples).items()):
+        per_template.setdefault(task, {})[str(index)] = count
+    lengths = sorted(_lengths(examples, tokenizer))
+    length: dict[str, Any] = {"unit": "tokens" if tokenizer is not None else "characters"}
+    if lengths:
+        for p in PERCENTILES:
+            length[f"p{p}"] = lengths[min(len(lengths) - 1, max(0, -(-p * len(lengths) // 100) - 1))]  # nearest rank
+        length["max"] = lengths[-1]
+        length["mean"] = round(sum(lengths) / len(lengths), 1)
+    summary = {"examples": len(examples), "per_task": dict(sorted(per_task.items())), "per_template": per_template,
+               "length": length, "max_length": max_length}
+    if max_length is not None:
+        summary["over_max_length"] = sum(value > max_length for value in lengths)
+    return summary
+
+
+def write_examples(examples: list[dict], output: str | Path) -> Path:
+    """Write JSON Lines (a path ending in .jsonl) or a `datasets` folder (any other path).
+
+    Returns:
+        The path written.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".jsonl":
+        with open(output, "w", encoding="utf-8") as handle:
+            for example in examples:
+                handle.write(json.dumps(example, ensure_ascii=False) + "\n")
+    else:
+        import datasets
+
+        datasets.Dataset.from_list(examples).save_to_disk(str(output))
+    return output
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few readable lines."""
+    length = summary["length"]
+    lines = [f"{summary['examples']} examples -> {summary.get('output', '(not written)')}"]
+    for task, count in summary["per_task"].items():
+        templates = ", ".join(f"{index}:{n}" for index, n in summary["per_template"][task].items())
+        lines.append(f"  {task}: {count} (per template {templates})")
+    if "p50" in length:
+        lines.append(f"  length ({length['unit']}): p50 {length['p50']}, p90 {length['p90']}, p95 {length['p95']}, "
+                     f"p99 {length['p99']}, max {length['max']}")
+    if summary.get("max_length") is not None:
+        lines.append(f"  over max_length {summary['max_length']}: {summary['over_max_length']}")
+    if "mixture" in summary:
+        shares = summary["mixture"]["tasks"].items()
+        lines.append("  mixture shares: " + ", ".join(f"{name} {info['proportion']:.1%}" for name, info in shares))
+    return "\n".join(lines)
+
+
+def prepare(
+    output: str | Path,
+    *,
+    data: str | Path | None = None,
+    task: str | Path | None = None,
+    mixture: str | Path | MixtureConfig | None = None,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    template: str | int = "sample",
+    num_fewshot: int = 0,
+    tokenizer: Any = None,
+    max_length: int | None = 1024,
+) -> dict[str, Any]:
+    """Render one task (data + task) or a mixture, write the examples and their summary.
+
+    Args:
+        output: `.jsonl` file or `datasets` folder; the summary goes to `<output>.summary.json`.
+        data, task: one raw file and its task (the single-task form).
+        mixture: a mixture YAML path or `MixtureConfig` (the mixture form).
+        split, limit, seed, template, num_fewshot: for the single-task form (a mixture carries its own).
+        tokenizer: a tokenizer object or a local folder, to measure lengths in tokens.
+        max_length: count examples longer than this (tokens, or characters without a tokenizer).
+
+    Returns:
+        The summary dict (also written as JSON); with a mixture it has a "mixture" report.
+
+    Example:
+        >>> prepare("runs/piqa.jsonl", data="../shared/data/piqa/validation.jsonl", task="piqa", limit=100)["examples"]
+        100
+    """
+    if (mixture is None) == (data is None or task is None):
+        raise InstructuneError("give either a data file and --task, or --mixture (not both)")
+    report = None
+    if mixture is not None:
+        base_dir = None
+        if not isinstance(mixture, MixtureConfig):
+            base_dir = Path(mixture).parent
+            mixture = load_mixture(mixture)
+        examples, report = build_mixture_examples(mixture, base_dir)
+    else:
+        examples = build_task_examples(data, task, split=split, limit=limit, seed=seed, template=template,
+                                       num_fewshot=num_fewshot)
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    written = write_examples(examples, output)
+    summary = {"output": str(written), **summarize(examples, tokenizer, max_length)}
+    if report is not None:
+        summary["mixture"] = report.to_dict()
+    Path(f"{written}.summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instructune prepare",
+        description="Render raw records into instruction examples (one task, or a mixture of tasks).",
+        epilog="examples:\n  instructune prepare ../shared/data/piqa/validation.jsonl --task piqa -o piqa.jsonl\n"
+               "  instructune prepare --mixture mixture.yaml -o runs/mix",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data", nargs="?", help="raw records: .jsonl/.json/.csv/.parquet or a datasets folder")
+    parser.add_argument("--task", help="built-in task name or a task YAML path (with a data file)")
+    parser.add_argument("--mixture", help="mixture YAML (instead of a data file and --task)")
+    parser.add_argument("-o", "--output", required=True, help="output .jsonl file, or a folder for a datasets dataset")
+    parser.add_argument("--split", help="split of a saved DatasetDict or of a folder of split files" + _SINGLE_TASK_ONLY)
+    parser.add_argument("--limit", type=int, help="use at most this many raw records (the first ones)" + _SINGLE_TASK_ONLY)
+    parser.add_argument("--seed", type=int, default=0, help="seed for template choice and few-shot draws (default 0)" + _SINGLE_TASK_ONLY)
+    parser.add_argument("--template", default="sample",
+                        help='"sample" (one seeded template per record), "all" (every applicable one) or an index' + _SINGLE_TASK_ONLY)
+    parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars placed before each prompt (default 0)" + _SINGLE_TASK_ONLY)
+    parser.add_argument("--tokenizer", help="local tokenizer/model folder: report lengths in tokens, not characters")
+    parser.add_argument("--max-length", type=int, default=1024,
+                        help="report how many examples exceed this length (tokens, or characters; default 1024)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `instructune prepare`; bad input raises InstructuneError (the CLI exits 2)."""
+    args = make_parser().parse_args(argv)
+    if args.mixture and (args.data or args.task):
+        raise InstructuneError("give either a data file and --task, or --mixture, not both")
+    if not args.mixture and not (args.data and args.task):
+        raise InstructuneError("give a data file and --task TASK, or --mixture mixture.yaml")
+    template = int(args.template) if args.template.isdigit() else args.template
+    summary = prepare(args.output, data=args.data, task=args.task, mixture=args.mixture, split=args.split,
+                      limit=args.limit, seed=args.seed, template=template, num_fewshot=args.num_fewshot,
+                      tokenizer=args.tokenizer, max_length=args.max_length)
+    print(format_summary(summary))
+    print(f"summary: {summary['output']}.summary.json")
+    return 0

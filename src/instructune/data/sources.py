@@ -1,0 +1,185 @@
+"""Load raw records from disk into a `datasets.Dataset`, with errors that name the file and line.
+
+Reads JSON Lines, a JSON array, CSV, Parquet, a folder saved with `Dataset.save_to_disk`, or a folder
+holding one file per split (`train.jsonl`, `validation.jsonl`, ...). JSON Lines are checked line by
+line first, so a broken line is reported as `path:LINE` rather than as a pyarrow traceback.
+
+Leaves out: downloading from the Hub (pass a local path), streaming, and any knowledge of fields or
+templates (that is templates.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+
+from instructune.errors import InstructuneError
+
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def load_records(path: str | Path, split: str | None = None) -> datasets.Dataset:
+    """Load the raw records of one file or folder.
+
+    Args:
+        path: a `.jsonl`, `.json`, `.csv` or `.parquet` file, a `datasets` saved folder, or a folder
+            with one file per split (`<split>.jsonl` etc.).
+        split: which split to take from a saved `DatasetDict` or a folder of split files; ignored for
+            a single file.
+
+    Returns:
+        The records as a `datasets.Dataset` (at least one row).
+
+    Raises:
+        InstructuneError: the path is missing, a line is not a JSON object, the file is empty, or the
+            split is ambiguous or absent.
+
+    Example:
+        >>> ds = load_records("../shared/data/piqa/validation.jsonl")
+        >>> len(ds), ds.column_names
+        (1838, ['goal', 'sol1', 'sol2', 'label'])
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InstructuneError(f"{path}: no such file or folder")
+    if path.is_dir():
+        dataset = _load_folder(path, split)
+    else:
+        dataset = _load_file(path)
+    if len(dataset) == 0:
+        raise InstructuneError(f"{path}: no records (the file is empty)")
+    return dataset
+
+
+def _load_file(path: Path) -> datasets.Dataset:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _from_rows(path, read_jsonl(path))
+    if suffix == ".json":
+        return _from_rows(path, _read_json(path))
+    try:
+        if suffix == ".csv":
+            # keep_default_na=False: an empty cell is an empty string, not NaN (Alpaca's empty input).
+            return datasets.Dataset.from_csv(str(path), keep_default_na=False)
+        if suffix == ".parquet":
+            return datasets.Dataset.from_parquet(str(path))
+    except Exception as error:  # pandas / pyarrow raise many types; report one line
+        raise InstructuneError(f"{path}: could not read {suffix[1:]} ({_first_line(error)})") from error
+    raise InstructuneError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(FILE_SUFFIXES)}")
+
+
+def _load_folder(path: Path, split: str | None) -> datasets.Dataset:
+    saved = (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+    if saved:
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.Dataset):
+            return loaded
+        return _pick_split(path, split, {name: loaded[name] for name in loaded})
+    split_files = {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in FILE_SUFFIXES}
+    if not split_files:
+        raise InstructuneError(f"{path}: folder holds no saved dataset and no {'/'.join(FILE_SUFFIXES)} files")
+    return _pick_split(path, split, split_files)
+
+
+def _pick_split(path: Path, split: str | None, splits: dict) -> datasets.Dataset:
+    """Choose one split; a lone split needs no name."""
+    if split is None and len(splits) == 1:
+        split = next(iter(splits))
+    if split not in splits:
+        wanted = "a split" if split is None else f"split {split!r}"
+        raise InstructuneError(f"{path}: choose {wanted} from: {', '.join(sorted(splits))}")
+    chosen = splits[split]
+    return _load_file(chosen) if isinstance(chosen, Path) else chosen
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Parse a JSON Lines file, one object per non-blank line.
+
+    Args:
+        path: the `.jsonl` file.
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        InstructuneError: `path:LINE: not valid JSON (...)` or `path:LINE: expected a JSON object`.
+
+    Example:
+        >>> read_jsonl("../shared/data/piqa/validation.jsonl")[0]["label"]
+        0
+    """
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InstructuneError(f"{path}:{line_number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(row, dict):
+                raise InstructuneError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    """A JSON array of objects, or an object whose one list value holds them ({"data": [...]})."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8") or "[]")
+    except json.JSONDecodeError as error:
+        raise InstructuneError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if isinstance(data, dict):
+        lists = [value for value in data.values() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise InstructuneError(f"{path}: expected a JSON array of objects (or an object with one list of them)")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise InstructuneError(f"{path}: expected a JSON array of objects")
+    for index, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise InstructuneError(f"{path}: record {index}: expected a JSON object, got {type(row).__name__}")
+    return data
+
+
+def _from_rows(path: Path, rows: list[dict]) -> datasets.Dataset:
+    if not rows:
+        raise InstructuneError(f"{path}: no records (the file is empty)")
+    try:
+        return datasets.Dataset.from_list(rows)
+    except Exception as error:  # pyarrow type clashes between rows
+        raise InstructuneError(f"{path}: records do not share one schema ({_first_line(error)})") from error
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def record_location(path: str | Path, index: int) -> str:
+    """Where record `index` (0-based, as `load_records` returns them) sits in its file, for error messages.
+
+    Args:
+        path: the file the records came from.
+        index: the record's position in the loaded dataset.
+
+    Returns:
+        `path:LINE` for JSON Lines (blank lines counted, as an editor shows them), else `path record N`.
+
+    Example:
+        >>> record_location("data.jsonl", 0)
+        'data.jsonl:1'
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl" and path.is_file():
+        seen = -1
+        with open(path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                seen += bool(line.strip())
+                if seen == index:
+                    return f"{path}:{line_number}"
+    if path.suffix.lower() == ".jsonl":
+        return f"{path}:{index + 1}"
+    return f"{path} record {index + 1}"

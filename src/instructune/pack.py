@@ -1,0 +1,96 @@
+"""Batching for training: best-fit packing without cross-talk, and padding collation.
+
+Packed rows hold several examples; `position_ids` restart at 0 for each, and no attention mask is
+passed, so transformers' SDPA path builds a block-diagonal causal mask and no example attends to
+another (FIELD-NOTES: packing with SDPA). Unpacked rows are right-padded and also need no mask: in
+a causal model a real token never attends to padding that comes after it.
+What this file leaves out: tokenization (tokenize.py) and the order of batches (train.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+from .tokenize import IGNORE_INDEX
+
+
+def pack_best_fit(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Group example indices into rows of at most `max_length` tokens, best-fit decreasing.
+
+    Each example goes, longest first, into the open row with the least room that still fits it,
+    so no example that fits is ever cut and rows end up nearly full.
+
+    Example:
+        >>> pack_best_fit([5, 3, 4, 2], max_length=8)
+        [[0, 1], [2, 3]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # sorted (free tokens, row index)
+    for i in order:
+        need = lengths[i]
+        if need > max_length:
+            raise ValueError(f"example {i} has {need} tokens, more than max_length={max_length}")
+        slot = bisect.bisect_left(room, (need, -1))
+        if slot == len(room):
+            rows.append([i])
+            bisect.insort(room, (max_length - need, len(rows) - 1))
+        else:
+            free, row = room.pop(slot)
+            rows[row].append(i)
+            bisect.insort(room, (free - need, row))
+    return rows
+
+
+def pack_examples(examples: list[dict], max_length: int) -> list[dict]:
+    """Concatenate tokenized examples into packed rows with restarting position ids.
+
+    The first label of each example is ignored: it would be predicted from the previous example.
+    """
+    rows = pack_best_fit([len(e["input_ids"]) for e in examples], max_length)
+    packed = []
+    for row in rows:
+        input_ids, labels, position_ids = [], [], []
+        for i in row:
+            ids = examples[i]["input_ids"]
+            input_ids += ids
+            labels += [IGNORE_INDEX] + list(examples[i]["labels"][1:])
+            position_ids += list(range(len(ids)))
+        packed.append({"input_ids": input_ids, "labels": labels, "position_ids": position_ids})
+    return packed
+
+
+def collate(rows: list[dict], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """Right-pad rows into (B, T) tensors: input_ids, labels (-100 on padding), position_ids.
+
+    Padding gets position ids that restart at 0, so in a packed batch it forms its own segment.
+    """
+    longest = max(len(r["input_ids"]) for r in rows)
+    width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        n = len(row["input_ids"])
+        input_ids[b, :n] = torch.tensor(row["input_ids"])
+        labels[b, :n] = torch.tensor(row["labels"])
+        positions = row.get("position_ids") or list(range(n))
+        position_ids[b, :n] = torch.tensor(positions)
+        position_ids[b, n:] = torch.arange(width - n)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def collate_seq2seq(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Pad encoder inputs (with an attention mask) and decoder labels for an encoder-decoder model."""
+    source = max(len(r["input_ids"]) for r in rows)
+    target = max(len(r["labels"]) for r in rows)
+    input_ids = torch.full((len(rows), source), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), source), dtype=torch.long)
+    labels = torch.full((len(rows), target), IGNORE_INDEX, dtype=torch.long)
+    for b, row in enumerate(rows):
+        input_ids[b, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+        attention_mask[b, : len(row["input_ids"])] = 1
+        labels[b, : len(row["labels"])] = torch.tensor(row["labels"])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

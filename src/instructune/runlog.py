@@ -1,0 +1,76 @@
+"""Training metrics: one JSON line per event (metrics.jsonl), TensorBoard scalars, and the loss plot.
+
+What this file leaves out: computing the metrics (train.py) and evaluation reports (evaluate/).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends metric records to `metrics.jsonl` and mirrors numbers to TensorBoard when available."""
+
+    def __init__(self, run_dir: Path, *, resume_from_step: int | None = None, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # On resume, drop records past the checkpoint so the curve continues without duplicates.
+        kept = [r for r in self.read(self.path) if resume_from_step is not None and r.get("step", 0) <= resume_from_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except ImportError:  # tensorboard is optional at run time
+                pass
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record.get("step", 0))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        path = Path(path)
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(metrics_path: Path, out_png: Path, title: str = "Training") -> Path | None:
+    """Draw train loss (and validation loss / generation scores when logged) against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = MetricsLog.read(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (response tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,398 @@
+"""Supervised fine-tuning on accelerate: loss on responses only, resumable, full or LoRA.
+
+Reads top to bottom: `Trainer.__init__` takes the validated config, `setup()` builds the parts in
+dependency order, `train()` runs the optimizer steps, and `main()` is the `instructune train` command.
+The batch order is a pure function of (seed, step), so a checkpoint's step is its data position and
+a resumed run continues the same loss curve. What this file leaves out: tokenization (tokenize.py),
+packing (pack.py), the loss (loss.py), checkpoint files (checkpoint.py) and evaluation (evaluate/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import RunConfig, load_config, save_config
+from .errors import InstructuneError
+from .loss import causal_lm_loss_sum, seq2seq_loss_sum
+from .pack import collate, collate_seq2seq, pack_examples
+from .runlog import MetricsLog, plot_losses
+from .tokenize import encode_example
+
+
+def read_examples(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Instruction examples from a file: rows with prompt + completion, or messages."""
+    from .data.sources import load_records, record_location
+
+    rows = load_records(path).to_list()[:limit]
+    for index, row in enumerate(rows):
+        has_pair = isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)
+        if not has_pair and not row.get("messages"):
+            raise InstructuneError(
+                f"{record_location(path, index)}: expected 'prompt' and 'completion' strings, or 'messages'"
+            )
+    return rows
+
+
+def tokenize_examples(
+    examples: list[dict], tokenizer: Any, max_length: int, *, encoder_decoder: bool = False,
+    chat_template: bool | None = None, desc: str = "tokenize",
+) -> tuple[list[dict], int]:
+    """Encode examples; drop those left with no label. Returns (encoded, truncated count)."""
+    encoded, truncated = [], 0
+    for index, example in enumerate(tqdm(examples, desc=desc, leave=False, mininterval=1)):
+        try:
+            item = encode_example(example, tokenizer, max_length, encoder_decoder=encoder_decoder,
+                                  chat_template=chat_template)
+        except ValueError as error:
+            raise InstructuneError(f"example {index}: {error}") from None
+        truncated += item["truncated"]
+        if any(label != -100 for label in item["labels"][1:]) or encoder_decoder:
+            encoded.append(item)
+    return encoded, truncated
+
+
+class Trainer:
+    """One fine-tuning run. Pass model/tokenizer/examples to skip loading them from the config."""
+
+    def __init__(
+        self, config: RunConfig, *, model: Any = None, tokenizer: Any = None,
+        train_examples: list[dict] | None = None, validation_examples: list[dict] | None = None,
+        resume: bool = False, progress: bool = True,
+    ):
+        if train_examples is None and not config.data.train:
+            raise InstructuneError("config key 'data.train': a training file is required")
+        self.config = config
+        self.model, self.tokenizer = model, tokenizer
+        self.train_examples, self.validation_examples = train_examples, validation_examples
+        self.resume = resume
+        self.progress = progress
+        self.run_dir = config.run_dir
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from transformers import set_seed
+
+        cfg = self.config
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        set_seed(cfg.seed)
+        self.accelerator = Accelerator(mixed_precision=self._mixed_precision(), cpu=not torch.cuda.is_available())
+        self.world = self.accelerator.num_processes
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        # Model before data: tokenization needs the tokenizer and the model kind.
+        if self.model is None:
+            from .models import load_model
+
+            self.model, self.tokenizer = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+        self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        self.model.config.use_cache = False
+        self.model = self._wrap_lora(self.model) if cfg.lora.enabled else self.model
+        if cfg.train.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if cfg.lora.enabled:
+                self.model.enable_input_require_grads()
+
+        self.train_rows = self._rows(self.train_examples, cfg.data.train, "train", cfg.data.limit)
+        if not self.train_rows:
+            raise InstructuneError(f"{cfg.data.train or 'training data'}: no examples left after filtering")
+        self.validation_rows = self._rows(self.validation_examples, cfg.data.validation, "validation", None)
+
+        # Optimizer after LoRA wrapping: only the trainable parameters get optimizer state.
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = self._make_optimizer()
+        self.rows_per_step = cfg.train.batch_size * self.world * cfg.train.grad_accum_steps
+        steps_per_epoch = math.ceil(len(self.train_rows) / self.rows_per_step)
+        self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+        from transformers import get_scheduler
+
+        schedule = {"constant": "constant_with_warmup"}.get(cfg.train.schedule, cfg.train.schedule)
+        self.scheduler = get_scheduler(
+            schedule, self.optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self._say(
+            f"{len(self.train_rows)} training rows ({'packed' if cfg.data.packing and not self.encoder_decoder else 'unpacked'}, "
+            f"max_length {cfg.data.max_length}), {self.rows_per_step} rows per optimizer step, "
+            f"{self.total_steps} steps; {sum(p.numel() for p in self.params):,} trainable parameters; "
+            f"precision {self.accelerator.mixed_precision}"
+        )
+
+    def _mixed_precision(self) -> str:
+        precision = self.config.train.precision
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        return "bf16" if precision == "bf16" else "no"
+
+    def _wrap_lora(self, model: Any) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        lora = self.config.lora
+        task_type = "SEQ_2_SEQ_LM" if self.encoder_decoder else "CAUSAL_LM"
+        peft_config = LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+            task_type=task_type,
+        )
+        return get_peft_model(model, peft_config)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config.train
+        try:
+            return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        except (RuntimeError, TypeError):  # fused needs floating-point params on a supported device
+            return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _rows(self, examples: list[dict] | None, path: str | None, split: str, limit: int | None) -> list[dict]:
+        if examples is None:
+            if not path:
+                return []
+            examples = read_examples(path, limit)
+        elif limit:
+            examples = examples[:limit]
+        data = self.config.data
+        encoded, truncated = tokenize_examples(
+            examples, self.tokenizer, data.max_length, encoder_decoder=self.encoder_decoder,
+            chat_template=self.config.model.chat_template, desc=f"tokenize {split}",
+        )
+        if truncated:
+            self._say(f"{split}: {truncated} of {len(examples)} examples truncated to max_length {data.max_length}")
+        if data.packing and not self.encoder_decoder and encoded:
+            return pack_examples(encoded, data.max_length)
+        return encoded
+
+    # ---------------------------------------------------------------- data order
+    def _row_order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        return torch.randperm(len(self.train_rows), generator=generator).tolist()
+
+    def step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
+        """This process's micro-batches for optimizer step `step` (a pure function of seed and step)."""
+        n_rows, per_micro = len(self.train_rows), self.config.train.batch_size * self.world
+        start = step * self.rows_per_step
+        orders: dict[int, list[int]] = {}
+        picked = []
+        for i in range(start, start + self.rows_per_step):
+            epoch = i // n_rows
+            if epoch not in orders:
+                orders[epoch] = self._row_order(epoch)
+            picked.append(orders[epoch][i % n_rows])
+        rank = self.accelerator.process_index
+        micro = [picked[j : j + per_micro][rank :: self.world] for j in range(0, len(picked), per_micro)]
+        return [self._collate([self.train_rows[i] for i in rows]) for rows in micro]
+
+    def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        pad = self.tokenizer.pad_token_id
+        batch = collate_seq2seq(rows, pad) if self.encoder_decoder else collate(rows, pad)
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        batch["num_tokens"] = sum(len(r["input_ids"]) for r in rows)  # real (non-padding) input tokens
+        return batch
+
+    def _loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        with self.accelerator.autocast():
+            return (seq2seq_loss_sum if self.encoder_decoder else causal_lm_loss_sum)(self.model, batch)
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        """Run (or resume) training to `total_steps`; returns a summary dict."""
+        cfg = self.config
+        start_step, state = 0, {"best_val_loss": None, "bad_evals": 0}
+        last = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
+        if last is not None:
+            state = ckpt.load_checkpoint(last, model=self.accelerator.unwrap_model(self.model),
+                                         optimizer=self.optimizer, scheduler=self.scheduler)
+            start_step = state["step"]
+            self._say(f"resuming from {last} (step {start_step})")
+        if self.accelerator.is_main_process:
+            save_config(cfg, self.run_dir / "config.yaml")
+        log = MetricsLog(self.run_dir, resume_from_step=start_step) if self.accelerator.is_main_process else None
+
+        bar = tqdm(total=self.total_steps, initial=start_step, desc="train", disable=not self.progress
+                   or not self.accelerator.is_main_process, dynamic_ncols=True)
+        step, started, tokens_seen, stopped_early = start_step, time.perf_counter(), 0, False
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        self.model.train()
+        try:
+            while step < self.total_steps:
+                loss, grad_norm, tokens = self._optimizer_step(step)
+                step += 1
+                tokens_seen += tokens
+                elapsed = time.perf_counter() - started
+                record = {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                          "grad_norm": grad_norm, "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed}
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if self._due(step, cfg.train.eval_every_n_steps) and self.validation_rows:
+                    record["val_loss"] = self.validation_loss()
+                    stopped_early = self._early_stop(state, record["val_loss"], step)
+                    bar.write(f"step {step}: val_loss {record['val_loss']:.4f}")
+                if log and (step % cfg.train.log_every_n_steps == 0 or "val_loss" in record):
+                    log.log(record)
+                if self._due(step, cfg.train.save_every_n_steps) and step < self.total_steps:
+                    self._save(step, state)
+                if stopped_early:
+                    self._say(f"early stopping at step {step}: no validation improvement "
+                              f"in {cfg.train.early_stopping_patience} evaluations")
+                    break
+        except KeyboardInterrupt:
+            bar.close()
+            if step > start_step:
+                where = self._save(step, state)
+                self._say(f"interrupted: checkpoint saved at {where}; continue with --resume")
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            bar.close()
+            if log:
+                log.close()
+        return self._finish(step, state, tokens_seen, time.perf_counter() - started)
+
+    def _optimizer_step(self, step: int) -> tuple[float, float, int]:
+        """One optimizer step over all its micro-batches; loss = sum over label tokens / their count."""
+        batches = self.step_batches(step)
+        # Count the labels of the whole step (all micro-batches, all processes) before any backward,
+        # so each token weighs the same however the step is split.
+        label_count = sum(_label_count(b, self.encoder_decoder) for b in batches)
+        total = self.accelerator.reduce(torch.tensor(float(label_count), device=self.accelerator.device), "sum")
+        total = max(float(total), 1.0)
+        loss_total = 0.0
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1
+            context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
+            with context:
+                loss_sum, _ = self._loss_sum(batch)
+                # DDP averages gradients over processes; scale up by world so the result is sum / total.
+                self.accelerator.backward(loss_sum * self.world / total)
+            loss_total += float(loss_sum.detach())
+        loss = float(self.accelerator.reduce(torch.tensor(loss_total, device=self.accelerator.device), "sum")) / total
+        if not math.isfinite(loss):
+            last = ckpt.latest_checkpoint(self.run_dir)
+            kept = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
+            raise InstructuneError(f"loss became {loss} at step {step + 1}; training stopped ({kept}). "
+                                   "Try a lower train.lr or precision=fp32")
+        grad_norm = 0.0
+        if self.config.train.max_grad_norm:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.config.train.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = sum(b["num_tokens"] for b in batches)
+        return loss, grad_norm, tokens
+
+    def validation_loss(self) -> float:
+        """Mean loss over every label token of the validation rows."""
+        self.model.eval()
+        total, count = 0.0, 0
+        size = self.config.train.batch_size
+        with torch.no_grad():
+            for i in range(0, len(self.validation_rows), size):
+                loss_sum, n = self._loss_sum(self._collate(self.validation_rows[i : i + size]))
+                total, count = total + float(loss_sum), count + n
+        self.model.train()
+        return total / max(count, 1)
+
+    def _early_stop(self, state: dict, val_loss: float, step: int) -> bool:
+        best = state.get("best_val_loss")
+        if best is None or val_loss < best:
+            state.update(best_val_loss=val_loss, best_step=step, bad_evals=0)
+            return False
+        state["bad_evals"] = state.get("bad_evals", 0) + 1
+        patience = self.config.train.early_stopping_patience
+        return bool(patience and state["bad_evals"] >= patience)
+
+    @staticmethod
+    def _due(step: int, every: int | None) -> bool:
+        return bool(every) and step % every == 0
+
+    def _save(self, step: int, state: dict) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        return ckpt.save_checkpoint(
+            self.run_dir, step, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
+            scheduler=self.scheduler, state=state, keep_last=self.config.train.keep_last_n_checkpoints,
+        )
+
+    def _finish(self, step: int, state: dict, tokens: int, seconds: float) -> dict:
+        """Save the final weights (adapter/ or model/) with the tokenizer, the loss plot and a summary."""
+        self._save(step, state)
+        summary = {"steps": step, "train_tokens": tokens, "train_seconds": seconds,
+                   "tokens_per_s": tokens / max(seconds, 1e-9), "best_val_loss": state.get("best_val_loss")}
+        if self.accelerator.is_main_process:
+            out = self.run_dir / ("adapter" if self.config.lora.enabled else "model")
+            ckpt.save_weights(self.accelerator.unwrap_model(self.model), out)
+            self.tokenizer.save_pretrained(out)
+            records = MetricsLog.read(self.run_dir / "metrics.jsonl")
+            losses = [r["loss"] for r in records if "loss" in r]
+            summary.update(first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
+                           weights=str(out))
+            plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png", title=self.config.run_name)
+        self.summary = summary
+        return summary
+
+    def _say(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(message)
+
+
+def _label_count(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
+    labels = batch["labels"] if encoder_decoder else batch["labels"][:, 1:]
+    return int((labels != -100).sum())
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM: save like Ctrl-C
+    raise KeyboardInterrupt
+
+
+def train(config: RunConfig, **kwargs: Any) -> dict:
+    """Fine-tune as the config says; returns the run summary. kwargs go to `Trainer`.
+
+    Example:
+        >>> summary = train(load_config("configs/quickstart.yaml", ["train.max_steps=10"]))
+        >>> summary["final_loss"] < summary["first_loss"]
+        True
+    """
+    trainer = Trainer(config, **kwargs)
+    trainer.setup()
+    return trainer.train()
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instructune train", description="Fine-tune a model on instruction JSONL, as a YAML config says.",
+        epilog="Example: instructune train configs/quickstart.yaml train.lr=1e-4 lora.r=8",
+    )
+    parser.add_argument("config", nargs="?", help="YAML run config (see configs/).")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 data.packing=false")
+    parser.add_argument("--resume", action="store_true", help="Continue from the run's latest checkpoint.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    config_path = args.config
+    overrides = list(args.overrides)
+    if config_path and "=" in config_path and not Path(config_path).exists():
+        overrides.insert(0, config_path)
+        config_path = None
+    config = load_config(config_path, overrides)
+    summary = train(config, resume=args.resume)
+    print(f"done: {summary['steps']} steps, loss {summary.get('first_loss') or 0:.4f} -> "
+          f"{summary.get('final_loss') or 0:.4f}, {summary['tokens_per_s']:.0f} tokens/s; weights in {summary.get('weights')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
