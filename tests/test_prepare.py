@@ -1,0 +1,126 @@
+"""`instructune prepare`: single task and mixture forms, outputs, summaries, one-line errors."""
+
+import json
+
+import datasets
+import pytest
+
+from instructune.data.prepare import load_mixture, main, prepare, summarize
+from instructune.errors import InstructuneError
+
+PIQA_ROWS = [{"goal": f"goal {i}", "sol1": f"first {i}", "sol2": f"second {i}", "label": i % 2} for i in range(40)]
+ALPACA_ROWS = [{"instruction": f"Do {i}", "input": "" if i % 3 else f"in {i}", "output": f"out {i}"} for i in range(200)]
+
+
+@pytest.fixture()
+def raw_dir(tmp_path):
+    for name, rows in {"piqa.jsonl": PIQA_ROWS, "alpaca.jsonl": ALPACA_ROWS}.items():
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return tmp_path
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+class TestSingleTask:
+    def test_writes_jsonl_and_summary(self, raw_dir, capsys):
+        out = raw_dir / "out" / "piqa.jsonl"
+        assert main([str(raw_dir / "piqa.jsonl"), "--task", "piqa", "-o", str(out), "--limit", "30"]) == 0
+        examples = read_jsonl(out)
+        assert len(examples) == 30
+        assert set(examples[0]) == {"prompt", "completion", "task", "template", "options", "label"}
+        summary = json.loads((raw_dir / "out" / "piqa.jsonl.summary.json").read_text())
+        assert summary["examples"] == 30 and summary["per_task"] == {"piqa": 30}
+        assert sum(summary["per_template"]["piqa"].values()) == 30
+        assert summary["length"]["unit"] == "characters"
+        assert "30 examples" in capsys.readouterr().out
+
+    def test_template_all_and_fixed(self, raw_dir):
+        summary = prepare(raw_dir / "all.jsonl", data=raw_dir / "piqa.jsonl", task="piqa", template="all", limit=5)
+        assert summary["examples"] == 5 * 9
+        main([str(raw_dir / "piqa.jsonl"), "--task", "piqa", "-o", str(raw_dir / "t3.jsonl"), "--template", "3"])
+        assert {e["template"] for e in read_jsonl(raw_dir / "t3.jsonl")} == {3}
+
+    def test_same_seed_same_output(self, raw_dir):
+        for name in ("a.jsonl", "b.jsonl"):
+            main([str(raw_dir / "alpaca.jsonl"), "--task", "alpaca", "-o", str(raw_dir / name), "--seed", "5",
+                  "--num-fewshot", "2"])
+        assert (raw_dir / "a.jsonl").read_text() == (raw_dir / "b.jsonl").read_text()
+
+    def test_datasets_folder_output(self, raw_dir):
+        prepare(raw_dir / "piqa_ds", data=raw_dir / "piqa.jsonl", task="piqa")
+        loaded = datasets.load_from_disk(str(raw_dir / "piqa_ds"))
+        assert len(loaded) == 40 and loaded[0]["task"] == "piqa"
+        assert (raw_dir / "piqa_ds.summary.json").is_file()
+
+    def test_token_lengths_and_truncation_count(self, raw_dir, tokenizer):
+        summary = prepare(raw_dir / "tok.jsonl", data=raw_dir / "alpaca.jsonl", task="alpaca",
+                          tokenizer=tokenizer, max_length=40)
+        length = summary["length"]
+        assert length["unit"] == "tokens" and length["p50"] <= length["p90"] <= length["p99"] <= length["max"]
+        assert 0 <= summary["over_max_length"] <= 200
+
+    def test_user_yaml_task(self, raw_dir):
+        (raw_dir / "goal.yaml").write_text("kind: generation\nmetric: rouge\nfields: [goal, sol1]\n"
+                                           "templates:\n  - {input: 'How to {goal}?', target: '{sol1}'}\n")
+        summary = prepare(raw_dir / "g.jsonl", data=raw_dir / "piqa.jsonl", task=str(raw_dir / "goal.yaml"))
+        assert summary["per_task"] == {"goal": 40}
+
+    def test_needs_one_form(self, raw_dir):
+        with pytest.raises(InstructuneError, match="--task"):
+            main([str(raw_dir / "piqa.jsonl"), "-o", str(raw_dir / "x.jsonl")])
+        with pytest.raises(InstructuneError, match="not both"):
+            main([str(raw_dir / "piqa.jsonl"), "--task", "piqa", "--mixture", "m.yaml", "-o", str(raw_dir / "x.jsonl")])
+
+    def test_row_error_is_one_line_with_file_and_line(self, raw_dir):
+        (raw_dir / "broken.jsonl").write_text(json.dumps(PIQA_ROWS[0]) + "\n" + json.dumps({"goal": "g", "sol1": "a", "label": 0}) + "\n")
+        with pytest.raises(InstructuneError, match=r"record lacks field 'sol2' at .*broken\.jsonl:2"):
+            main([str(raw_dir / "broken.jsonl"), "--task", "piqa", "-o", str(raw_dir / "x.jsonl"), "--template", "0"])
+
+
+MIXTURE = """\
+strategy: proportional
+cap: 100
+seed: 3
+tasks:
+  - {task: alpaca, data: alpaca.jsonl}
+  - {task: piqa, data: piqa.jsonl, limit: 20}
+"""
+
+
+class TestMixture:
+    def test_mixture_relative_paths_caps_and_report(self, raw_dir, monkeypatch, tmp_path_factory):
+        (raw_dir / "mix.yaml").write_text(MIXTURE)
+        monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # data paths resolve beside the YAML
+        summary = prepare(raw_dir / "mix.jsonl", mixture=raw_dir / "mix.yaml")
+        assert summary["per_task"] == {"alpaca": 100, "piqa": 20}
+        assert summary["mixture"]["tasks"]["alpaca"]["proportion"] == pytest.approx(100 / 120)
+        examples = read_jsonl(raw_dir / "mix.jsonl")
+        assert len(examples) == 120 and {e["task"] for e in examples[:30]} == {"alpaca", "piqa"}
+        assert "options" in next(e for e in examples if e["task"] == "piqa")
+
+    def test_mixture_is_deterministic(self, raw_dir):
+        (raw_dir / "mix.yaml").write_text(MIXTURE)
+        for name in ("m1.jsonl", "m2.jsonl"):
+            main(["--mixture", str(raw_dir / "mix.yaml"), "-o", str(raw_dir / name)])
+        assert (raw_dir / "m1.jsonl").read_text() == (raw_dir / "m2.jsonl").read_text()
+
+    def test_unknown_key_is_one_line_naming_it(self, raw_dir):
+        (raw_dir / "bad.yaml").write_text(MIXTURE.replace("limit: 20", "limt: 20"))
+        with pytest.raises(InstructuneError, match=r"bad\.yaml: tasks\.1\.limt: unknown key$"):
+            load_mixture(raw_dir / "bad.yaml")
+
+    def test_unknown_strategy_lists_allowed(self, raw_dir):
+        (raw_dir / "bad.yaml").write_text(MIXTURE.replace("proportional", "uniform"))
+        with pytest.raises(InstructuneError, match=r"strategy: unknown strategy 'uniform'; allowed: proportional"):
+            load_mixture(raw_dir / "bad.yaml")
+
+
+class TestSummarize:
+    def test_percentiles_nearest_rank(self):
+        examples = [{"prompt": "x" * n, "completion": "", "task": "t", "template": n % 2} for n in range(1, 101)]
+        summary = summarize(examples, max_length=95)
+        assert (summary["length"]["p50"], summary["length"]["p90"], summary["length"]["max"]) == (50, 90, 100)
+        assert summary["over_max_length"] == 5
+        assert summary["per_template"] == {"t": {"0": 50, "1": 50}}
