@@ -1,0 +1,268 @@
+"""Terminal chat with a base or fine-tuned model: a streamed multi-turn conversation, or one answer.
+
+`instructune chat` loads a model (and optionally a LoRA adapter) and talks to it. The conversation
+is rendered with the tokenizer's chat template, so the model sees the same text it was trained on
+(the first turn equals `tokenize.format_prompt`). Without a chat template, earlier turns are plain
+text and the last turn is `format_prompt`'s plain form. Tokens are streamed as they are generated;
+`/reset` clears the history and `/exit`, EOF or Ctrl-C at the prompt quit. Ctrl-C while the model
+answers stops that answer only.
+
+Greedy decoding by default; sampling when --temperature > 0. Left out: batch generation (see
+evaluate/), conversation saving, and trimming a history longer than the model's context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any, Callable, TextIO
+
+from instructune.errors import InstructuneError
+from instructune.tokenize import format_prompt, uses_chat_template
+
+HELP_TEXT = "Commands: /reset clears the conversation, /exit quits (so do Ctrl-D and Ctrl-C)."
+
+
+class ChatSession:
+    """A conversation with one model: the history, the generation settings, and `reply()`.
+
+    Args:
+        model: a transformers causal LM (or encoder-decoder) in eval mode.
+        tokenizer: its tokenizer.
+        system: optional system message, put before every rendering of the history.
+        max_new_tokens: the longest answer, in tokens.
+        temperature: 0 for greedy decoding; above 0 samples with this temperature.
+        top_p: nucleus sampling mass (only used when sampling).
+        chat_template: None = use the tokenizer's chat template when it has one; False = plain text.
+
+    Example:
+        >>> session = ChatSession(model, tokenizer, max_new_tokens=32)
+        >>> session.reply("Where is my order #48213?")
+        'Your order #48213 is on its way and should arrive within 3-5 business days. ...'
+        >>> len(session.history)
+        2
+    """
+
+    def __init__(
+        self, model: Any, tokenizer: Any, system: str | None = None, max_new_tokens: int = 256,
+        temperature: float = 0.0, top_p: float = 1.0, chat_template: bool | None = None,
+    ) -> None:
+        _check_generation_settings(max_new_tokens, temperature, top_p)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.system = system
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.use_template = uses_chat_template(tokenizer, chat_template)
+        self.history: list[dict[str, str]] = []
+
+    def reset(self) -> None:
+        """Forget the conversation (the system message stays)."""
+        self.history = []
+
+    def messages(self, user_text: str) -> list[dict[str, str]]:
+        """The system message (if any), the history, and `user_text` as the next user turn."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + self.history + [{"role": "user", "content": user_text}]
+
+    def render_prompt(self, user_text: str) -> str:
+        """The exact text the model sees before answering `user_text`."""
+        if self.use_template:
+            return self.tokenizer.apply_chat_template(
+                self.messages(user_text), tokenize=False, add_generation_prompt=True
+            )
+        # Plain text: the last turn looks like a prompt/completion training prompt.
+        parts = [self.system + "\n\n"] if self.system else []
+        for user, assistant in zip(self.history[::2], self.history[1::2]):
+            prompt = format_prompt(self.tokenizer, user["content"], False)
+            parts.append(prompt + assistant["content"] + "\n\n")
+        parts.append(format_prompt(self.tokenizer, user_text, False))
+        return "".join(parts)
+
+    def reply(self, user_text: str, stream: Callable[[str], Any] | None = None) -> str:
+        """Generate the answer to `user_text` and add both turns to the history.
+
+        Args:
+            user_text: the user's message.
+            stream: called with each new piece of text as it is generated; None = no streaming.
+
+        Returns:
+            The answer, without special tokens or surrounding whitespace.
+        """
+        import torch
+
+        prompt = self.render_prompt(user_text)
+        # A chat template already writes its special tokens (BOS included); plain text gets the
+        # tokenizer's own (e.g. T5's </s>).
+        encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not self.use_template)
+        input_ids = encoded["input_ids"].to(self.model.device)  # (1, T)
+        kwargs = dict(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **self._generation_kwargs()
+        )
+        with torch.no_grad():
+            if stream is None:
+                output_ids = self.model.generate(**kwargs)
+            else:
+                output_ids = self._generate_streaming(kwargs, stream)
+        is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        new_ids = output_ids[0] if is_encoder_decoder else output_ids[0, input_ids.shape[1]:]
+        answer = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
+        return answer
+
+    def _generation_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=self.max_new_tokens, eos_token_id=_stop_token_ids(self.tokenizer, self.model),
+            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id,
+        )
+        if self.temperature > 0:
+            return kwargs | dict(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        # Neutral values, so the sampling knobs a model's generation_config may carry play no part.
+        return kwargs | dict(do_sample=False, temperature=1.0, top_p=1.0, top_k=50)
+
+    def _generate_streaming(self, kwargs: dict[str, Any], stream: Callable[[str], Any]) -> Any:
+        """Run generate in a thread and pass text to `stream` as it comes; Ctrl-C stops it early."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+
+        class _StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids, scores, **_):
+                return torch.full((input_ids.shape[0],), stop.is_set(), device=input_ids.device)  # (B,)
+
+        result: dict[str, Any] = {}
+
+        def _run() -> None:
+            try:
+                result["ids"] = self.model.generate(
+                    **kwargs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenAsked()])
+                )
+            except BaseException as error:  # re-raised in the caller's thread below
+                result["error"] = error
+                streamer.end()
+
+        thread = threading.Thread(target=_run, daemon=True)
+        thread.start()
+        try:
+            for text in streamer:
+                stream(text)
+        except BaseException:  # Ctrl-C, or a failing `stream` (e.g. a closed pipe): stop generating too
+            stop.set()
+            thread.join()
+            raise
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["ids"]
+
+
+def chat_loop(
+    session: ChatSession, input_fn: Callable[[str], str] | None = None, output: TextIO | None = None
+) -> None:
+    """Read user messages and print streamed answers until /exit, EOF or Ctrl-C.
+
+    Args:
+        session: the conversation.
+        input_fn: reads one line given a prompt string; None = `input` (a fake in tests).
+        output: where answers and notices are written; None = sys.stdout at call time.
+    """
+    input_fn = input_fn or input
+    output = output or sys.stdout
+
+    def write(text: str) -> None:
+        output.write(text)
+        output.flush()
+
+    write(HELP_TEXT + "\n")
+    while True:
+        try:
+            user_text = input_fn(">>> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            write("\n")
+            return
+        if not user_text:
+            continue
+        if user_text in ("/exit", "/quit"):
+            return
+        if user_text == "/reset":
+            session.reset()
+            write("(conversation cleared)\n")
+            continue
+        if user_text.startswith("/") and " " not in user_text:
+            write(f"unknown command {user_text}. {HELP_TEXT}\n")
+            continue
+        try:
+            session.reply(user_text, stream=write)
+        except KeyboardInterrupt:
+            write("\n(answer stopped; it is not kept in the conversation)")
+        write("\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instructune chat",
+        description="Chat with a model in the terminal, or print one answer with --prompt.",
+    )
+    parser.add_argument("--model", default=None,
+                        help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder to load on top of the model")
+    parser.add_argument("--prompt", default=None, help="answer this one message, print the answer and exit")
+    parser.add_argument("--system", default=None, help="system message put before the conversation")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 = greedy (deterministic); above 0 samples, higher is more random")
+    parser.add_argument("--top-p", type=float, default=1.0,
+                        help="nucleus sampling: keep the most likely tokens up to this total probability")
+    parser.add_argument("--no-chat-template", action="store_true",
+                        help="plain-text prompts even if the tokenizer has a chat template "
+                             "(match a model trained without one)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`instructune chat`: load the model, then chat (or answer --prompt once)."""
+    args = make_parser().parse_args(argv)
+    # Check the settings before the (slow) model load.
+    _check_generation_settings(args.max_new_tokens, args.temperature, args.top_p)
+    from instructune.models import load_model
+
+    model, tokenizer = load_model(args.model, args.adapter)
+    session = ChatSession(
+        model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p,
+        chat_template=False if args.no_chat_template else None,
+    )
+    if args.prompt is not None:
+        print(session.reply(args.prompt))
+        return 0
+    try:
+        import readline  # noqa: F401  (arrow keys and line history for input(); absent on Windows)
+    except ImportError:
+        pass
+    chat_loop(session)
+    return 0
+
+
+def _check_generation_settings(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    if max_new_tokens < 1:
+        raise InstructuneError(f"chat: --max-new-tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise InstructuneError(f"chat: --temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise InstructuneError(f"chat: --top-p must be in (0, 1], got {top_p}")
+
+
+def _stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
+    """EOS ids to stop at: the tokenizer's, the model's, and <|im_end|> when the vocabulary has it."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if im_end != tokenizer.unk_token_id:
+        ids.append(im_end)
+    return sorted({i for i in ids if isinstance(i, int)})
