@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny models run faster on one thread, and the suite shares 2 cores with whatever else runs.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

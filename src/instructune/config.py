@@ -17,7 +17,8 @@ from .errors import InstructuneError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Numbers become strings where a string is expected: `run_name=2024` parses as the YAML int 2024.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class ModelConfig(_Section):

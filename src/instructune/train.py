@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import signal
 import sys
 import time
@@ -215,6 +216,10 @@ class Trainer:
                                          optimizer=self.optimizer, scheduler=self.scheduler)
             start_step = state["step"]
             self._say(f"resuming from {last} (step {start_step})")
+        elif self.accelerator.is_main_process:
+            # A fresh start overwrites the run: older, higher-step checkpoints would survive pruning
+            # and be what --resume picks up.
+            shutil.rmtree(ckpt.checkpoint_dir(self.run_dir), ignore_errors=True)
         if self.accelerator.is_main_process:
             save_config(cfg, self.run_dir / "config.yaml")
         log = MetricsLog(self.run_dir, resume_from_step=start_step) if self.accelerator.is_main_process else None

@@ -1,0 +1,104 @@
+"""The run config: unknown keys and wrong types are one-line errors naming the key; overrides are YAML scalars."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from instructune.config import RunConfig, apply_overrides, load_config, save_config
+from instructune.errors import InstructuneError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RUN_CONFIGS = [p for p in sorted(CONFIGS.rglob("*.y*ml")) if "tasks" not in (yaml.safe_load(p.read_text()) or {})]
+
+
+def write(tmp_path, text, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+class TestLoadConfig:
+    def test_defaults_without_a_file(self):
+        config = load_config()
+        assert config == RunConfig()
+        assert config.lora.enabled and config.train.lr == 2e-4
+
+    def test_yaml_file_then_overrides(self, tmp_path):
+        path = write(tmp_path, "run_name: base\ntrain:\n  lr: 0.001\n  batch_size: 4\n")
+        config = load_config(path, ["train.batch_size=2"])
+        assert (config.run_name, config.train.lr, config.train.batch_size) == ("base", 0.001, 2)
+        assert config.run_dir == Path("runs") / "base"
+
+    def test_unknown_key_names_the_key(self, tmp_path):
+        path = write(tmp_path, "train:\n  lrr: 0.1\n")
+        with pytest.raises(InstructuneError, match=r"run\.yaml: unknown config key 'train\.lrr'") as error:
+            load_config(path)
+        assert "\n" not in str(error.value)
+        with pytest.raises(InstructuneError, match="unknown config key 'lora.rank'"):
+            load_config(None, ["lora.rank=8"])
+
+    def test_wrong_type_names_the_key(self, tmp_path):
+        with pytest.raises(InstructuneError, match=r"config key 'train\.batch_size': .*integer"):
+            load_config(None, ["train.batch_size=abc"])
+        path = write(tmp_path, "data:\n  packing: [1, 2]\n")
+        with pytest.raises(InstructuneError, match=r"run\.yaml: config key 'data\.packing'"):
+            load_config(path)
+
+    def test_out_of_range_and_bad_choice(self):
+        with pytest.raises(InstructuneError, match="train.lr"):
+            load_config(None, ["train.lr=0"])
+        with pytest.raises(InstructuneError, match="train.schedule"):
+            load_config(None, ["train.schedule=exponential"])
+
+    def test_invalid_yaml_names_file_and_line(self, tmp_path):
+        path = write(tmp_path, "run_name: x\ntrain:\n  lr: [0.1\n  batch_size: 2\n")
+        with pytest.raises(InstructuneError, match=rf"{path}:\d+: not valid YAML"):
+            load_config(path)
+        path = write(tmp_path, "run_name: x\ndata:\n  train: a.jsonl\n   limit: 3\n", name="indent.yaml")
+        with pytest.raises(InstructuneError, match=rf"{path}:4: not valid YAML"):
+            load_config(path)
+
+    def test_missing_file_and_non_mapping(self, tmp_path):
+        with pytest.raises(InstructuneError, match="missing.yaml: config file not found"):
+            load_config(tmp_path / "missing.yaml")
+        with pytest.raises(InstructuneError, match="expected a mapping"):
+            load_config(write(tmp_path, "- a\n- b\n"))
+
+    def test_cross_field_check_says_how_to_fix(self):
+        with pytest.raises(InstructuneError, match="needs data.validation and train.eval_every_n_steps"):
+            load_config(None, ["train.early_stopping_patience=2"])
+
+    def test_saved_config_loads_back_equal(self, tmp_path):
+        config = load_config(None, ["run_name=saved", "lora.target_modules=[q_proj, v_proj]", "train.max_steps=7"])
+        save_config(config, tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml") == config
+
+
+class TestOverrides:
+    def test_values_parse_as_yaml_scalars(self):
+        config = load_config(None, ["train.lr=1e-4", "train.max_steps=50", "data.packing=false", "model.name=null",
+                                    "train.max_grad_norm=null", "lora.target_modules=[q_proj, v_proj]",
+                                    "lora.dropout=0.1"])
+        assert config.train.lr == 1e-4 and config.train.max_steps == 50
+        assert config.data.packing is False and config.model.name is None and config.train.max_grad_norm is None
+        assert config.lora.target_modules == ["q_proj", "v_proj"] and config.lora.dropout == 0.1
+
+    def test_numbers_are_accepted_where_text_is_expected(self):
+        config = load_config(None, ["run_name=2024", "data.train=001.jsonl"])
+        assert config.run_name == "2024" and config.data.train == "001.jsonl"
+
+    def test_value_may_contain_equals_sign(self):
+        assert apply_overrides({}, ["run_name=a=b"]) == {"run_name": "a=b"}
+
+    def test_malformed_override(self):
+        with pytest.raises(InstructuneError, match="expected key=value"):
+            load_config(None, ["train.lr"])
+        with pytest.raises(InstructuneError, match="lr is not a section"):
+            apply_overrides({"train": {"lr": 0.1}}, ["train.lr.x=1"])
+
+
+class TestShippedConfigs:
+    @pytest.mark.parametrize("path", RUN_CONFIGS, ids=[p.name for p in RUN_CONFIGS])
+    def test_every_shipped_run_config_validates(self, path):
+        load_config(path)

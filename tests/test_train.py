@@ -1,0 +1,240 @@
+"""The training engine on a tiny Llama: learning, gradient accumulation, resume after SIGKILL, NaN, Ctrl-C, outputs."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tiny
+from instructune import checkpoint as ckpt
+from instructune import train as train_module
+from instructune.config import load_config
+from instructune.errors import InstructuneError
+from instructune.loss import causal_lm_loss_sum
+from instructune.models import load_model
+from instructune.pack import collate
+from instructune.runlog import MetricsLog
+from instructune.tokenize import encode_prompt_completion
+from instructune.train import Trainer
+
+# Answers of different lengths: a mean of per-micro-batch means would weigh their tokens unequally.
+EXAMPLES = [
+    {"prompt": "Where is my order?", "completion": "It has shipped."},
+    {"prompt": "How do I reset my password?", "completion": "Click the link in the email we sent you, then choose a new one."},
+    {"prompt": "I want a refund.", "completion": "Done."},
+    {"prompt": "Summarize: #Person1#: Hello. #Person2#: Hi.", "completion": "Two people greet each other politely."},
+    {"prompt": "Which option is correct?", "completion": "The first one."},
+    {"prompt": "How are you?", "completion": "I am fine, thank you, and how are you today?"},
+    {"prompt": "Where is my refund?", "completion": "It will arrive in three days."},
+    {"prompt": "Say yes.", "completion": "yes"},
+]
+
+# One thread: tiny matmuls only lose to thread start-up and contention on busy cores.
+QUIET = ["train.log_every_n_steps=1", "train.warmup_ratio=0", "data.max_length=128", "train.num_threads=1"]
+
+
+def make_config(tmp_path, *overrides, name="run"):
+    return load_config(None, [f"output_dir={tmp_path}", f"run_name={name}", *QUIET, *overrides])
+
+
+def run_trainer(config, **kwargs):
+    trainer = Trainer(config, progress=False, **kwargs)
+    trainer.setup()
+    trainer.summary = trainer.train()
+    return trainer
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in MetricsLog.read(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+class TestLearning:
+    def test_one_step_on_a_repeated_batch_lowers_the_loss(self, tmp_path, tokenizer, llama):
+        example = EXAMPLES[1]
+        batch = collate([encode_prompt_completion(example, tokenizer, 128)] * 4, tokenizer.pad_token_id)
+        with torch.no_grad():
+            before = float(torch.div(*causal_lm_loss_sum(llama, batch)))
+        config = make_config(tmp_path, "lora.enabled=false", "train.max_steps=1", "train.batch_size=4",
+                             "train.lr=1e-2", "data.packing=false")
+        trainer = run_trainer(config, model=llama, tokenizer=tokenizer, train_examples=[example] * 4)
+        with torch.no_grad():
+            after = float(torch.div(*causal_lm_loss_sum(trainer.model, batch)))
+        assert trainer.summary["first_loss"] == pytest.approx(before, rel=1e-4)
+        assert after < before - 0.1
+
+
+class TestGradientAccumulation:
+    def _one_step(self, tmp_path, tokenizer, batch_size, accum):
+        config = make_config(tmp_path, "lora.enabled=false", "data.packing=false", "train.max_steps=1",
+                             "train.lr=1e-3", "train.max_grad_norm=null", f"train.batch_size={batch_size}",
+                             f"train.grad_accum_steps={accum}", name=f"b{batch_size}x{accum}")
+        trainer = Trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
+                          progress=False)
+        trainer.setup()
+        grads = []
+        step = trainer.optimizer.step
+
+        def capture_then_step(*args, **kwargs):
+            grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+            return step(*args, **kwargs)
+
+        trainer.optimizer.step = capture_then_step
+        summary = trainer.train()
+        weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        return grads[0], weights, summary["first_loss"]
+
+    def test_one_batch_of_8_equals_4_accumulated_batches_of_2(self, tmp_path, tokenizer):
+        grads_8, weights_8, loss_8 = self._one_step(tmp_path, tokenizer, 8, 1)
+        grads_2, weights_2, loss_2 = self._one_step(tmp_path, tokenizer, 2, 4)
+        assert loss_8 == pytest.approx(loss_2, abs=1e-5)
+        assert grads_8.keys() == grads_2.keys()
+        for name in grads_8:
+            torch.testing.assert_close(grads_2[name], grads_8[name], atol=1e-5, rtol=1e-4, msg=name)
+        for name in weights_8:
+            torch.testing.assert_close(weights_2[name], weights_8[name], atol=1e-5, rtol=0, msg=name)
+
+        # Reference: the gradient of (sum of every response token's loss) / (their count).
+        model = tiny.make_llama(tokenizer)
+        batch = collate([encode_prompt_completion(e, tokenizer, 128) for e in EXAMPLES], tokenizer.pad_token_id)
+        loss_sum, count = causal_lm_loss_sum(model, batch)
+        (loss_sum / count).backward()
+        assert (loss_sum / count).item() == pytest.approx(loss_8, abs=1e-5)
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(grads_8[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+# Runs `instructune train` and SIGKILLs itself right after the checkpoint of step KILL_AT is written.
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+from instructune import checkpoint, train
+save = checkpoint.save_checkpoint
+def save_then_die(run_dir, step, **kwargs):
+    folder = save(run_dir, step, **kwargs)
+    if step == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return folder
+checkpoint.save_checkpoint = save_then_die
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+class TestResume:
+    def test_sigkilled_run_resumes_to_the_same_weights_and_loss_curve(self, tmp_path, tiny_llama_dir):
+        data = _write_jsonl(tmp_path / "train.jsonl", EXAMPLES * 2)
+        overrides = [f"output_dir={tmp_path}", f"model.name={tiny_llama_dir}", f"data.train={data}", *QUIET,
+                     "train.max_steps=6", "train.batch_size=2", "train.save_every_n_steps=2", "train.lr=1e-2",
+                     "lora.r=4", "lora.dropout=0.1"]  # dropout: the RNG state must be restored too
+
+        killed = subprocess.run(
+            [sys.executable, "-c", KILL_AFTER_CHECKPOINT, *overrides, "run_name=killed"],
+            env={**os.environ, "KILL_AT": "4"}, capture_output=True, text=True, timeout=120,
+        )
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        killed_dir = tmp_path / "killed"
+        assert ckpt.latest_checkpoint(killed_dir).name == "step-0000004"
+        assert not (killed_dir / "adapter").exists()
+        assert train_module.main([*overrides, "run_name=killed", "--resume"]) == 0
+
+        assert train_module.main([*overrides, "run_name=straight"]) == 0
+        straight_dir = tmp_path / "straight"
+        assert [s for s, _ in losses(killed_dir)] == list(range(1, 7))
+        for (_, resumed), (_, reference) in zip(losses(killed_dir), losses(straight_dir)):
+            assert resumed == pytest.approx(reference, abs=1e-6)
+        resumed = load_file(killed_dir / "adapter" / "adapter_model.safetensors")
+        reference = load_file(straight_dir / "adapter" / "adapter_model.safetensors")
+        assert resumed.keys() == reference.keys()
+        for name in reference:
+            torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=0, msg=name)
+
+
+def _fail_at_call(monkeypatch, call_number, failure):
+    """Make the trainer's loss fail on its `call_number`-th micro-batch (1-based)."""
+    calls = []
+
+    def loss_sum(model, batch):
+        calls.append(1)
+        result, count = causal_lm_loss_sum(model, batch)
+        if len(calls) == call_number:
+            if failure == "nan":
+                return result * float("nan"), count
+            raise KeyboardInterrupt
+        return result, count
+
+    monkeypatch.setattr(train_module, "causal_lm_loss_sum", loss_sum)
+
+
+class TestStops:
+    def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(self, tmp_path, tokenizer, llama, monkeypatch):
+        _fail_at_call(monkeypatch, 3, "nan")
+        config = make_config(tmp_path, "lora.enabled=false", "train.max_steps=5", "train.batch_size=4",
+                             "train.save_every_n_steps=1", "train.keep_last_n_checkpoints=5")
+        with pytest.raises(InstructuneError, match=r"at step 3\b") as error:
+            run_trainer(config, model=llama, tokenizer=tokenizer, train_examples=EXAMPLES)
+        assert "step-0000002" in str(error.value)
+        last = ckpt.latest_checkpoint(config.run_dir)
+        assert last.name == "step-0000002"
+        model = tiny.make_llama(tokenizer, seed=1)
+        optimizer = torch.optim.AdamW(model.parameters())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        state = ckpt.load_checkpoint(last, model=model, optimizer=optimizer, scheduler=scheduler)
+        assert state["step"] == 2
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        assert [s for s, _ in losses(config.run_dir)] == [1, 2]
+
+    def test_keyboard_interrupt_saves_a_checkpoint_and_resume_finishes(self, tmp_path, tokenizer, monkeypatch):
+        _fail_at_call(monkeypatch, 3, "interrupt")
+        config = make_config(tmp_path, "lora.enabled=false", "train.max_steps=4", "train.batch_size=4")
+        with pytest.raises(KeyboardInterrupt):
+            run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES)
+        assert ckpt.latest_checkpoint(config.run_dir).name == "step-0000002"
+        monkeypatch.setattr(train_module, "causal_lm_loss_sum", causal_lm_loss_sum)
+        trainer = run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
+                              resume=True)
+        assert trainer.summary["steps"] == 4
+        assert [s for s, _ in losses(config.run_dir)] == [1, 2, 3, 4]
+
+
+class TestRunFolder:
+    def test_lora_run_writes_adapter_tokenizer_config_metrics_and_plot(self, tmp_path, tiny_llama_dir):
+        config = make_config(tmp_path, f"model.name={tiny_llama_dir}", "train.max_steps=3", "train.batch_size=2",
+                             "train.eval_every_n_steps=3", "lora.r=4")
+        run_trainer(config, train_examples=EXAMPLES, validation_examples=EXAMPLES[:3])
+        run = config.run_dir
+        for name in ("config.yaml", "metrics.jsonl", "loss.png", "adapter/adapter_model.safetensors",
+                     "adapter/adapter_config.json", "adapter/tokenizer_config.json"):
+            assert (run / name).is_file(), name
+        assert load_config(run / "config.yaml") == config
+        records = MetricsLog.read(run / "metrics.jsonl")
+        assert [r["step"] for r in records] == [1, 2, 3]
+        assert math.isfinite(records[-1]["val_loss"])
+        model, tokenizer = load_model(tiny_llama_dir, adapter=run / "adapter")
+        assert type(model).__name__.startswith("Peft") and tokenizer.eos_token == "<|im_end|>"
+
+    def test_empty_training_data_is_an_error(self, tmp_path, tokenizer, llama):
+        config = make_config(tmp_path, "lora.enabled=false", "data.max_length=16")
+        chats = [{"messages": [{"role": "user", "content": "hi " * 30}, {"role": "assistant", "content": "ok"}]}]
+        trainer = Trainer(config, model=llama, tokenizer=tokenizer, train_examples=chats, progress=False)
+        with pytest.raises(InstructuneError, match="no examples left"):
+            trainer.setup()
+
+
+class TestRerun:
+    def test_fresh_run_in_an_old_run_folder_is_not_shadowed_by_old_checkpoints(self, tmp_path, tokenizer):
+        common = ["lora.enabled=false", "train.batch_size=4", "train.save_every_n_steps=1"]
+        run_trainer(make_config(tmp_path, *common, "train.max_steps=4"), model=tiny.make_llama(tokenizer),
+                    tokenizer=tokenizer, train_examples=EXAMPLES)
+        config = make_config(tmp_path, *common, "train.max_steps=2")
+        run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES)
+        # --resume must continue the new run, not the old one's step 4.
+        assert ckpt.latest_checkpoint(config.run_dir).name == "step-0000002"
+        assert [s for s, _ in losses(config.run_dir)] == [1, 2]
