@@ -25,7 +25,7 @@ quickstart: $(STAMP)
 	$(VENV)/bin/instructune quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) runs

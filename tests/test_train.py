@@ -234,7 +234,11 @@ class TestRerun:
         run_trainer(make_config(tmp_path, *common, "train.max_steps=4"), model=tiny.make_llama(tokenizer),
                     tokenizer=tokenizer, train_examples=EXAMPLES)
         config = make_config(tmp_path, *common, "train.max_steps=2")
-        run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES)
+        with pytest.raises(InstructuneError, match="--overwrite"):
+            run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES)
+        assert ckpt.latest_checkpoint(config.run_dir).name == "step-0000004"  # nothing lost
+        run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
+                    overwrite=True)
         # --resume must continue the new run, not the old one's step 4.
         assert ckpt.latest_checkpoint(config.run_dir).name == "step-0000002"
         assert [s for s, _ in losses(config.run_dir)] == [1, 2]

@@ -101,7 +101,7 @@ def run_quickstart(config: RunConfig, *, eval_limit: int = 40, eval_batch_size: 
     print("[4/5] Fine-tuning with LoRA (loss on the response tokens only)")
     trainer = Trainer(config.model_copy(update={"data": config.data.model_copy(
         update={"train": str(paths["train"]), "validation": str(paths["validation"])})}),
-        model=model, tokenizer=tokenizer)
+        model=model, tokenizer=tokenizer, overwrite=True)
     trainer.setup()
     train_summary = trainer.train()
     tuned = trainer.accelerator.unwrap_model(trainer.model)

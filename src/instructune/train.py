@@ -69,14 +69,14 @@ class Trainer:
     def __init__(
         self, config: RunConfig, *, model: Any = None, tokenizer: Any = None,
         train_examples: list[dict] | None = None, validation_examples: list[dict] | None = None,
-        resume: bool = False, progress: bool = True,
+        resume: bool = False, overwrite: bool = False, progress: bool = True,
     ):
         if train_examples is None and not config.data.train:
             raise InstructuneError("config key 'data.train': a training file is required")
         self.config = config
         self.model, self.tokenizer = model, tokenizer
         self.train_examples, self.validation_examples = train_examples, validation_examples
-        self.resume = resume
+        self.resume, self.overwrite = resume, overwrite
         self.progress = progress
         self.run_dir = config.run_dir
 
@@ -216,9 +216,12 @@ class Trainer:
                                          optimizer=self.optimizer, scheduler=self.scheduler)
             start_step = state["step"]
             self._say(f"resuming from {last} (step {start_step})")
-        elif self.accelerator.is_main_process:
-            # A fresh start overwrites the run: older, higher-step checkpoints would survive pruning
-            # and be what --resume picks up.
+        elif self.accelerator.is_main_process and ckpt.latest_checkpoint(self.run_dir) is not None:
+            # Another run's checkpoints would survive pruning and be what --resume picks up, so a
+            # fresh start replaces them only when asked: bad input must never cost a user's work.
+            if not self.overwrite:
+                raise InstructuneError(f"{self.run_dir}: holds checkpoints of an earlier run; pass --resume "
+                                       "to continue it, --overwrite to replace it, or choose another run_name")
             shutil.rmtree(ckpt.checkpoint_dir(self.run_dir), ignore_errors=True)
         if self.accelerator.is_main_process:
             save_config(cfg, self.run_dir / "config.yaml")
@@ -382,6 +385,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", nargs="?", help="YAML run config (see configs/).")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 data.packing=false")
     parser.add_argument("--resume", action="store_true", help="Continue from the run's latest checkpoint.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an earlier run's checkpoints in the run folder.")
     return parser
 
 
@@ -393,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.insert(0, config_path)
         config_path = None
     config = load_config(config_path, overrides)
-    summary = train(config, resume=args.resume)
+    summary = train(config, resume=args.resume, overwrite=args.overwrite)
     print(f"done: {summary['steps']} steps, loss {summary.get('first_loss') or 0:.4f} -> "
           f"{summary.get('final_loss') or 0:.4f}, {summary['tokens_per_s']:.0f} tokens/s; weights in {summary.get('weights')}")
     return 0
