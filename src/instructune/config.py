@@ -60,6 +60,10 @@ class TrainConfig(_Section):
     keep_last_n_checkpoints: int = Field(2, gt=0, description="Older checkpoints are deleted.")
     log_every_n_steps: int = Field(1, gt=0, description="Metrics line every N steps.")
     early_stopping_patience: int | None = Field(None, gt=0, description="Stop after N validations without improvement.")
+    generate_every_n_steps: int | None = Field(None, gt=0, description="Generate on a fixed validation sample every N steps and log ROUGE / exact match.")
+    generate_samples: int = Field(16, gt=0, description="Validation examples in that sample (the first N); each costs a generation.")
+    generate_max_new_tokens: int = Field(64, gt=0, description="Answer length cap for in-training generation.")
+    select_best_by: Literal["val_loss", "rougeL", "rouge1", "exact_match", "f1"] = Field("val_loss", description="Metric for early stopping and the best checkpoint (saved as best/).")
     num_threads: int | None = Field(None, gt=0, description="CPU threads for torch; null = all cores.")
 
 
@@ -74,8 +78,11 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
-        if self.train.early_stopping_patience and not (self.data.validation and self.train.eval_every_n_steps):
-            raise ValueError("train.early_stopping_patience needs data.validation and train.eval_every_n_steps")
+        every = self.train.eval_every_n_steps if self.train.select_best_by == "val_loss" else self.train.generate_every_n_steps
+        if self.train.early_stopping_patience and not every:
+            raise ValueError(f"train.early_stopping_patience with select_best_by={self.train.select_best_by} needs "
+                             f"train.{'eval' if self.train.select_best_by == 'val_loss' else 'generate'}_every_n_steps "
+                             "and validation data")
         return self
 
     @property

@@ -69,7 +69,18 @@ def plot_losses(metrics_path: Path, out_png: Path, title: str = "Training") -> P
     ax.set_ylabel("loss (response tokens)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    scores = sorted({k for r in records for k in r if k.startswith("gen_")})
+    if scores:  # generation metrics share the x axis on a 0-1 scale of their own
+        right = ax.twinx()
+        for key, colour in zip(scores, ("tab:green", "tab:red", "tab:purple", "tab:brown")):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            right.plot(*zip(*points), "s--", color=colour, label=key[4:] + " (validation sample)")
+        right.set_ylabel("generation score")
+        right.set_ylim(0, 1)
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png)
     plt.close(fig)

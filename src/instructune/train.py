@@ -109,7 +109,11 @@ class Trainer:
         self.train_rows = self._rows(self.train_examples, cfg.data.train, "train", cfg.data.limit)
         if not self.train_rows:
             raise InstructuneError(f"{cfg.data.train or 'training data'}: no examples left after filtering")
-        self.validation_rows = self._rows(self.validation_examples, cfg.data.validation, "validation", None)
+        if self.validation_examples is None and cfg.data.validation:
+            self.validation_examples = read_examples(cfg.data.validation)
+        self.validation_rows = self._rows(self.validation_examples, None, "validation", None)
+        # A fixed sample for in-training generation: the first prompt/completion validation examples.
+        self.generation_sample = [e for e in (self.validation_examples or []) if "prompt" in e][: cfg.train.generate_samples]
 
         # Optimizer after LoRA wrapping: only the trainable parameters get optimizer state.
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -244,8 +248,12 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 if self._due(step, cfg.train.eval_every_n_steps) and self.validation_rows:
                     record["val_loss"] = self.validation_loss()
-                    stopped_early = self._early_stop(state, record["val_loss"], step)
-                    bar.write(f"step {step}: val_loss {record['val_loss']:.4f}")
+                if self._due(step, cfg.train.generate_every_n_steps) and self.generation_sample:
+                    record.update(self.generation_metrics())
+                scored = {k: v for k, v in record.items() if k.startswith(("val_", "gen_"))}
+                if scored:
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scored.items()))
+                    stopped_early = self._track_best(state, record, step)
                 if log and (step % cfg.train.log_every_n_steps == 0 or "val_loss" in record):
                     log.log(record)
                 if self._due(step, cfg.train.save_every_n_steps) and step < self.total_steps:
@@ -311,10 +319,34 @@ class Trainer:
         self.model.train()
         return total / max(count, 1)
 
-    def _early_stop(self, state: dict, val_loss: float, step: int) -> bool:
-        best = state.get("best_val_loss")
-        if best is None or val_loss < best:
-            state.update(best_val_loss=val_loss, best_step=step, bad_evals=0)
+    def generation_metrics(self) -> dict[str, float]:
+        """Generate on the fixed validation sample; ROUGE and exact match against the completions."""
+        from .evaluate.run import evaluate_examples
+
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        metrics, _ = evaluate_examples(
+            model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
+            batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
+            chat_template=self.config.model.chat_template,
+        )
+        model.train()
+        return {f"gen_{k}": metrics[k] for k in ("rouge1", "rougeL", "exact_match", "f1") if k in metrics}
+
+    def _track_best(self, state: dict, record: dict, step: int) -> bool:
+        """Keep the best weights (best/) by the chosen metric; True when early stopping should end the run."""
+        name = self.config.train.select_best_by
+        key = "val_loss" if name == "val_loss" else f"gen_{name}"
+        if key not in record:
+            return False
+        value, best = record[key], state.get("best_value")
+        improved = best is None or (value < best if key == "val_loss" else value > best)
+        if improved:
+            state.update(best_value=value, best_metric=key, best_step=step, bad_evals=0)
+            if key == "val_loss":
+                state["best_val_loss"] = value
+            if self.accelerator.is_main_process:
+                ckpt.save_weights(self.accelerator.unwrap_model(self.model), self.run_dir / "best")
             return False
         state["bad_evals"] = state.get("bad_evals", 0) + 1
         patience = self.config.train.early_stopping_patience
@@ -337,7 +369,9 @@ class Trainer:
         """Save the final weights (adapter/ or model/) with the tokenizer, the loss plot and a summary."""
         self._save(step, state)
         summary = {"steps": step, "train_tokens": tokens, "train_seconds": seconds,
-                   "tokens_per_s": tokens / max(seconds, 1e-9), "best_val_loss": state.get("best_val_loss")}
+                   "tokens_per_s": tokens / max(seconds, 1e-9), "best_val_loss": state.get("best_val_loss"),
+                   "best_metric": state.get("best_metric"), "best_value": state.get("best_value"),
+                   "best_step": state.get("best_step")}
         if self.accelerator.is_main_process:
             out = self.run_dir / ("adapter" if self.config.lora.enabled else "model")
             ckpt.save_weights(self.accelerator.unwrap_model(self.model), out)
