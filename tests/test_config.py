@@ -66,8 +66,10 @@ class TestLoadConfig:
             load_config(write(tmp_path, "- a\n- b\n"))
 
     def test_cross_field_check_says_how_to_fix(self):
-        with pytest.raises(InstructuneError, match="needs data.validation and train.eval_every_n_steps"):
+        with pytest.raises(InstructuneError, match="needs train.eval_every_n_steps and validation data"):
             load_config(None, ["train.early_stopping_patience=2"])
+        with pytest.raises(InstructuneError, match="needs train.generate_every_n_steps"):
+            load_config(None, ["train.early_stopping_patience=2", "train.select_best_by=rougeL"])
 
     def test_saved_config_loads_back_equal(self, tmp_path):
         config = load_config(None, ["run_name=saved", "lora.target_modules=[q_proj, v_proj]", "train.max_steps=7"])
