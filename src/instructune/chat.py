@@ -3,9 +3,10 @@
 `instructune chat` loads a model (and optionally a LoRA adapter) and talks to it. The conversation
 is rendered with the tokenizer's chat template, so the model sees the same text it was trained on
 (the first turn equals `tokenize.format_prompt`). Without a chat template, earlier turns are plain
-text and the last turn is `format_prompt`'s plain form. Tokens are streamed as they are generated;
-`/reset` clears the history and `/exit`, EOF or Ctrl-C at the prompt quit. Ctrl-C while the model
-answers stops that answer only.
+text and the last turn is `format_prompt`'s plain form. Encoder-decoder models (T5) never get the
+chat template: their first turn is the raw message, as their training prompts were. Tokens are
+streamed as they are generated; `/reset` clears the history and `/exit`, EOF or Ctrl-C at the
+prompt quit. Ctrl-C while the model answers stops that answer only.
 
 Greedy decoding by default; sampling when --temperature > 0. Left out: batch generation (see
 evaluate/), conversation saving, and trimming a history longer than the model's context.
@@ -19,6 +20,7 @@ import threading
 from typing import Any, Callable, TextIO
 
 from instructune.errors import InstructuneError
+from instructune.models import is_encoder_decoder
 from instructune.tokenize import format_prompt, uses_chat_template
 
 HELP_TEXT = "Commands: /reset clears the conversation, /exit quits (so do Ctrl-D and Ctrl-C)."
@@ -55,7 +57,9 @@ class ChatSession:
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_p = top_p
-        self.use_template = uses_chat_template(tokenizer, chat_template)
+        self.encoder_decoder = is_encoder_decoder(model)
+        # Encoder-decoder models train on the raw prompt (tokenize.encode_seq2seq): no chat template.
+        self.use_template = not self.encoder_decoder and uses_chat_template(tokenizer, chat_template)
         self.history: list[dict[str, str]] = []
 
     def reset(self) -> None:
@@ -78,7 +82,7 @@ class ChatSession:
         for user, assistant in zip(self.history[::2], self.history[1::2]):
             prompt = format_prompt(self.tokenizer, user["content"], False)
             parts.append(prompt + assistant["content"] + "\n\n")
-        parts.append(format_prompt(self.tokenizer, user_text, False))
+        parts.append(user_text if self.encoder_decoder else format_prompt(self.tokenizer, user_text, False))
         return "".join(parts)
 
     def reply(self, user_text: str, stream: Callable[[str], Any] | None = None) -> str:
@@ -106,8 +110,7 @@ class ChatSession:
                 output_ids = self.model.generate(**kwargs)
             else:
                 output_ids = self._generate_streaming(kwargs, stream)
-        is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
-        new_ids = output_ids[0] if is_encoder_decoder else output_ids[0, input_ids.shape[1]:]
+        new_ids = output_ids[0] if self.encoder_decoder else output_ids[0, input_ids.shape[1]:]
         answer = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
         return answer

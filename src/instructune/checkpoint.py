@@ -49,8 +49,11 @@ def load_weights(model: Any, folder: Path) -> None:
     for shard in sorted(folder.glob("*.safetensors")):
         state.update(load_file(shard))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied output embeddings are saved once; anything else missing means a wrong checkpoint.
-    missing = [k for k in missing if "lm_head" not in k]
+    # Tied weights (Llama's lm_head, T5's embed_tokens) are saved once, under the name they share
+    # storage with; anything else missing means a wrong checkpoint.
+    tensors = model.state_dict()
+    loaded = {tensors[k].data_ptr() for k in state if k in tensors}
+    missing = [k for k in missing if tensors[k].data_ptr() not in loaded]
     if missing or unexpected:
         raise RuntimeError(f"{folder}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 

@@ -72,5 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     out = export_merged(args.adapter, args.output, model=args.model)
-    print(f"merged model saved to {out} (load it with AutoModelForCausalLM.from_pretrained)")
+    seq2seq = json.loads((out / "config.json").read_text()).get("is_encoder_decoder", False)
+    print(f"merged model saved to {out} (load it with {'AutoModelForSeq2SeqLM' if seq2seq else 'AutoModelForCausalLM'}"
+          ".from_pretrained)")
     return 0

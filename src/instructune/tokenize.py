@@ -120,11 +120,37 @@ def encode_messages(example: dict, tokenizer: Any, max_length: int) -> dict:
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
 
 
+def _tokenize_capped(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], bool]:
+    """Token ids with the tokenizer's special tokens, cut by the tokenizer itself (it keeps T5's </s>)."""
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) <= max_length:
+        return ids, False
+    return tokenizer(text, truncation=True, max_length=max_length)["input_ids"], True
+
+
 def encode_seq2seq(example: dict, tokenizer: Any, max_length: int) -> dict:
-    """Tokenize for an encoder-decoder model: the prompt is the encoder input, the completion the target."""
-    input_ids = tokenizer(example["prompt"], truncation=True, max_length=max_length)["input_ids"]
-    labels = tokenizer(example["completion"], truncation=True, max_length=max_length)["input_ids"]
-    return {"input_ids": input_ids, "labels": labels, "truncated": False}
+    """Tokenize for an encoder-decoder model: the prompt is the encoder input, the completion + EOS the target.
+
+    Both sides get the tokenizer's own special tokens and no chat template (T5 appends </s>). The
+    target always ends in EOS: a tokenizer that does not append it itself gets it here, or the
+    decoder would never learn to stop. Too long: each side is cut to max_length by the tokenizer.
+
+    Returns:
+        {"input_ids": list[int], "labels": list[int], "truncated": bool}; no -100 in labels.
+
+    Example:
+        >>> encode_seq2seq({"prompt": "2+2?", "completion": "4"}, t5_tokenizer, 512)   # </s> is 1
+        {'input_ids': [..., 1], 'labels': [..., 1], 'truncated': False}
+    """
+    if not isinstance(example.get("prompt"), str) or not isinstance(example.get("completion"), str):
+        raise ValueError("encoder-decoder models take 'prompt' and 'completion' strings "
+                         "(chat 'messages' need a decoder-only model)")
+    input_ids, source_cut = _tokenize_capped(tokenizer, example["prompt"], max_length)
+    labels, target_cut = _tokenize_capped(tokenizer, example["completion"], max_length)
+    eos = tokenizer.eos_token_id
+    if labels[-1:] != [eos]:
+        labels = labels[: max_length - 1] + [eos]
+    return {"input_ids": input_ids, "labels": labels, "truncated": source_cut or target_cut}
 
 
 def encode_example(
