@@ -8,8 +8,10 @@ import yaml
 from instructune.config import RunConfig, apply_overrides, load_config, save_config
 from instructune.errors import InstructuneError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RUN_CONFIGS = [p for p in sorted(CONFIGS.rglob("*.y*ml")) if "tasks" not in (yaml.safe_load(p.read_text()) or {})]
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted([*(ROOT / "configs").rglob("*.y*ml"), *(ROOT / "src" / "instructune" / "configs").rglob("*.y*ml")])
+RUN_CONFIGS = [p for p in SHIPPED if "tasks" not in (yaml.safe_load(p.read_text()) or {})]
+MIXTURES = [p for p in SHIPPED if p not in RUN_CONFIGS]
 
 
 def write(tmp_path, text, name="run.yaml"):
@@ -104,3 +106,10 @@ class TestShippedConfigs:
     @pytest.mark.parametrize("path", RUN_CONFIGS, ids=[p.name for p in RUN_CONFIGS])
     def test_every_shipped_run_config_validates(self, path):
         load_config(path)
+
+
+@pytest.mark.parametrize("path", MIXTURES, ids=[p.name for p in MIXTURES])
+def test_every_shipped_mixture_validates(path):
+    from instructune.data.prepare import load_mixture
+
+    assert load_mixture(path).tasks
