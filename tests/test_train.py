@@ -242,3 +242,22 @@ class TestRerun:
         # --resume must continue the new run, not the old one's step 4.
         assert ckpt.latest_checkpoint(config.run_dir).name == "step-0000002"
         assert [s for s, _ in losses(config.run_dir)] == [1, 2]
+
+
+class TestGenerationMetrics:
+    def test_generation_scores_are_logged_and_pick_the_best_checkpoint(self, tmp_path, tokenizer):
+        examples = [{"prompt": "Is the order late?", "completion": "yes"}] * 8
+        config = make_config(
+            tmp_path, "lora.enabled=false", "data.packing=false", "train.max_steps=30", "train.lr=1e-2",
+            "train.warmup_ratio=0", "train.generate_every_n_steps=10", "train.generate_samples=2",
+            "train.generate_max_new_tokens=4", "train.select_best_by=exact_match",
+        )
+        trainer = run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer,
+                              train_examples=examples, validation_examples=examples[:2])
+        scores = [(r["step"], r["gen_exact_match"]) for r in MetricsLog.read(config.run_dir / "metrics.jsonl")
+                  if "gen_exact_match" in r]
+        assert [step for step, _ in scores] == [10, 20, 30]
+        assert scores[0][1] == 0.0 and scores[-1][1] == 1.0  # the model learned to answer "yes" and stop
+        assert trainer.summary["best_metric"] == "gen_exact_match" and trainer.summary["best_value"] == 1.0
+        assert (config.run_dir / "best" / "model.safetensors").is_file()
+        assert (config.run_dir / "loss.png").is_file()
