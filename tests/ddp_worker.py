@@ -17,6 +17,7 @@ tokenizer = tiny.make_tokenizer()
 examples = [{"prompt": f"Where is order {i}?", "completion": f"Order {i} shipped on day {i % 7}."} for i in range(64)]
 config = load_config(overrides=[
     "run_name=run", f"output_dir={out_dir}", "train.max_steps=6", "train.lr=3e-3", "lora.enabled=false",
+    "train.precision=fp32",
     f"train.batch_size={batch_size}", "data.packing=false",
 ])
 trainer = Trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=examples, progress=False)

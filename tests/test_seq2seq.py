@@ -37,7 +37,7 @@ EXAMPLES = [
 # What a model must memorise to show it has learned to answer and to stop.
 YES_NO = [{"prompt": "Say yes.", "completion": "yes"}, {"prompt": "Say no.", "completion": "no"}]
 QUIET = ["train.log_every_n_steps=1", "train.warmup_ratio=0", "data.max_length=64", "train.num_threads=1",
-         "lora.dropout=0", "train.max_grad_norm=null"]
+         "lora.dropout=0", "train.max_grad_norm=null", "train.precision=fp32"]
 
 
 def make_t5(tokenizer, seed=0):

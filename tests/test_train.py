@@ -35,7 +35,8 @@ EXAMPLES = [
 ]
 
 # One thread: tiny matmuls only lose to thread start-up and contention on busy cores.
-QUIET = ["train.log_every_n_steps=1", "train.warmup_ratio=0", "data.max_length=128", "train.num_threads=1"]
+QUIET = ["train.log_every_n_steps=1", "train.warmup_ratio=0", "data.max_length=128", "train.num_threads=1",
+         "train.precision=fp32"]  # exact comparisons need fp32 (auto picks bf16 on AVX512-BF16 CPUs)
 
 
 def make_config(tmp_path, *overrides, name="run"):
@@ -261,3 +262,13 @@ class TestGenerationMetrics:
         assert trainer.summary["best_metric"] == "gen_exact_match" and trainer.summary["best_value"] == 1.0
         assert (config.run_dir / "best" / "model.safetensors").is_file()
         assert (config.run_dir / "loss.png").is_file()
+
+
+class TestPrecision:
+    def test_runs_with_different_precisions_share_one_process(self, tmp_path, tokenizer):
+        examples = [{"prompt": "Is the order late?", "completion": "yes"}] * 4
+        for precision in ("fp32", "bf16", "fp32"):
+            config = make_config(tmp_path, "train.max_steps=1", f"train.precision={precision}", name=precision)
+            trainer = run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer,
+                                  train_examples=examples, overwrite=True)
+            assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no")

@@ -53,7 +53,7 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps with linear warmup.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm; null = off.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast where supported; auto = bf16 on a GPU that has it, else fp32.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast; auto = bf16 where the hardware has native bf16 (recent GPUs, AVX512-BF16 CPUs), else fp32.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
     eval_every_n_steps: int | None = Field(None, gt=0, description="Validation loss every N steps; null = at the end only.")
     save_every_n_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps; null = at the end only.")

@@ -83,12 +83,16 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from transformers import set_seed
 
         cfg = self.config
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         set_seed(cfg.seed)
+        # accelerate keeps one global state; a second run in the same process (a notebook, the quickstart)
+        # may want another precision. The process-group part (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=self._mixed_precision(), cpu=not torch.cuda.is_available())
         self.world = self.accelerator.num_processes
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +143,7 @@ class Trainer:
     def _mixed_precision(self) -> str:
         precision = self.config.train.precision
         if precision == "auto":
-            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+            return "bf16" if native_bf16() else "no"
         return "bf16" if precision == "bf16" else "no"
 
     def _wrap_lora(self, model: Any) -> Any:
@@ -387,6 +391,16 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(message)
+
+
+def native_bf16() -> bool:
+    """bf16 matmuls in hardware: a GPU that has them, or a CPU with AVX512-BF16/AMX (1.5x fp32 here)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _label_count(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
