@@ -1,0 +1,141 @@
+"""Generation metrics against ground truth: ROUGE-1/2/L/Lsum, exact match and token F1.
+
+ROUGE is Google's rouge-score with Porter stemming, F-measure, averaged over predictions. ROUGE-Lsum
+splits summaries into sentences at newlines (rouge-score's own convention; no nltk sentence
+splitter). With several references per prediction each metric takes the best reference for that
+prediction, as rouge-score's `score_multi` and SQuAD do; the first-reference scores are reported
+beside them so a single-reference table (like the FLAN-T5 DialogSum lab's) can be compared.
+
+Exact match and token F1 normalise text as the SQuAD evaluation script does: lower case, punctuation
+removed, articles (a, an, the) removed, whitespace collapsed. Model-based metrics (BERTScore,
+judges) are left out.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from functools import lru_cache
+
+from instructune.errors import InstructuneError
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces.
+
+    Example:
+        >>> normalize_answer("  The Cat, sat!")
+        'cat sat'
+    """
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the normalised texts are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1 of the normalised texts: harmonic mean of token precision and recall.
+
+    Example:
+        >>> round(token_f1("the cat sat", "a cat sat down"), 3)   # 2 shared of 2 and 3 tokens
+        0.8
+    """
+    pred_tokens = normalize_answer(prediction).split()
+    ref_tokens = normalize_answer(reference).split()
+    if not pred_tokens or not ref_tokens:
+        # Both empty counts as a match, one empty as a miss (SQuAD 2.0's rule for no-answer).
+        return float(pred_tokens == ref_tokens)
+    shared = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
+    if shared == 0:
+        return 0.0
+    precision = shared / len(pred_tokens)
+    recall = shared / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_scores(prediction: str, references: list[str]) -> dict[str, float]:
+    """ROUGE F-measures of one prediction, each the best over the references.
+
+    Args:
+        prediction: the model's text.
+        references: one or more ground-truth texts.
+
+    Returns:
+        {"rouge1": f, "rouge2": f, "rougeL": f, "rougeLsum": f}, each in [0, 1].
+
+    Example:
+        >>> rouge_scores("the cat sat", ["the cat sat on the mat"])["rouge1"]
+        0.6666666666666666
+    """
+    scores = _rouge_scorer().score_multi(references, prediction)
+    return {rouge_type: scores[rouge_type].fmeasure for rouge_type in ROUGE_TYPES}
+
+
+def _as_reference_lists(references: list[str] | list[list[str]], n_predictions: int) -> list[list[str]]:
+    if len(references) != n_predictions:
+        raise InstructuneError(
+            f"generation_metrics: {n_predictions} predictions but {len(references)} references; "
+            "expected one reference (or list of references) per prediction"
+        )
+    lists = []
+    for index, refs in enumerate(references):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        if not refs or not all(isinstance(ref, str) for ref in refs):
+            raise InstructuneError(
+                f"generation_metrics: reference {index} is {refs!r}; expected a string or a non-empty list of strings"
+            )
+        lists.append(refs)
+    return lists
+
+
+def generation_metrics(
+    predictions: list[str], references: list[str] | list[list[str]]
+) -> dict[str, float]:
+    """Corpus averages of ROUGE-1/2/L/Lsum, exact match and token F1.
+
+    Args:
+        predictions: one generated text per example.
+        references: per example either one reference string or a list of references; with a list,
+            each metric takes the best reference for that prediction.
+
+    Returns:
+        {"rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "f1"} as fractions in [0, 1], and,
+        when any example has more than one reference, the same ROUGE keys against the first
+        reference alone with a "_first_ref" suffix (e.g. "rouge1_first_ref").
+
+    Example:
+        >>> generation_metrics(["the cat sat"], [["a dog ran", "the cat sat on the mat"]])["rouge1"]
+        0.6666666666666666
+    """
+    if not predictions:
+        raise InstructuneError("generation_metrics: no predictions to score; expected at least one")
+    reference_lists = _as_reference_lists(references, len(predictions))
+    totals: Counter[str] = Counter()
+    multi_reference = any(len(refs) > 1 for refs in reference_lists)
+    for prediction, refs in zip(predictions, reference_lists):
+        totals.update(rouge_scores(prediction, refs))
+        totals["exact_match"] += max(exact_match(prediction, ref) for ref in refs)
+        totals["f1"] += max(token_f1(prediction, ref) for ref in refs)
+        if multi_reference:
+            first = rouge_scores(prediction, refs[:1])
+            totals.update({f"{key}_first_ref": value for key, value in first.items()})
+    keys = [*ROUGE_TYPES, "exact_match", "f1"]
+    if multi_reference:
+        keys += [f"{key}_first_ref" for key in ROUGE_TYPES]
+    return {key: totals[key] / len(predictions) for key in keys}

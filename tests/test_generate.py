@@ -1,0 +1,80 @@
+"""Batched generation: same answers as one prompt at a time, input order kept, new tokens only, stop tokens."""
+
+import pytest
+import torch
+
+import tiny
+from instructune.evaluate.generate import encode_prompt, generate, stop_token_ids
+
+PROMPTS = ["Hi", "Where is my order? I want a refund for my purchase", "How do I reset", "abc " * 20]
+
+
+def _chatty(model):
+    """Untie and randomise the output layer, so a tiny random model writes varied text instead of echoing."""
+    generator = torch.Generator().manual_seed(0)
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(torch.randn(head.weight.shape, generator=generator))
+    return model.eval()
+
+
+class TestGenerate:
+    def test_batched_equals_one_at_a_time_in_input_order(self, llama, tokenizer):
+        model = _chatty(llama)
+        batched = generate(model, tokenizer, PROMPTS, max_new_tokens=8, batch_size=3, progress=False)
+        single = [generate(model, tokenizer, [p], max_new_tokens=8, progress=False)[0] for p in PROMPTS]
+        assert batched == single
+        assert all(batched)
+
+    def test_left_padding_new_tokens_only_and_stop_at_chat_end(self, llama, tokenizer, monkeypatch):
+        model = _chatty(llama)
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        answer = tokenizer("Hello there", add_special_tokens=False)["input_ids"]
+        after_stop = tokenizer(" not this", add_special_tokens=False)["input_ids"]
+        seen = {}
+
+        def fake_generate(input_ids, attention_mask, generation_config):
+            seen["mask"] = attention_mask
+            tail = torch.tensor([answer + [im_end] + after_stop] * len(input_ids))
+            return torch.cat([input_ids, tail], dim=1)
+
+        monkeypatch.setattr(model, "generate", fake_generate)
+        out = generate(model, tokenizer, ["Hi", "a much longer prompt than the first"], batch_size=2, progress=False)
+        assert out == ["Hello there", "Hello there"]
+        mask = seen["mask"]
+        assert mask[:, -1].all() and not mask[:, 0].all()  # padding sits on the left
+
+    def test_stop_tokens_include_chat_end_and_eos(self, llama, tokenizer):
+        assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(llama, tokenizer)
+
+    def test_prompt_is_chat_formatted(self, llama, tokenizer):
+        text = tokenizer.decode(encode_prompt(llama, tokenizer, "Hi"))
+        assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        plain = tokenizer.decode(encode_prompt(llama, tokenizer, "Hi", chat_template=False))
+        assert plain == "Hi\n"
+
+    def test_sampling_runs_and_is_seeded(self, llama, tokenizer):
+        model = _chatty(llama)
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(3)
+            runs.append(generate(model, tokenizer, PROMPTS[:2], max_new_tokens=6, do_sample=True,
+                                 temperature=0.7, top_p=0.9, progress=False))
+        assert runs[0] == runs[1]
+
+    def test_empty_and_bad_arguments(self, llama, tokenizer):
+        assert generate(llama, tokenizer, [], progress=False) == []
+        with pytest.raises(Exception, match="batch_size"):
+            generate(llama, tokenizer, ["Hi"], batch_size=0, progress=False)
+
+
+class TestGenerateEncoderDecoder:
+    def test_t5_batched_equals_one_at_a_time(self, tokenizer):
+        model = _chatty(tiny.make_t5(tokenizer))
+        batched = generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=4, progress=False)
+        single = [generate(model, tokenizer, [p], max_new_tokens=6, progress=False)[0] for p in PROMPTS]
+        assert batched == single
+        assert all(batched)
+
+    def test_t5_reads_raw_prompt_without_chat_template(self, tokenizer):
+        model = tiny.make_t5(tokenizer)
+        assert tokenizer.decode(encode_prompt(model, tokenizer, "Hi")) == "Hi"
