@@ -29,3 +29,25 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# The forgetting experiment (issue 6): tune on DialogSum alone vs DialogSum + Alpaca, then compare
+# against the base on DialogSum (ROUGE) and the held-out HellaSwag and PIQA (log-likelihood accuracy).
+FORGET := runs/forgetting
+SHARED := ../shared/data
+EVAL_SET := --task dialogsum --data $(SHARED)/dialogsum/test.jsonl \
+	--task hellaswag --data $(SHARED)/hellaswag/validation.jsonl \
+	--task piqa --data $(SHARED)/piqa/validation.jsonl
+# Multiple choice is scored lm-eval style (plain text, no options listed); see docs/forgetting.md.
+EVAL_FLAGS := --limit 100 --template 6 --no-options --max-new-tokens 64 --no-progress
+.PHONY: forgetting
+forgetting: $(STAMP)
+	$(VENV)/bin/instructune prepare --mixture configs/forgetting/dialogsum.mixture.yaml -o $(FORGET)/data/dialogsum.jsonl
+	$(VENV)/bin/instructune prepare --mixture configs/forgetting/mixed.mixture.yaml -o $(FORGET)/data/mixed.jsonl
+	$(VENV)/bin/instructune eval $(EVAL_SET) $(EVAL_FLAGS) -o $(FORGET)/base.json
+	$(VENV)/bin/instructune train configs/forgetting/dialogsum.yaml --overwrite
+	$(VENV)/bin/instructune eval --adapter runs/forgetting-dialogsum/adapter $(EVAL_SET) $(EVAL_FLAGS) -o $(FORGET)/dialogsum.json
+	$(VENV)/bin/instructune train configs/forgetting/mixed.yaml --overwrite
+	$(VENV)/bin/instructune eval --adapter runs/forgetting-mixed/adapter $(EVAL_SET) $(EVAL_FLAGS) -o $(FORGET)/mixed.json
+	$(VENV)/bin/instructune compare $(FORGET)/base.json $(FORGET)/dialogsum.json $(FORGET)/mixed.json \
+		--names base dialogsum dialogsum+alpaca --held-out hellaswag piqa \
+		--loss-png runs/forgetting-dialogsum/loss.png -o docs/forgetting
