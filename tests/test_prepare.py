@@ -124,3 +124,20 @@ class TestSummarize:
         assert (summary["length"]["p50"], summary["length"]["p90"], summary["length"]["max"]) == (50, 90, 100)
         assert summary["over_max_length"] == 5
         assert summary["per_template"] == {"t": {"0": 50, "1": 50}}
+
+
+class TestTokenizerArgument:
+    def test_a_folder_path_measures_in_tokens(self, tmp_path, tiny_llama_dir, shared_data):
+        from instructune.data.prepare import prepare
+
+        summary = prepare(tmp_path / "out.jsonl", data=shared_data / "piqa" / "validation.jsonl", task="piqa",
+                          limit=5, tokenizer=str(tiny_llama_dir), max_length=64)
+        assert summary["length"]["unit"] == "tokens"
+
+    def test_a_missing_tokenizer_folder_is_a_clear_error(self, tmp_path, shared_data):
+        from instructune.data.prepare import prepare
+        from instructune.errors import InstructuneError
+
+        with pytest.raises(InstructuneError, match="no-such-folder"):
+            prepare(tmp_path / "out.jsonl", data=shared_data / "piqa" / "validation.jsonl", task="piqa",
+                    limit=5, tokenizer="no-such-folder")

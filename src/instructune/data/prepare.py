@@ -254,9 +254,10 @@ def prepare(
         examples = build_task_examples(data, task, split=split, limit=limit, seed=seed, template=template,
                                        num_fewshot=num_fewshot)
     if isinstance(tokenizer, (str, Path)):
-        from transformers import AutoTokenizer
+        from instructune.models import load_tokenizer, resolve_model_path
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+        folder = Path(tokenizer)
+        tokenizer = load_tokenizer(folder if folder.is_dir() else resolve_model_path(tokenizer))
     written = write_examples(examples, output)
     summary = {"output": str(written), **summarize(examples, tokenizer, max_length)}
     if report is not None:
@@ -283,7 +284,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", default="sample",
                         help='"sample" (one seeded template per record), "all" (every applicable one) or an index' + _SINGLE_TASK_ONLY)
     parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars placed before each prompt (default 0)" + _SINGLE_TASK_ONLY)
-    parser.add_argument("--tokenizer", help="local tokenizer/model folder: report lengths in tokens, not characters")
+    parser.add_argument("--tokenizer", help="local model folder, or 'default' for the default model: report lengths in tokens, not characters")
     parser.add_argument("--max-length", type=int, default=1024,
                         help="report how many examples exceed this length (tokens, or characters; default 1024)")
     return parser
