@@ -48,7 +48,8 @@ def main() -> int:
     import torch
 
     from instructune.data.sources import load_records
-    from instructune.data.templates import load_task, render_records
+    from instructune.data.render import render_records
+    from instructune.data.templates import load_task
     from instructune.evaluate.run import evaluate_examples, extra_references
     from instructune.models import load_model
 

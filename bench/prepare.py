@@ -22,7 +22,8 @@ from pathlib import Path
 
 from instructune.data.prepare import prepare
 from instructune.data.sources import load_records
-from instructune.data.templates import load_task, render_records
+from instructune.data.render import render_records
+from instructune.data.templates import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca" / "train.jsonl"

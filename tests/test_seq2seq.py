@@ -185,17 +185,7 @@ class TestTrainer:
                              name=f"b{batch_size}x{accum}")
         trainer = Trainer(config, model=make_t5(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
                           progress=False)
-        trainer.setup()
-        grads = []
-        step = trainer.optimizer.step
-
-        def capture_then_step(*args, **kwargs):
-            grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
-            return step(*args, **kwargs)
-
-        trainer.optimizer.step = capture_then_step
-        summary = trainer.train()
-        return grads[0], summary
+        return tiny.train_capturing_first_grads(trainer)
 
     def test_one_batch_of_4_equals_2_accumulated_batches_of_2(self, tmp_path, tokenizer):
         grads_4, summary_4 = self._one_step(tmp_path, tokenizer, 4, 1)

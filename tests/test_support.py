@@ -5,12 +5,12 @@ import string
 import pytest
 
 from instructune.data.support import (
-    INTENTS,
     generate_support_records,
     support_conversations,
     support_splits,
     write_support_data,
 )
+from instructune.data.support_intents import INTENTS
 from instructune.errors import InstructuneError
 
 BITEXT_COLUMNS = {"instruction", "intent", "category", "response"}

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from instructune.data.sources import read_jsonl
-from instructune.data.templates import METRICS, TASKS_DIR, list_tasks, load_task, render_example, render_records
+from instructune.data.render import render_example, render_records
+from instructune.data.templates import METRICS, TASKS_DIR, list_tasks, load_task
 
 HELLASWAG_INPUTS = [
     "Multi-choice problem: {context}\n{options_}",

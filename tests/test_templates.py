@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from instructune.data.templates import (
-    Options, Task, Template, format_options, list_tasks, load_task, render_example, render_records,
-)
+from instructune.data.render import format_options, render_example, render_records
+from instructune.data.templates import Options, Task, Template, list_tasks, load_task
 from instructune.errors import InstructuneError
 
 
@@ -70,18 +69,15 @@ class TestValidation:
         with pytest.raises(InstructuneError, match="unknown task 'nope'; built-in tasks: alpaca"):
             load_task("nope")
 
-    def test_yaml_unknown_key_names_it(self, tmp_path):
-        path = tmp_path / "t.yaml"
-        path.write_text("kind: generation\nmetric: rouge\nfields: [q, a]\n"
-                        "templates:\n  - {input: '{q}', target: '{a}', tagret: x}\n")
-        with pytest.raises(InstructuneError, match=r"t\.yaml: templates\.0\.tagret"):
-            load_task(path)
-
-    def test_yaml_placeholder_error_names_file_task(self, tmp_path):
-        path = tmp_path / "reviews.yaml"
-        path.write_text("kind: generation\nmetric: rouge\nfields: [q, a]\n"
-                        "templates:\n  - {input: '{q}', target: '{a}'}\n  - {input: '{q} {z}', target: '{a}'}\n")
-        with pytest.raises(InstructuneError, match=r"task 'reviews' template 1: unknown placeholder \{z\}"):
+    @pytest.mark.parametrize("file_name, templates, error", [
+        ("t.yaml", "  - {input: '{q}', target: '{a}', tagret: x}\n", r"t\.yaml: templates\.0\.tagret: unknown key$"),
+        ("reviews.yaml", "  - {input: '{q}', target: '{a}'}\n  - {input: '{q} {z}', target: '{a}'}\n",
+         r"task 'reviews' template 1: unknown placeholder \{z\}"),
+    ], ids=["unknown-key-names-file-and-key", "placeholder-error-names-file-task"])
+    def test_yaml_error_names_where(self, tmp_path, file_name, templates, error):
+        path = tmp_path / file_name
+        path.write_text("kind: generation\nmetric: rouge\nfields: [q, a]\ntemplates:\n" + templates)
+        with pytest.raises(InstructuneError, match=error):
             load_task(path)
 
 

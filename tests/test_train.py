@@ -76,18 +76,9 @@ class TestGradientAccumulation:
                              f"train.grad_accum_steps={accum}", name=f"b{batch_size}x{accum}")
         trainer = Trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
                           progress=False)
-        trainer.setup()
-        grads = []
-        step = trainer.optimizer.step
-
-        def capture_then_step(*args, **kwargs):
-            grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
-            return step(*args, **kwargs)
-
-        trainer.optimizer.step = capture_then_step
-        summary = trainer.train()
+        grads, summary = tiny.train_capturing_first_grads(trainer)
         weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
-        return grads[0], weights, summary["first_loss"]
+        return grads, weights, summary["first_loss"]
 
     def test_one_batch_of_8_equals_4_accumulated_batches_of_2(self, tmp_path, tokenizer):
         grads_8, weights_8, loss_8 = self._one_step(tmp_path, tokenizer, 8, 1)

@@ -2,6 +2,8 @@
 
 The tokenizer mirrors SmolLM2's conventions: a ChatML chat template with a default system turn, and
 pad == eos == <|im_end|>, so tests exercise the same edge cases as the real default model.
+`train_capturing_first_grads` runs a Trainer and keeps the gradients of its first optimizer step, for
+the gradient-accumulation tests of both model kinds.
 """
 
 from pathlib import Path
@@ -77,3 +79,22 @@ def save_tiny_llama(path: Path, seed: int = 0) -> Path:
     make_llama(tokenizer, seed).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def train_capturing_first_grads(trainer) -> tuple[dict, dict]:
+    """Set up and run a Trainer, keeping the gradients its first optimizer step sees.
+
+    Returns:
+        ({parameter name: gradient tensor}, the summary `trainer.train()` returns).
+    """
+    trainer.setup()
+    grads = []
+    step = trainer.optimizer.step
+
+    def capture_then_step(*args, **kwargs):
+        grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = capture_then_step
+    summary = trainer.train()
+    return grads[0], summary

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InstructuneError
+from .yaml_io import read_yaml_mapping, validation_message
 
 
 class _Section(BaseModel):
@@ -111,14 +112,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def _format_error(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown config key '{key}'"
-    return f"{source}: config key '{key}': {first['msg']}"
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **defaults: Any) -> RunConfig:
     """Read a YAML run config, apply `key=value` overrides, and validate it.
 
@@ -130,23 +123,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw: dict = dict(defaults)
     source = str(path) if path else "config"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InstructuneError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise InstructuneError(f"{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
-        if not isinstance(loaded, dict):
-            raise InstructuneError(f"{path}: expected a mapping of config sections at the top level")
-        raw.update(loaded)
+        raw.update(read_yaml_mapping(path, "a mapping of config sections at the top level", kind="config file",
+                                     empty_ok=True))
     apply_overrides(raw, overrides or [])
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
-        raise InstructuneError(_format_error(error, source)) from None
+        raise InstructuneError(validation_message(error, source, key_label="config key")) from None
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -20,14 +20,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from instructune.data.mixture import MixtureConfig, MixtureReport, mix
 from instructune.data.sources import load_records
-from instructune.data.templates import load_task, render_records
+from instructune.data.render import render_records
+from instructune.data.templates import load_task
 from instructune.errors import InstructuneError
+from instructune.yaml_io import read_yaml_mapping, validation_message
 
 PERCENTILES = (50, 90, 95, 99)
 _SINGLE_TASK_ONLY = " [single-task form; a mixture YAML sets its own]"
@@ -44,22 +45,11 @@ def load_mixture(path: str | Path) -> MixtureConfig:
         >>> load_mixture("mixture.yaml").strategy
         'proportional'
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InstructuneError(f"{path}: no such mixture file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise InstructuneError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
-    if not isinstance(data, dict):
-        raise InstructuneError(f"{path}: expected a mapping with a `tasks:` list")
+    data = read_yaml_mapping(path, "a mapping with a `tasks:` list", kind="mixture file")
     try:
         return MixtureConfig.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise InstructuneError(f"{path}: {where + ': ' if where else ''}{message}") from None
+        raise InstructuneError(validation_message(error, str(path), key_label=None)) from None
 
 
 def _resolve(path: str, base_dir: Path | None) -> Path:

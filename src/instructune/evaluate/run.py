@@ -117,7 +117,7 @@ def extra_references(task: Any, record: dict, template_index: int) -> list[str]:
         ...                  "summary3": "C"}, 0)
         ['A', 'B', 'C']
     """
-    from instructune.data.templates import render_example
+    from instructune.data.render import render_example
 
     groups: dict[str, list[str]] = {}
     for column in record:
@@ -177,7 +177,8 @@ def evaluate_task(
           "task" and "template" added).
     """
     from instructune.data.sources import load_records
-    from instructune.data.templates import load_task, render_records
+    from instructune.data.render import render_records
+    from instructune.data.templates import load_task
 
     task = load_task(task_name)
     records = load_records(data, split=split).to_list()
@@ -211,7 +212,7 @@ def _records_of_examples(task: Any, records: list[dict], examples: list[dict], t
     """The raw record behind each example: one each, except "all" (one per applicable template)."""
     if template != "all":
         return records
-    from instructune.data.templates import render_records
+    from instructune.data.render import render_records
 
     owners = []
     for record in records:
