@@ -37,7 +37,7 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def run_instructune(examples: list[dict], mode: str, precision: str, packing: bool) -> dict:
+def run_instructune(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH) -> dict:
     from instructune.config import load_config
     from instructune.models import load_model
     from instructune.train import Trainer
@@ -45,7 +45,8 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
     model, tokenizer = load_model()
     config = load_config(overrides=[
         "run_name=bench", f"output_dir=/tmp/instructune-bench-{os.getpid()}", f"lora.enabled={mode == 'lora'}",
-        f"train.lr={2e-4 if mode == 'lora' else 2e-5}", f"train.batch_size={BATCH}", f"data.max_length={MAX_LENGTH}",
+        f"train.lr={2e-4 if mode == 'lora' else 2e-5}", f"train.batch_size={micro_batch}",
+        f"train.grad_accum_steps={BATCH // micro_batch}", f"data.max_length={MAX_LENGTH}",
         f"data.packing={packing}", f"train.precision={precision}", "model.chat_template=false", "train.warmup_ratio=0",
         "train.schedule=constant",
     ])
@@ -56,7 +57,7 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
             "tokens": summary["train_tokens"], "seconds": summary["train_seconds"], "steps": summary["steps"]}
 
 
-def run_trl(examples: list[dict], mode: str, precision: str, packing: bool) -> dict:
+def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -79,7 +80,8 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool) -> d
                 seen["losses"].append(logs["loss"])
 
     args = SFTConfig(
-        output_dir=f"/tmp/trl-bench-{os.getpid()}", per_device_train_batch_size=BATCH, num_train_epochs=1,
+        output_dir=f"/tmp/trl-bench-{os.getpid()}", per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=BATCH // micro_batch, num_train_epochs=1,
         learning_rate=2e-4 if mode == "lora" else 2e-5, lr_scheduler_type="constant", max_length=MAX_LENGTH,
         packing=packing, bf16=precision == "bf16", use_cpu=True, logging_steps=1, save_strategy="no",
         report_to=[], completion_only_loss=True, dataloader_num_workers=0,
@@ -93,18 +95,19 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool) -> d
             "tokens": seen["tokens"], "seconds": seen["seconds"]}
 
 
-def one(engine: str, mode: str, precision: str, packing: bool, dialogues: int) -> dict:
+def one(engine: str, mode: str, precision: str, packing: bool, dialogues: int, micro_batch: int = BATCH) -> dict:
     examples = load_examples(dialogues)
     runner = run_instructune if engine == "instructune" else run_trl
-    result = runner(examples, mode, precision, packing)
-    return {"engine": engine, "mode": mode, "precision": precision, "packing": packing, **result,
+    result = runner(examples, mode, precision, packing, micro_batch)
+    return {"engine": engine, "mode": mode, "precision": precision, "packing": packing, "micro_batch": micro_batch, **result,
             "peak_rss_gb": peak_rss_gb()}
 
 
-CONFIGS = [  # (engine, mode, precision, packing), alternating engines
-    ("trl", "full", "fp32", False), ("instructune", "full", "fp32", True),
-    ("trl", "lora", "fp32", False), ("instructune", "lora", "fp32", True),
-    ("trl", "full", "fp32", True), ("trl", "full", "bf16", False), ("instructune", "full", "bf16", True),
+CONFIGS = [  # (engine, mode, precision, packing, micro-batch), alternating engines; global batch 8 rows
+    ("trl", "full", "fp32", False, 8), ("instructune", "full", "fp32", True, 2),
+    ("trl", "lora", "fp32", False, 8), ("instructune", "lora", "fp32", True, 2),
+    ("trl", "full", "fp32", True, 8), ("trl", "full", "bf16", False, 8), ("instructune", "full", "bf16", True, 2),
+    ("instructune", "lora", "bf16", True, 2),
 ]
 
 
@@ -112,15 +115,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "MODE", "PRECISION"), help="Run one configuration.")
     parser.add_argument("--no-packing", action="store_true", help="With --one: no packing.")
+    parser.add_argument("--micro-batch", type=int, default=BATCH,
+                        help=f"Rows per micro-batch; {BATCH} // this many are accumulated per optimizer step.")
     parser.add_argument("--dialogues", type=int, default=256, help="First N DialogSum training dialogues.")
     parser.add_argument("--append", action="store_true", help="Append the table to bench/RESULTS.md.")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(*args.one, packing=not args.no_packing, dialogues=args.dialogues)))
+        print(json.dumps(one(*args.one, packing=not args.no_packing, dialogues=args.dialogues,
+                             micro_batch=args.micro_batch)))
         return 0
     rows = []
-    for engine, mode, precision, packing in CONFIGS:
-        cmd = [sys.executable, __file__, "--one", engine, mode, precision, "--dialogues", str(args.dialogues)]
+    for engine, mode, precision, packing, micro_batch in CONFIGS:
+        cmd = [sys.executable, __file__, "--one", engine, mode, precision, "--dialogues", str(args.dialogues),
+               "--micro-batch", str(micro_batch)]
         cmd += [] if packing else ["--no-packing"]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
         line = next((l for l in reversed(out.stdout.splitlines()) if l.startswith("{")), None)
@@ -129,8 +136,9 @@ def main() -> int:
             continue
         rows.append(json.loads(line))
         print(rows[-1], flush=True)
-    table = ["| engine | mode | precision | packing | tokens/s | peak RSS GB | final loss |", "|---|---|---|---|---:|---:|---:|"]
-    table += [f"| {r['engine']} | {r['mode']} | {r['precision']} | {r['packing']} | {r['tokens_per_s']:.1f} | "
+    table = ["| engine | mode | precision | packing | micro-batch | tokens/s | peak RSS GB | final loss |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    table += [f"| {r['engine']} | {r['mode']} | {r['precision']} | {r['packing']} | {r['micro_batch']} | {r['tokens_per_s']:.1f} | "
               f"{r['peak_rss_gb']:.2f} | {r['final_loss']:.4f} |" for r in rows]
     text = "\n".join(table)
     print(text)
