@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 from .errors import EXIT_BAD_INPUT, InstructuneError
 
@@ -32,6 +33,8 @@ def _usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Libraries' deprecation notices are for their callers (us), not for the person at the terminal.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
