@@ -24,7 +24,8 @@ from instructune.models import is_encoder_decoder, load_model
 from instructune.pack import collate_seq2seq
 from instructune.runlog import MetricsLog
 from instructune.tokenize import IGNORE_INDEX, encode_example
-from instructune.train import Trainer, tokenize_examples
+from instructune.tokenize import tokenize_examples
+from instructune.train import Trainer
 
 # Targets of different lengths: a mean of per-micro-batch means would weigh their tokens unequally.
 EXAMPLES = [

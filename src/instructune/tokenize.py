@@ -13,6 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from .errors import InstructuneError
+
 IGNORE_INDEX = -100
 
 
@@ -163,3 +167,21 @@ def encode_example(
     if "messages" in example and example["messages"]:
         return encode_messages(example, tokenizer, max_length)
     return encode_prompt_completion(example, tokenizer, max_length, chat_template)
+
+
+def tokenize_examples(
+    examples: list[dict], tokenizer: Any, max_length: int, *, encoder_decoder: bool = False,
+    chat_template: bool | None = None, desc: str = "tokenize",
+) -> tuple[list[dict], int]:
+    """Encode examples; drop those left with no label. Returns (encoded, truncated count)."""
+    encoded, truncated = [], 0
+    for index, example in enumerate(tqdm(examples, desc=desc, leave=False, mininterval=1)):
+        try:
+            item = encode_example(example, tokenizer, max_length, encoder_decoder=encoder_decoder,
+                                  chat_template=chat_template)
+        except ValueError as error:
+            raise InstructuneError(f"example {index}: {error}") from None
+        truncated += item["truncated"]
+        if any(label != IGNORE_INDEX for label in item["labels"][1:]) or encoder_decoder:
+            encoded.append(item)
+    return encoded, truncated

@@ -28,7 +28,7 @@ from .errors import InstructuneError
 from .loss import causal_lm_loss_sum, seq2seq_loss_sum
 from .pack import collate, collate_seq2seq, pack_examples
 from .runlog import MetricsLog, plot_losses
-from .tokenize import encode_example
+from .tokenize import tokenize_examples
 
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -43,24 +43,6 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[dict]:
                 f"{record_location(path, index)}: expected 'prompt' and 'completion' strings, or 'messages'"
             )
     return rows
-
-
-def tokenize_examples(
-    examples: list[dict], tokenizer: Any, max_length: int, *, encoder_decoder: bool = False,
-    chat_template: bool | None = None, desc: str = "tokenize",
-) -> tuple[list[dict], int]:
-    """Encode examples; drop those left with no label. Returns (encoded, truncated count)."""
-    encoded, truncated = [], 0
-    for index, example in enumerate(tqdm(examples, desc=desc, leave=False, mininterval=1)):
-        try:
-            item = encode_example(example, tokenizer, max_length, encoder_decoder=encoder_decoder,
-                                  chat_template=chat_template)
-        except ValueError as error:
-            raise InstructuneError(f"example {index}: {error}") from None
-        truncated += item["truncated"]
-        if any(label != -100 for label in item["labels"][1:]) or encoder_decoder:
-            encoded.append(item)
-    return encoded, truncated
 
 
 class Trainer:
