@@ -53,11 +53,7 @@ def make_config(tmp_path, *overrides, name="run"):
     return load_config(None, [f"output_dir={tmp_path}", f"run_name={name}", *QUIET, *overrides])
 
 
-def run_trainer(config, **kwargs):
-    trainer = Trainer(config, progress=False, **kwargs)
-    trainer.setup()
-    trainer.summary = trainer.train()
-    return trainer
+run_trainer = tiny.run_trainer
 
 
 def mean_loss(model, batch):

@@ -98,3 +98,13 @@ def train_capturing_first_grads(trainer) -> tuple[dict, dict]:
     trainer.optimizer.step = capture_then_step
     summary = trainer.train()
     return grads[0], summary
+
+
+def run_trainer(config, **kwargs):
+    """Set up and run a quiet Trainer; the summary lands on `trainer.summary`."""
+    from instructune.train import Trainer
+
+    trainer = Trainer(config, progress=False, **kwargs)
+    trainer.setup()
+    trainer.summary = trainer.train()
+    return trainer
