@@ -51,3 +51,10 @@ forgetting: $(STAMP)
 	$(VENV)/bin/instructune compare $(FORGET)/base.json $(FORGET)/dialogsum.json $(FORGET)/mixed.json \
 		--names base dialogsum dialogsum+alpaca --held-out hellaswag piqa \
 		--loss-png runs/forgetting-dialogsum/loss.png -o docs/forgetting
+
+# The DialogSum lab (issue 7): data, then `instructune train configs/dialogsum/lora.yaml` (or full.yaml),
+# each about an hour on 2 CPU cores; evaluate with `instructune eval --task dialogsum ...` on all 500 test dialogues.
+.PHONY: dialogsum-data
+dialogsum-data: $(STAMP)
+	$(VENV)/bin/instructune prepare --mixture configs/dialogsum/data.mixture.yaml -o runs/dialogsum/data/train.jsonl
+	$(VENV)/bin/instructune prepare --mixture configs/dialogsum/validation.mixture.yaml -o runs/dialogsum/data/validation.jsonl

@@ -220,16 +220,18 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start_step, desc="train", disable=not self.progress
                    or not self.accelerator.is_main_process, dynamic_ncols=True)
         step, started, tokens_seen, stopped_early = start_step, time.perf_counter(), 0, False
+        train_seconds = 0.0  # optimizer steps only: validation and generation do not count against tokens/s
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         self.model.train()
         try:
             while step < self.total_steps:
+                step_started = time.perf_counter()
                 loss, grad_norm, tokens = self._optimizer_step(step)
+                train_seconds += time.perf_counter() - step_started
                 step += 1
                 tokens_seen += tokens
-                elapsed = time.perf_counter() - started
-                record = {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                          "grad_norm": grad_norm, "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed}
+                record = {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                          "tokens_per_s": tokens_seen / train_seconds, "elapsed_s": time.perf_counter() - started}
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 if self._due(step, cfg.train.eval_every_n_steps) and self.validation_rows:
@@ -240,7 +242,7 @@ class Trainer:
                 if scored:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scored.items()))
                     stopped_early = self._track_best(state, record, step)
-                if log and (step % cfg.train.log_every_n_steps == 0 or "val_loss" in record):
+                if log and (step % cfg.train.log_every_n_steps == 0 or scored):
                     log.log(record)
                 if self._due(step, cfg.train.save_every_n_steps) and step < self.total_steps:
                     self._save(step, state)
@@ -259,7 +261,7 @@ class Trainer:
             bar.close()
             if log:
                 log.close()
-        return self._finish(step, state, tokens_seen, time.perf_counter() - started)
+        return self._finish(step, state, tokens_seen, train_seconds)
 
     def _optimizer_step(self, step: int) -> tuple[float, float, int]:
         """One optimizer step over all its micro-batches; loss = sum over label tokens / their count."""
