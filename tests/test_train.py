@@ -248,6 +248,9 @@ class TestGenerationMetrics:
         assert scores[0][1] == 0.0 and scores[-1][1] == 1.0  # the model learned to answer "yes" and stop
         assert trainer.summary["best_metric"] == "gen_exact_match" and trainer.summary["best_value"] == 1.0
         assert (config.run_dir / "best" / "model.safetensors").is_file()
+        # best/ of a full run is a model folder the eval and chat commands load as --model.
+        reloaded, reloaded_tokenizer = load_model(config.run_dir / "best")
+        assert reloaded_tokenizer.encode("yes") == tokenizer.encode("yes")
         assert (config.run_dir / "loss.png").is_file()
 
 

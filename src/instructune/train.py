@@ -335,6 +335,7 @@ class Trainer:
                 state["best_val_loss"] = value
             if self.accelerator.is_main_process:
                 ckpt.save_weights(self.accelerator.unwrap_model(self.model), self.run_dir / "best")
+                self.tokenizer.save_pretrained(self.run_dir / "best")  # so best/ loads as a model folder
             return False
         state["bad_evals"] = state.get("bad_evals", 0) + 1
         patience = self.config.train.early_stopping_patience
