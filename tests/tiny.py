@@ -49,12 +49,12 @@ def make_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+def make_llama(tokenizer, seed: int = 0, hidden_size: int = 32) -> LlamaForCausalLM:
     import torch
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
@@ -74,9 +74,10 @@ def make_t5(tokenizer, seed: int = 0) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(config)
 
 
-def save_tiny_llama(path: Path, seed: int = 0) -> Path:
+def save_tiny_llama(path: Path, seed: int = 0, hidden_size: int = 32) -> Path:
+    """hidden_size 64 or more for 4-bit tests: bitsandbytes quantizes in blocks of 64."""
     tokenizer = make_tokenizer()
-    make_llama(tokenizer, seed).save_pretrained(path)
+    make_llama(tokenizer, seed, hidden_size).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

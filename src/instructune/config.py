@@ -42,6 +42,7 @@ class LoraConfig(_Section):
     alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: str | list[str] = Field("all-linear", description="Modules to adapt: 'all-linear' or a list of names.")
+    load_in_4bit: bool = Field(False, description="QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes) under the adapter.")
 
 
 class TrainConfig(_Section):
@@ -84,6 +85,8 @@ class RunConfig(_Section):
             raise ValueError(f"train.early_stopping_patience with select_best_by={self.train.select_best_by} needs "
                              f"train.{'eval' if self.train.select_best_by == 'val_loss' else 'generate'}_every_n_steps "
                              "and validation data")
+        if self.lora.load_in_4bit and not self.lora.enabled:
+            raise ValueError("lora.load_in_4bit (QLoRA) trains an adapter over a frozen 4-bit base: it needs lora.enabled: true")
         return self
 
     @property

@@ -116,6 +116,8 @@ def load_model(
     *,
     dtype: Any = None,
     trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
+    device: Any = None,
 ) -> tuple[Any, Any]:
     """Load a base model and its tokenizer, optionally with a LoRA adapter on top.
 
@@ -125,6 +127,8 @@ def load_model(
         adapter: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
         dtype: torch dtype to load in (default float32).
         trust_remote_code: run code shipped with the model; off unless the user asks.
+        load_in_4bit: quantize the linear layers to 4-bit NF4 with bitsandbytes (QLoRA's base).
+        device: where a 4-bit model is placed (bitsandbytes quantizes as it moves the weights).
 
     Returns:
         (model, tokenizer), the model in eval mode.
@@ -139,14 +143,33 @@ def load_model(
     path = resolve_model_path(model)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
+    extra = quantization_kwargs(dtype, device) if load_in_4bit else {}
     loaded = auto.from_pretrained(
-        path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+        path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code, **extra
     )
     tokenizer = load_tokenizer(path, trust_remote_code)
     if adapter is not None:
         loaded = load_adapter(loaded, adapter)
     loaded.eval()
     return loaded, tokenizer
+
+
+def quantization_kwargs(compute_dtype: Any = None, device: Any = None) -> dict:
+    """from_pretrained arguments for QLoRA's base: NF4 weights, double quantization, 16/32-bit compute."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise InstructuneError(
+            "lora.load_in_4bit (QLoRA) needs bitsandbytes: pip install 'instructune[qlora]'"
+        ) from err
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype or torch.float32,
+    )
+    return {"quantization_config": config, "device_map": {"": torch.device(device or "cpu")}}
 
 
 def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:

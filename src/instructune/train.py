@@ -83,9 +83,14 @@ class Trainer:
         if self.model is None:
             from .models import load_model
 
-            self.model, self.tokenizer = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+            self.model, self.tokenizer = load_model(
+                cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, load_in_4bit=cfg.lora.load_in_4bit,
+                device=self.accelerator.device,
+            )
         self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
         self.model.config.use_cache = False
+        if cfg.lora.load_in_4bit:
+            self.model = self._prepare_4bit(self.model)
         self.model = self._wrap_lora(self.model) if cfg.lora.enabled else self.model
         if cfg.train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -127,6 +132,18 @@ class Trainer:
         if precision == "auto":
             return "bf16" if native_bf16() else "no"
         return "bf16" if precision == "bf16" else "no"
+
+    def _prepare_4bit(self, model: Any) -> Any:
+        """QLoRA: the base must already be 4-bit; norms and embeddings go to fp32 for stable training."""
+        from peft import prepare_model_for_kbit_training
+
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise InstructuneError("lora.load_in_4bit: the model given was not loaded in 4-bit; pass a model folder "
+                                   "(model.name) and let the trainer quantize it while loading")
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=self.config.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
 
     def _wrap_lora(self, model: Any) -> Any:
         from peft import LoraConfig, get_peft_model
