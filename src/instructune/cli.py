@@ -6,6 +6,7 @@ Bad input (InstructuneError) ends in one line on stderr and exit code 2; Ctrl-C 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import warnings
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Libraries' deprecation notices are for their callers (us), not for the person at the terminal.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # bitsandbytes (imported by peft when installed) warns at import that an optional hub kernel is
+    # missing; its built-in CPU path works without it.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
