@@ -262,3 +262,12 @@ class TestPrecision:
             trainer = run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer,
                                   train_examples=examples, overwrite=True)
             assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no")
+
+
+class TestLossPlot:
+    def test_smoothing_follows_the_trend_without_lagging_at_the_start(self):
+        from instructune.runlog import smooth
+
+        assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # debiased: no ramp up from zero
+        noisy = [1.0 + (0.5 if i % 2 else -0.5) for i in range(200)]
+        assert max(abs(v - 1.0) for v in smooth(noisy)[50:]) < 0.05

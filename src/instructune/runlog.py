@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 class MetricsLog:
@@ -48,6 +48,15 @@ class MetricsLog:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def smooth(values: Sequence[float], weight: float = 0.95) -> list[float]:
+    """Debiased exponential moving average (as TensorBoard's smoothing slider draws it)."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i))
+    return out
+
+
 def plot_losses(metrics_path: Path, out_png: Path, title: str = "Training") -> Path | None:
     """Draw train loss (and validation loss / generation scores when logged) against steps."""
     import matplotlib
@@ -62,7 +71,12 @@ def plot_losses(metrics_path: Path, out_png: Path, title: str = "Training") -> P
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+        steps, losses = zip(*train)
+        if len(train) >= 50:  # per-step losses of small batches are noisy: show the trend over them
+            ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8)
+            ax.plot(steps, smooth(losses), label="train loss (smoothed)", color="tab:blue")
+        else:
+            ax.plot(steps, losses, label="train loss", color="tab:blue", alpha=0.8)
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange")
     ax.set_xlabel("optimizer step")
@@ -70,7 +84,8 @@ def plot_losses(metrics_path: Path, out_png: Path, title: str = "Training") -> P
     ax.set_title(title)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    scores = sorted({k for r in records for k in r if k.startswith("gen_")})
+    # A score that stays at zero (exact match of a free-text summary) only crowds the legend.
+    scores = sorted({k for r in records for k in r if k.startswith("gen_") and r[k]})
     if scores:  # generation metrics share the x axis on a 0-1 scale of their own
         right = ax.twinx()
         for key, colour in zip(scores, ("tab:green", "tab:red", "tab:purple", "tab:brown")):
