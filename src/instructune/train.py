@@ -4,7 +4,8 @@ Reads top to bottom: `Trainer.__init__` takes the validated config, `setup()` bu
 dependency order, `train()` runs the optimizer steps, and `main()` is the `instructune train` command.
 The batch order is a pure function of (seed, step), so a checkpoint's step is its data position and
 a resumed run continues the same loss curve. What this file leaves out: tokenization (tokenize.py),
-packing (pack.py), the loss (loss.py), checkpoint files (checkpoint.py) and evaluation (evaluate/).
+packing (pack.py), LoRA/QLoRA wrapping (adapters.py), the loss (loss.py), checkpoint files
+(checkpoint.py) and evaluation (evaluate/).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from .adapters import native_bf16, prepare_for_training
 from .config import RunConfig, load_config, save_config
 from .errors import InstructuneError
 from .loss import causal_lm_loss_sum, seq2seq_loss_sum
@@ -88,14 +90,7 @@ class Trainer:
                 device=self.accelerator.device,
             )
         self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
-        self.model.config.use_cache = False
-        if cfg.lora.load_in_4bit:
-            self.model = self._prepare_4bit(self.model)
-        self.model = self._wrap_lora(self.model) if cfg.lora.enabled else self.model
-        if cfg.train.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if cfg.lora.enabled:
-                self.model.enable_input_require_grads()
+        self.model = prepare_for_training(self.model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
 
         self.train_rows = self._rows(self.train_examples, cfg.data.train, "train", cfg.data.limit)
         if not self.train_rows:
@@ -132,29 +127,6 @@ class Trainer:
         if precision == "auto":
             return "bf16" if native_bf16() else "no"
         return "bf16" if precision == "bf16" else "no"
-
-    def _prepare_4bit(self, model: Any) -> Any:
-        """QLoRA: the base must already be 4-bit; norms and embeddings go to fp32 for stable training."""
-        from peft import prepare_model_for_kbit_training
-
-        if not getattr(model, "is_loaded_in_4bit", False):
-            raise InstructuneError("lora.load_in_4bit: the model given was not loaded in 4-bit; pass a model folder "
-                                   "(model.name) and let the trainer quantize it while loading")
-        return prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=self.config.train.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-
-    def _wrap_lora(self, model: Any) -> Any:
-        from peft import LoraConfig, get_peft_model
-
-        lora = self.config.lora
-        task_type = "SEQ_2_SEQ_LM" if self.encoder_decoder else "CAUSAL_LM"
-        peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-            task_type=task_type,
-        )
-        return get_peft_model(model, peft_config)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config.train
@@ -393,16 +365,6 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(message)
-
-
-def native_bf16() -> bool:
-    """bf16 matmuls in hardware: a GPU that has them, or a CPU with AVX512-BF16/AMX (1.5x fp32 here)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _label_count(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:

@@ -1,0 +1,68 @@
+"""Turn a loaded model into the one that trains: QLoRA preparation, LoRA wrapping, checkpointing.
+
+The order matters and is kept here in one place: a 4-bit base is prepared first (norms and
+embeddings to fp32), LoRA wraps it next, and gradient checkpointing goes on last, with input
+gradients enabled when only adapters train (otherwise checkpointed blocks see no input that
+requires grad and their adapters get no gradient).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import LoraConfig as LoraSettings
+from .errors import InstructuneError
+
+
+def prepare_for_training(model: Any, lora: LoraSettings, *, gradient_checkpointing: bool = False) -> Any:
+    """The trainable model for these settings: the base itself (full fine-tune) or a peft LoRA model.
+
+    Example:
+        >>> model = prepare_for_training(model, config.lora, gradient_checkpointing=True)
+    """
+    model.config.use_cache = False
+    if lora.load_in_4bit:
+        model = _prepare_4bit(model, gradient_checkpointing)
+    if lora.enabled:
+        model = _wrap_lora(model, lora)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora.enabled:
+            model.enable_input_require_grads()
+    return model
+
+
+def _prepare_4bit(model: Any, gradient_checkpointing: bool) -> Any:
+    """QLoRA: the base must already be 4-bit; norms and embeddings go to fp32 for stable training."""
+    from peft import prepare_model_for_kbit_training
+
+    if not getattr(model, "is_loaded_in_4bit", False):
+        raise InstructuneError("lora.load_in_4bit: the model given was not loaded in 4-bit; pass a model folder "
+                               "(model.name) and let the trainer quantize it while loading")
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
+def _wrap_lora(model: Any, lora: LoraSettings) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    peft_config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        task_type="SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def native_bf16() -> bool:
+    """bf16 matmuls in hardware: a GPU that has them, or a CPU with AVX512-BF16/AMX (1.5x fp32 here)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
