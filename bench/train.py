@@ -1,12 +1,18 @@
 """Training speed and memory: instructune vs TRL's SFTTrainer on the same model, data and settings.
 
-Data: the first N DialogSum training dialogues from ../shared/data, prompt "Summarize the following
-conversation.\\n\\n{dialogue}\\n\\nSummary:", completion = the human summary; plain text (no chat
-template) for both engines; max length 512, batch 8, 1 epoch, AdamW, lr 2e-5 full / 2e-4 LoRA.
-Each run is a fresh subprocess so its peak RSS is its own; runs alternate between engines.
+Data: the first N DialogSum training dialogues from ../shared/data that fit in 512 tokens, prompt
+"Summarize the following conversation.\\n\\n{dialogue}\\n\\nSummary:\\n", completion = the human
+summary + EOS; plain text (no chat template) for both engines, which then see identical tokens and
+labels. Max length 512, batch 8 rows, 1 epoch, AdamW, constant lr 2e-5 full / 2e-4 LoRA (r 16,
+alpha 32, dropout 0.05, all linear layers, the same initialisation in both engines).
+TRL reads the examples in instructune's shuffled order without shuffling again, so the unpacked
+runs of the two engines train on the same batches step by step and their loss curves must coincide.
+Each run is a fresh subprocess so its peak RSS is its own; runs alternate between engines, and each
+finished run is appended to bench/results/train-N.jsonl (a re-run skips the ones already there).
 TRL is a benchmark-only dependency: `.venv/bin/pip install --no-deps trl==1.16.0`.
 
-    .venv/bin/python bench/train.py --dialogues 256                  # all configurations, alternating
+    .venv/bin/python bench/train.py --dialogues 256 --append   # all configurations, table + plot
+    .venv/bin/python bench/train.py --dialogues 256 --report   # table + plot of the finished runs
     .venv/bin/python bench/train.py --one instructune lora fp32 --dialogues 32   # one run, prints JSON
 """
 
@@ -24,13 +30,37 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dialogsum" / "train.jsonl"
-PROMPT = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
+PROMPT = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:\n"  # ends in a newline: instructune adds none
 MAX_LENGTH, BATCH = 512, 8
 
 
 def load_examples(n: int) -> list[dict]:
-    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:n]]
-    return [{"prompt": PROMPT.format(dialogue=r["dialogue"]), "completion": " " + r["summary"]} for r in rows]
+    """The first n training dialogues whose prompt + summary + EOS fit in MAX_LENGTH tokens.
+
+    Longer ones are left out because the engines truncate differently (TRL cuts the end and drops an
+    example whose summary is cut away entirely; instructune cuts the prompt's start), and the loss
+    curves are compared on identical tokens.
+    """
+    from instructune.models import default_model_path, load_tokenizer
+
+    tokenizer = load_tokenizer(default_model_path())
+    examples = []
+    for line in DATA.read_text().splitlines():
+        record = json.loads(line)
+        example = {"prompt": PROMPT.format(dialogue=record["dialogue"]), "completion": record["summary"]}
+        if len(tokenizer(example["prompt"] + example["completion"])["input_ids"]) < MAX_LENGTH:
+            examples.append(example)
+        if len(examples) == n:
+            return examples
+    return examples
+
+
+def instructune_order(n: int, seed: int = 0) -> list[int]:
+    """The order instructune's first epoch visits n unpacked rows in (train.Trainer._row_order), so TRL,
+    fed the examples in this order without shuffling, sees the same batches step by step."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003)).tolist()
 
 
 def peak_rss_gb() -> float:
@@ -53,19 +83,22 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_examples=examples, progress=False)
     trainer.setup()
     summary = trainer.train()
+    records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
     return {"tokens_per_s": summary["tokens_per_s"], "final_loss": summary["final_loss"],
-            "tokens": summary["train_tokens"], "seconds": summary["train_seconds"], "steps": summary["steps"]}
+            "tokens": summary["train_tokens"], "seconds": summary["train_seconds"], "steps": summary["steps"],
+            "losses": losses}
 
 
 def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH) -> dict:
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     from instructune.models import load_model
 
     model, tokenizer = load_model()
+    examples = [examples[i] for i in instructune_order(len(examples))]  # read in order: no shuffling below
     seen = {"tokens": 0, "losses": []}
 
     class Meter(TrainerCallback):
@@ -84,15 +117,22 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
         gradient_accumulation_steps=BATCH // micro_batch, num_train_epochs=1,
         learning_rate=2e-4 if mode == "lora" else 2e-5, lr_scheduler_type="constant", max_length=MAX_LENGTH,
         packing=packing, bf16=precision == "bf16", use_cpu=True, logging_steps=1, save_strategy="no",
-        report_to=[], completion_only_loss=True, dataloader_num_workers=0,
+        report_to=[], completion_only_loss=True, dataloader_num_workers=0, train_sampling_strategy="sequential",
     )
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear") if mode == "lora" else None
+    if mode == "lora":  # r 16, alpha 32, dropout 0.05, all-linear, initialised as instructune does (seed 0)
+        from transformers import set_seed
+
+        from instructune.adapters import prepare_for_training
+        from instructune.config import LoraConfig
+
+        set_seed(0)
+        model = prepare_for_training(model, LoraConfig())
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, peft_config=lora, callbacks=[Meter()])
+                         processing_class=tokenizer, callbacks=[Meter()])
     seen["tokens"] = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     trainer.train()
     return {"tokens_per_s": seen["tokens"] / seen["seconds"], "final_loss": seen["losses"][-1] if seen["losses"] else None,
-            "tokens": seen["tokens"], "seconds": seen["seconds"]}
+            "tokens": seen["tokens"], "seconds": seen["seconds"], "steps": len(seen["losses"]), "losses": seen["losses"]}
 
 
 def one(engine: str, mode: str, precision: str, packing: bool, dialogues: int, micro_batch: int = BATCH) -> dict:
@@ -103,12 +143,88 @@ def one(engine: str, mode: str, precision: str, packing: bool, dialogues: int, m
             "peak_rss_gb": peak_rss_gb()}
 
 
-CONFIGS = [  # (engine, mode, precision, packing, micro-batch), alternating engines; global batch 8 rows
-    ("trl", "full", "fp32", False, 8), ("instructune", "full", "fp32", True, 2),
-    ("trl", "lora", "fp32", False, 8), ("instructune", "lora", "fp32", True, 2),
-    ("trl", "full", "fp32", True, 8), ("trl", "full", "bf16", False, 8), ("instructune", "full", "bf16", True, 2),
-    ("instructune", "lora", "bf16", True, 2),
+CONFIGS = [  # (engine, mode, precision, packing, micro-batch); global batch 8 rows, engines alternating.
+    # Unpacked pairs first: the same batches step by step, so the loss curves must coincide.
+    ("trl", "full", "fp32", False, 8), ("instructune", "full", "fp32", False, 2),
+    ("trl", "lora", "fp32", False, 8), ("instructune", "lora", "fp32", False, 2),
+    # Each engine's packing, then each engine's fastest setting.
+    ("trl", "full", "fp32", True, 8), ("instructune", "full", "fp32", True, 2),
+    ("trl", "full", "bf16", False, 8), ("instructune", "full", "bf16", True, 2),
+    ("instructune", "lora", "fp32", True, 2), ("instructune", "lora", "bf16", True, 2),
+    ("instructune", "full", "bf16", True, 1),  # the leaner setting: 8 accumulated micro-batches of 1 row
 ]
+
+
+def key(row: dict) -> tuple:
+    return row["engine"], row["mode"], row["precision"], row["packing"], row["micro_batch"]
+
+
+def run_subprocess(engine: str, mode: str, precision: str, packing: bool, micro_batch: int, dialogues: int) -> dict | None:
+    cmd = [sys.executable, __file__, "--one", engine, mode, precision, "--dialogues", str(dialogues),
+           "--micro-batch", str(micro_batch)] + ([] if packing else ["--no-packing"])
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    line = next((l for l in reversed(out.stdout.splitlines()) if l.startswith("{")), None)
+    if line is None:
+        print(f"{engine} {mode} {precision} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(line)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| engine | mode | precision | packing | micro-batch | steps | tokens/s | peak RSS GB | mean loss | final loss |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['engine']} | {r['mode']} | {r['precision']} | {r['packing']} | {r['micro_batch']} | {r['steps']} | "
+              f"{r['tokens_per_s']:.1f} | {r['peak_rss_gb']:.2f} | {sum(r['losses']) / len(r['losses']):.4f} | "
+              f"{r['final_loss']:.4f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def curve_gaps(rows: list[dict]) -> str:
+    """Step-by-step gap between the two engines' unpacked fp32 curves (same batches in the same order)."""
+    by_key = {key(r): r for r in rows}
+    out = []
+    for mode in ("full", "lora"):
+        trl, ours = by_key.get(("trl", mode, "fp32", False, 8)), by_key.get(("instructune", mode, "fp32", False, 2))
+        if trl and ours and len(trl["losses"]) == len(ours["losses"]):
+            gaps = [abs(a - b) for a, b in zip(trl["losses"], ours["losses"])]
+            out.append(f"- {mode}, unpacked fp32, {len(gaps)} steps: first-step loss TRL {trl['losses'][0]:.4f} vs "
+                       f"instructune {ours['losses'][0]:.4f}; largest per-step gap {max(gaps):.4f}, mean gap "
+                       f"{sum(gaps) / len(gaps):.4f}")
+    trl, ours = by_key.get(("trl", "full", "fp32", True, 8)), by_key.get(("instructune", "full", "fp32", True, 2))
+    if trl and ours:  # packed rows differ in make-up and order between engines: compare the epoch's mean
+        mean = lambda r: sum(r["losses"]) / len(r["losses"])  # noqa: E731
+        out.append(f"- full, packed fp32: mean loss over the epoch TRL {mean(trl):.4f} ({trl['steps']} steps) vs "
+                   f"instructune {mean(ours):.4f} ({ours['steps']} steps)")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Three panels: the unpacked full and LoRA runs (same batches: the curves must overlay) and the
+    packed runs, whose rows differ between engines, as a running mean over the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("full fine-tune, same batches (unpacked)", lambda r: r["mode"] == "full" and not r["packing"], False),
+              ("LoRA, same batches (unpacked)", lambda r: r["mode"] == "lora" and not r["packing"], False),
+              ("packed rows: running mean of the loss", lambda r: r["packing"], True)]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
+    for ax, (title, chosen, running) in zip(axes, panels):
+        for r in filter(chosen, rows):
+            losses, n = r["losses"], len(r["losses"])
+            if running:
+                losses = [sum(losses[: i + 1]) / (i + 1) for i in range(n)]
+            label = f"{r['engine']} {r['mode']} {r['precision']}" + (f" micro-batch {r['micro_batch']}" if r["micro_batch"] == 1 else "")
+            style = "-" if r["engine"] == "instructune" else "--"
+            ax.plot([(i + 1) / n for i in range(n)], losses, style, label=label, linewidth=1.4 if running else 1.2)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("fraction of the epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("train loss per optimizer step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
@@ -118,37 +234,39 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=BATCH,
                         help=f"Rows per micro-batch; {BATCH} // this many are accumulated per optimizer step.")
     parser.add_argument("--dialogues", type=int, default=256, help="First N DialogSum training dialogues.")
+    parser.add_argument("--out", type=Path, help="JSONL of finished runs (default bench/results/train-N.jsonl); "
+                        "configurations already in it are skipped, so an interrupted benchmark continues.")
+    parser.add_argument("--report", action="store_true", help="Only print the table and plot from --out.")
     parser.add_argument("--append", action="store_true", help="Append the table to bench/RESULTS.md.")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(*args.one, packing=not args.no_packing, dialogues=args.dialogues,
                              micro_batch=args.micro_batch)))
         return 0
-    rows = []
-    for engine, mode, precision, packing, micro_batch in CONFIGS:
-        cmd = [sys.executable, __file__, "--one", engine, mode, precision, "--dialogues", str(args.dialogues),
-               "--micro-batch", str(micro_batch)]
-        cmd += [] if packing else ["--no-packing"]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        line = next((l for l in reversed(out.stdout.splitlines()) if l.startswith("{")), None)
-        if line is None:
-            print(f"{engine} {mode} {precision} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-            continue
-        rows.append(json.loads(line))
-        print(rows[-1], flush=True)
-    table = ["| engine | mode | precision | packing | micro-batch | tokens/s | peak RSS GB | final loss |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
-    table += [f"| {r['engine']} | {r['mode']} | {r['precision']} | {r['packing']} | {r['micro_batch']} | {r['tokens_per_s']:.1f} | "
-              f"{r['peak_rss_gb']:.2f} | {r['final_loss']:.4f} |" for r in rows]
-    text = "\n".join(table)
+    out = args.out or Path(__file__).with_name("results") / f"train-{args.dialogues}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(l) for l in out.read_text().splitlines()] if out.exists() else []
+    if not args.report:
+        done = {key(r) for r in rows}
+        for config in CONFIGS:
+            if config in done:
+                continue
+            row = run_subprocess(*config, dialogues=args.dialogues)
+            if row:
+                rows.append(row)
+                with out.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                print({k: v for k, v in row.items() if k != "losses"}, flush=True)
+    text = table(rows) + "\n\n" + curve_gaps(rows)
+    plot(rows, out.with_suffix(".png"))
     print(text)
     if args.append:
         cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-        header = (f"\n## Training speed: instructune vs TRL SFTTrainer (issue 5)\n\nCommand: `.venv/bin/python bench/train.py "
-                  f"--dialogues {args.dialogues} --append`  \nMachine: {os.cpu_count()} CPU cores, {cpu}  \n"
-                  f"Date: {datetime.date.today()}\n\n")
+        header = (f"\n## Training speed: instructune vs TRL SFTTrainer, {args.dialogues} dialogues (issue 5)\n\n"
+                  f"Command: `.venv/bin/python bench/train.py --dialogues {args.dialogues} --append`  \n"
+                  f"Machine: {os.cpu_count()} CPU cores, {cpu}  \nDate: {datetime.date.today()}\n\n")
         with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
-            handle.write(header + text + "\n")
+            handle.write(header + text + f"\n\n![loss curves](results/{out.with_suffix('.png').name})\n")
     return 0
 
 
