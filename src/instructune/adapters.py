@@ -2,8 +2,8 @@
 
 The order matters and is kept here in one place: a 4-bit base is prepared first (norms and
 embeddings to fp32), LoRA wraps it next, and gradient checkpointing goes on last, with input
-gradients enabled when only adapters train (otherwise checkpointed blocks see no input that
-requires grad and their adapters get no gradient).
+gradients enabled when only adapters train (the embeddings are frozen, and a reentrant checkpoint
+whose input needs no gradient would give the adapters inside it none).
 """
 
 from __future__ import annotations
