@@ -55,14 +55,6 @@ def load_examples(n: int) -> list[dict]:
     return examples
 
 
-def instructune_order(n: int, seed: int = 0) -> list[int]:
-    """The order instructune's first epoch visits n unpacked rows in (train.Trainer._row_order), so TRL,
-    fed the examples in this order without shuffling, sees the same batches step by step."""
-    import torch
-
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003)).tolist()
-
-
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
@@ -70,6 +62,7 @@ def peak_rss_gb() -> float:
 def run_instructune(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH) -> dict:
     from instructune.config import load_config
     from instructune.models import load_model
+    from instructune.runlog import MetricsLog
     from instructune.train import Trainer
 
     model, tokenizer = load_model()
@@ -83,8 +76,7 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_examples=examples, progress=False)
     trainer.setup()
     summary = trainer.train()
-    records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in records if "loss" in r]
+    losses = [r["loss"] for r in MetricsLog.read(trainer.run_dir / "metrics.jsonl") if "loss" in r]
     return {"tokens_per_s": summary["tokens_per_s"], "final_loss": summary["final_loss"],
             "tokens": summary["train_tokens"], "seconds": summary["train_seconds"], "steps": summary["steps"],
             "losses": losses}
@@ -98,7 +90,10 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
     from instructune.models import load_model
 
     model, tokenizer = load_model()
-    examples = [examples[i] for i in instructune_order(len(examples))]  # read in order: no shuffling below
+    from instructune.train import row_order
+
+    # instructune's first-epoch order, read without shuffling again: unpacked, the same batches step by step.
+    examples = [examples[i] for i in row_order(len(examples), seed=0, epoch=0)]
     seen = {"tokens": 0, "losses": []}
 
     class Meter(TrainerCallback):
@@ -170,11 +165,15 @@ def run_subprocess(engine: str, mode: str, precision: str, packing: bool, micro_
     return json.loads(line)
 
 
+def mean_loss(row: dict) -> float:
+    return sum(row["losses"]) / len(row["losses"])
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| engine | mode | precision | packing | micro-batch | steps | tokens/s | peak RSS GB | mean loss | final loss |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['engine']} | {r['mode']} | {r['precision']} | {r['packing']} | {r['micro_batch']} | {r['steps']} | "
-              f"{r['tokens_per_s']:.1f} | {r['peak_rss_gb']:.2f} | {sum(r['losses']) / len(r['losses']):.4f} | "
+              f"{r['tokens_per_s']:.1f} | {r['peak_rss_gb']:.2f} | {mean_loss(r):.4f} | "
               f"{r['final_loss']:.4f} |" for r in rows]
     return "\n".join(lines)
 
@@ -192,9 +191,8 @@ def curve_gaps(rows: list[dict]) -> str:
                        f"{sum(gaps) / len(gaps):.4f}")
     trl, ours = by_key.get(("trl", "full", "fp32", True, 8)), by_key.get(("instructune", "full", "fp32", True, 2))
     if trl and ours:  # packed rows differ in make-up and order between engines: compare the epoch's mean
-        mean = lambda r: sum(r["losses"]) / len(r["losses"])  # noqa: E731
-        out.append(f"- full, packed fp32: mean loss over the epoch TRL {mean(trl):.4f} ({trl['steps']} steps) vs "
-                   f"instructune {mean(ours):.4f} ({ours['steps']} steps)")
+        out.append(f"- full, packed fp32: mean loss over the epoch TRL {mean_loss(trl):.4f} ({trl['steps']} steps) vs "
+                   f"instructune {mean_loss(ours):.4f} ({ours['steps']} steps)")
     return "\n".join(out)
 
 

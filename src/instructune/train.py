@@ -154,9 +154,6 @@ class Trainer:
         return encoded
 
     # ---------------------------------------------------------------- data order
-    def _row_order(self, epoch: int) -> list[int]:
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        return torch.randperm(len(self.train_rows), generator=generator).tolist()
 
     def step_batches(self, step: int) -> list[dict[str, torch.Tensor]]:
         """This process's micro-batches for optimizer step `step` (a pure function of seed and step)."""
@@ -167,7 +164,7 @@ class Trainer:
         for i in range(start, start + self.rows_per_step):
             epoch = i // n_rows
             if epoch not in orders:
-                orders[epoch] = self._row_order(epoch)
+                orders[epoch] = row_order(n_rows, self.config.seed, epoch)
             picked.append(orders[epoch][i % n_rows])
         rank = self.accelerator.process_index
         micro = [picked[j : j + per_micro][rank :: self.world] for j in range(0, len(picked), per_micro)]
@@ -365,6 +362,12 @@ class Trainer:
     def _say(self, message: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(message)
+
+
+def row_order(n_rows: int, seed: int, epoch: int) -> list[int]:
+    """The order epoch `epoch` visits the n training rows in: a pure function, so a step is a data position."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n_rows, generator=generator).tolist()
 
 
 def _label_count(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
