@@ -50,7 +50,8 @@ def main() -> int:
     from instructune.data.sources import load_records
     from instructune.data.render import render_records
     from instructune.data.templates import load_task
-    from instructune.evaluate.run import evaluate_examples, extra_references
+    from instructune.data.render import extra_references
+    from instructune.evaluate.score import evaluate_examples
     from instructune.models import load_model
 
     started = time.perf_counter()

@@ -1,7 +1,5 @@
 import copy
 import io
-import sys
-import types
 
 import pytest
 
@@ -180,14 +178,14 @@ class TestChatLoop:
 class TestMain:
     @pytest.fixture()
     def fake_models(self, monkeypatch, llama, tokenizer):
-        """Stand in for instructune.models so main() loads the tiny model."""
+        """Stand in for load_model so main() loads the tiny model."""
         loaded = []
 
         def load_model(model=None, adapter=None):
             loaded.append((model, adapter))
             return llama.eval(), tokenizer
 
-        monkeypatch.setitem(sys.modules, "instructune.models", types.SimpleNamespace(load_model=load_model))
+        monkeypatch.setattr("instructune.chat.load_model", load_model)
         return loaded
 
     def test_one_shot_prints_one_answer(self, fake_models, llama, tokenizer, capsys):

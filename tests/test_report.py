@@ -54,7 +54,7 @@ class TestCompare:
 
 class TestMarkdown:
     def test_before_after_table(self):
-        text = before_after_markdown({"rouge1": 0.21, "rouge2": 0.05}, {"rouge1": 0.43, "rouge2": 0.0412})
+        text = before_after_markdown(compare({"rouge1": 0.21, "rouge2": 0.05}, {"rouge1": 0.43, "rouge2": 0.0412}))
         assert text.splitlines() == [
             "| metric | before | after | Δ |", "|---|---|---|---|",
             "| rouge1 | 0.2100 | 0.4300 | +0.2200 |", "| rouge2 | 0.0500 | 0.0412 | -0.0088 |"]

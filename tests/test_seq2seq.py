@@ -17,7 +17,7 @@ from instructune import cli
 from instructune.chat import ChatSession
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.evaluate.run import evaluate_examples
+from instructune.evaluate.score import evaluate_examples
 from instructune.export import main as export_main
 from instructune.loss import seq2seq_loss_sum
 from instructune.models import is_encoder_decoder, load_model

@@ -14,6 +14,7 @@ import torch
 
 from .config import LoraConfig as LoraSettings
 from .errors import InstructuneError
+from .models import is_encoder_decoder
 
 
 def prepare_for_training(model: Any, lora: LoraSettings, *, gradient_checkpointing: bool = False) -> Any:
@@ -50,10 +51,9 @@ def _prepare_4bit(model: Any, gradient_checkpointing: bool) -> Any:
 def _wrap_lora(model: Any, lora: LoraSettings) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     peft_config = LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        task_type="SEQ_2_SEQ_LM" if encoder_decoder else "CAUSAL_LM",
+        task_type="SEQ_2_SEQ_LM" if is_encoder_decoder(model) else "CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
 

@@ -20,7 +20,8 @@ import threading
 from typing import Any, Callable, TextIO
 
 from instructune.errors import InstructuneError
-from instructune.models import is_encoder_decoder
+from instructune.evaluate.generate import stop_token_ids
+from instructune.models import is_encoder_decoder, load_model
 from instructune.tokenize import format_prompt, uses_chat_template
 
 HELP_TEXT = "Commands: /reset clears the conversation, /exit quits (so do Ctrl-D and Ctrl-C)."
@@ -117,7 +118,7 @@ class ChatSession:
 
     def _generation_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
-            max_new_tokens=self.max_new_tokens, eos_token_id=_stop_token_ids(self.tokenizer, self.model),
+            max_new_tokens=self.max_new_tokens, eos_token_id=stop_token_ids(self.model, self.tokenizer),
             pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
             else self.tokenizer.eos_token_id,
         )
@@ -232,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # Check the settings before the (slow) model load.
     _check_generation_settings(args.max_new_tokens, args.temperature, args.top_p)
-    from instructune.models import load_model
-
     model, tokenizer = load_model(args.model, args.adapter)
     session = ChatSession(
         model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
@@ -258,14 +257,3 @@ def _check_generation_settings(max_new_tokens: int, temperature: float, top_p: f
         raise InstructuneError(f"chat: --temperature must be >= 0 (0 = greedy), got {temperature}")
     if not 0 < top_p <= 1:
         raise InstructuneError(f"chat: --top-p must be in (0, 1], got {top_p}")
-
-
-def _stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
-    """EOS ids to stop at: the tokenizer's, the model's, and <|im_end|> when the vocabulary has it."""
-    ids = [tokenizer.eos_token_id]
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += configured if isinstance(configured, list) else [configured]
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if im_end != tokenizer.unk_token_id:
-        ids.append(im_end)
-    return sorted({i for i in ids if isinstance(i, int)})

@@ -94,6 +94,38 @@ class RunConfig(_Section):
         return Path(self.output_dir) / self.run_name
 
 
+def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[dict[str, Any]]:
+    """Every settable key of the run config, dotted, with its default and description, in YAML order.
+
+    The one source for `instructune train --help` and any form built over the config, so neither drifts
+    from the config model.
+
+    Example:
+        >>> config_fields()[0]
+        {'key': 'run_name', 'default': 'run', 'description': 'Name of the run folder under output_dir.', 'annotation': 'str'}
+    """
+    fields = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields += config_fields(annotation, f"{prefix}{name}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        fields.append({"key": prefix + name, "default": default, "description": field.description or "",
+                       "annotation": getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")})
+    return fields
+
+
+def config_keys_help() -> str:
+    """The config keys as `--help` text: `section.key (default): description`, one per line."""
+    lines = ["config keys (set in the YAML or as key=value; default in brackets):"]
+    for field in config_fields():
+        default = "null" if field["default"] is None else yaml.safe_dump(field["default"], default_flow_style=True).strip()
+        default = default.removesuffix("\n...").strip()
+        lines.append(f"  {field['key']} [{default}]: {field['description']}")
+    return "\n".join(lines)
+
+
 def _parse_value(text: str) -> Any:
     """`key=value` overrides take YAML scalars: 3, 0.1, true, null, [a, b]."""
     return yaml.safe_load(text) if text != "" else ""
@@ -119,7 +151,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML run config, apply `key=value` overrides, and validate it.
 
     Example:
-        >>> cfg = load_config("configs/quickstart.yaml", ["train.lr=1e-4"])
+        >>> cfg = load_config("src/instructune/configs/quickstart.yaml", ["train.lr=1e-4"])
         >>> cfg.train.lr
         0.0001
     """

@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, load_config
+from .data.mixture import MixtureConfig
+from .data.prepare import build_mixture_examples, write_examples
+from .data.sources import read_jsonl
+from .data.support import write_support_data
+from .data.templates import load_task
+from .evaluate.compare import compare
+from .evaluate.report import before_after_markdown
+from .evaluate.score import evaluate_examples
+from .models import load_model
+from .train import Trainer
 
 TASKS = ("support_response", "support_intent")
 SPLITS = ("train", "validation", "test")
@@ -32,10 +42,6 @@ def build_support_instructions(run_dir: Path, seed: int = 0) -> dict[str, Path]:
     Returns:
         split -> path of its instruction JSONL (prompt, completion, task, template).
     """
-    from .data.mixture import MixtureConfig
-    from .data.prepare import build_mixture_examples, write_examples
-    from .data.support import write_support_data
-
     raw = write_support_data(run_dir / "data" / "raw", seed=seed)
     out = {}
     for split in SPLITS:
@@ -52,9 +58,6 @@ def build_support_instructions(run_dir: Path, seed: int = 0) -> dict[str, Path]:
 def evaluate_split(model: Any, tokenizer: Any, examples: list[dict], *, limit: int, batch_size: int,
                    max_new_tokens: int) -> tuple[dict[str, dict], list[dict]]:
     """Evaluate the first `limit` examples of each task; returns ({task: metrics}, prediction rows)."""
-    from .data.templates import load_task
-    from .evaluate.run import evaluate_examples
-
     metrics, rows = {}, []
     for name in TASKS:
         task = load_task(name)
@@ -78,11 +81,6 @@ def run_quickstart(config: RunConfig, *, eval_limit: int = 40, eval_batch_size: 
         >>> result["after"]["support_response"]["rougeL"] > result["before"]["support_response"]["rougeL"]
         True
     """
-    from .data.sources import read_jsonl
-    from .evaluate.report import before_after_markdown
-    from .models import load_model
-    from .train import Trainer
-
     started = time.perf_counter()
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +108,7 @@ def run_quickstart(config: RunConfig, *, eval_limit: int = 40, eval_batch_size: 
     print("[5/5] Evaluating the tuned model on the same test split")
     after, after_rows = evaluate_split(tuned, tokenizer, test, **settings)
 
-    table = before_after_markdown(before, after)
+    table = before_after_markdown(compare(before, after))
     result = {"before": before, "after": after, "train": train_summary, "run_dir": str(run_dir),
               "seconds": time.perf_counter() - started}
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))

@@ -25,9 +25,11 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .adapters import native_bf16, prepare_for_training
-from .config import RunConfig, load_config, save_config
+from .config import RunConfig, config_keys_help, load_config, save_config
 from .errors import InstructuneError
+from .evaluate.score import evaluate_examples
 from .loss import causal_lm_loss_sum, seq2seq_loss_sum
+from .models import is_encoder_decoder, load_model
 from .pack import collate, collate_seq2seq, pack_examples
 from .runlog import MetricsLog, plot_losses
 from .tokenize import tokenize_examples
@@ -83,13 +85,11 @@ class Trainer:
 
         # Model before data: tokenization needs the tokenizer and the model kind.
         if self.model is None:
-            from .models import load_model
-
             self.model, self.tokenizer = load_model(
                 cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, load_in_4bit=cfg.lora.load_in_4bit,
                 device=self.accelerator.device,
             )
-        self.encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        self.encoder_decoder = is_encoder_decoder(self.model)
         self.model = prepare_for_training(self.model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
 
         self.train_rows = self._rows(self.train_examples, cfg.data.train, "train", cfg.data.limit)
@@ -295,8 +295,6 @@ class Trainer:
 
     def generation_metrics(self) -> dict[str, float]:
         """Generate on the fixed validation sample; ROUGE and exact match against the completions."""
-        from .evaluate.run import evaluate_examples
-
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         metrics, _ = evaluate_examples(
@@ -383,7 +381,7 @@ def train(config: RunConfig, **kwargs: Any) -> dict:
     """Fine-tune as the config says; returns the run summary. kwargs go to `Trainer`.
 
     Example:
-        >>> summary = train(load_config("configs/quickstart.yaml", ["train.max_steps=10"]))
+        >>> summary = train(load_config("src/instructune/configs/quickstart.yaml", ["train.max_steps=10"]))
         >>> summary["final_loss"] < summary["first_loss"]
         True
     """
@@ -395,9 +393,11 @@ def train(config: RunConfig, **kwargs: Any) -> dict:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instructune train", description="Fine-tune a model on instruction JSONL, as a YAML config says.",
-        epilog="Example: instructune train configs/quickstart.yaml train.lr=1e-4 lora.r=8",
+        epilog="Example: instructune train src/instructune/configs/quickstart.yaml train.lr=1e-4 lora.r=8\n\n"
+               + config_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", nargs="?", help="YAML run config (see configs/).")
+    parser.add_argument("config", nargs="?", help="YAML run config (e.g. src/instructune/configs/quickstart.yaml, configs/).")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 data.packing=false")
     parser.add_argument("--resume", action="store_true", help="Continue from the run's latest checkpoint.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an earlier run's checkpoints in the run folder.")

@@ -18,14 +18,33 @@ import string
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from instructune.data.sources import record_location
 from instructune.data.templates import OPTION_STYLES, Task
 from instructune.errors import InstructuneError
 
 TEMPLATE_CHOICES = ("sample", "all")
+# Target columns numbered 1..N (DialogSum test's summary1..summary3): several references per record.
+_NUMBERED_COLUMN = re.compile(r"^(.*?)(\d+)$")
 
 # `{options_}` together with the line break that joins it to the text, so a template renders cleanly
 # without its options: "...{context}\n{options_}\nA:" -> "...{context}\nA:".
 _OPTIONS_SLOT = re.compile(r"\n\{options_\}|\{options_\}\n?")
+
+
+def parse_template_choice(value: str | int) -> str | int:
+    """A template choice as given on a command line or in YAML: "sample", "all" or an index.
+
+    Example:
+        >>> parse_template_choice("3"), parse_template_choice("all")
+        (3, 'all')
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value in TEMPLATE_CHOICES:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise InstructuneError(f"template {value!r}: expected one of {', '.join(TEMPLATE_CHOICES)} or a template index")
 
 
 def format_options(options: Sequence[str], style: str = "dash", header: str = "OPTIONS:") -> str:
@@ -254,10 +273,7 @@ def render_records(
         ('Hi', 'alpaca')
     """
     compiled = _compiled(task)
-    if isinstance(template, str) and template not in TEMPLATE_CHOICES:
-        if not template.isdigit():
-            raise InstructuneError(f"template {template!r}: expected one of {', '.join(TEMPLATE_CHOICES)} or an index")
-        template = int(template)
+    template = parse_template_choice(template)
     if isinstance(template, int):
         _check_template_index(task, template)
     if hasattr(records, "to_list"):  # datasets.Dataset: one conversion beats per-row access
@@ -294,8 +310,6 @@ def render_records(
 def _where(source: str | Path | None, position: int) -> str:
     if source is None:
         return f" (record {position})"
-    from instructune.data.sources import record_location
-
     return f" at {record_location(source, position)}"
 
 
@@ -360,3 +374,36 @@ class _FewShot:
             chosen.append(text)
             used += cost
         return "".join(text + self.separator for text in chosen)
+
+
+def extra_references(task: Any, record: dict, template_index: int) -> list[str]:
+    """All references of a record whose target columns come numbered (summary1, summary2, summary3).
+
+    Each numbered group (columns `<stem>1..<stem>N`, N >= 2) is read N times, the k-th time with every
+    column of the group holding the k-th value, and the template's target is rendered each time.
+    Records without numbered columns give [] (the example's completion is then the only reference).
+
+    Example:
+        >>> extra_references(load_task("dialogsum"), {"dialogue": "...", "summary1": "A", "summary2": "B",
+        ...                  "summary3": "C"}, 0)
+        ['A', 'B', 'C']
+    """
+    groups: dict[str, list[str]] = {}
+    for column in record:
+        match = _NUMBERED_COLUMN.match(column)
+        if match and match.group(1):
+            groups.setdefault(match.group(1), []).append(column)
+    groups = {stem: sorted(cols, key=lambda c: int(_NUMBERED_COLUMN.match(c).group(2)))
+              for stem, cols in groups.items() if len(cols) >= 2}
+    if not groups:
+        return []
+    references = []
+    for k in range(max(len(cols) for cols in groups.values())):
+        variant = dict(record)
+        for stem, cols in groups.items():
+            value = record[cols[min(k, len(cols) - 1)]]
+            variant.update({col: value for col in cols} | {stem: value})
+        completion = render_example(task, variant, template_index)["completion"]
+        if completion.strip() and completion not in references:
+            references.append(completion)
+    return references

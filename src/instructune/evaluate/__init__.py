@@ -1,7 +1,8 @@
 """Evaluation against ground truth: generation metrics, multiple-choice scoring, before/after reports.
 
 metrics.py scores text (ROUGE, exact match, token F1); generate.py produces answers in batches;
-choice.py scores options by log-likelihood; run.py is `instructune eval`; compare.py and report.py
+choice.py scores options by log-likelihood; score.py turns examples or a task's records into
+metrics (what training, eval and the quickstart call); run.py is the `instructune eval` command; compare.py and report.py
 are `instructune compare` (deltas, forgetting flags, chart, HTML). `compare()` is imported from
 `instructune.evaluate.compare`, not re-exported here, so that name stays the module the CLI runs.
 """
@@ -10,7 +11,7 @@ from instructune.evaluate.choice import score_choices
 from instructune.evaluate.generate import generate
 from instructune.evaluate.metrics import exact_match, generation_metrics, normalize_answer, rouge_scores, token_f1
 from instructune.evaluate.report import before_after_markdown, comparison_markdown
-from instructune.evaluate.run import evaluate_examples, evaluate_task
+from instructune.evaluate.score import evaluate_examples, evaluate_task
 
 __all__ = [
     "before_after_markdown", "comparison_markdown", "evaluate_examples", "evaluate_task", "exact_match",

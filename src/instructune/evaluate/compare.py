@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from instructune.errors import InstructuneError
+from instructune.evaluate import report
 
 
 def task_metrics(result: dict) -> dict[str, dict[str, float]]:
@@ -106,8 +107,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from instructune.evaluate import report
-
     args = make_parser().parse_args(argv)
     if len(args.runs) < 2:
         raise InstructuneError("compare: give at least two metrics JSON files (baseline first, then tuned runs)")

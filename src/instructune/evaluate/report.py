@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from instructune.errors import InstructuneError
-from instructune.evaluate.compare import compare
 
 # Metrics drawn in the chart when a task has them; the rest stay in the tables.
 CHART_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "acc", "acc_norm")
@@ -92,16 +91,15 @@ def comparison_markdown(baseline: str, comparisons: dict[str, list[dict]], *, th
     return "\n".join(lines + ["", _footnote(comparisons, threshold)]) + "\n"
 
 
-def before_after_markdown(before_metrics: dict, after_metrics: dict) -> str:
-    """A before/after markdown table of two metric sets (flat, {task: metrics} or eval JSONs).
+def before_after_markdown(rows: list[dict]) -> str:
+    """A before/after markdown table of the rows `compare(before, after)` returns.
 
     Example:
-        >>> print(before_after_markdown({"rouge1": 0.21}, {"rouge1": 0.43}))
+        >>> print(before_after_markdown(compare({"rouge1": 0.21}, {"rouge1": 0.43})))
         | metric | before | after | Δ |
         |---|---|---|---|
         | rouge1 | 0.2100 | 0.4300 | +0.2200 |
     """
-    rows = compare(before_metrics, after_metrics)
     with_task = any(row["task"] for row in rows)
     header = (["task"] if with_task else []) + ["metric", "before", "after", "Δ"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

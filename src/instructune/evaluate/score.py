@@ -1,0 +1,171 @@
+"""The scoring library: rendered examples or a task's records in, metrics and prediction rows out.
+
+Generation tasks are scored by ROUGE, exact match and token F1 on greedy answers (generate.py,
+metrics.py); multiple-choice tasks (and classification tasks with options) by option log-likelihood
+(choice.py). Training's in-training checks, `instructune eval`, the quickstart and the benchmarks all
+call this file. Leaves out: the `eval` command and its files (run.py), comparing runs (compare.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from instructune.data.render import extra_references, render_records
+from instructune.data.sources import load_records
+from instructune.data.templates import KINDS, load_task
+from instructune.errors import InstructuneError
+from instructune.evaluate.choice import score_choices
+from instructune.evaluate.generate import generate
+from instructune.evaluate.metrics import generation_metrics
+
+
+def evaluate_examples(
+    model: Any,
+    tokenizer: Any,
+    examples: list[dict],
+    *,
+    kind: str,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    chat_template: bool | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, float], list[dict]]:
+    """Score rendered examples with the method their kind calls for.
+
+    Args:
+        model: a transformers causal LM or seq2seq LM (PEFT-wrapped is fine).
+        tokenizer: its tokenizer.
+        examples: prompt/completion examples; multiple-choice ones add "options" and "label".
+            An optional "references" list replaces [completion] as the ground truth.
+        kind: "generation", "multiple_choice" or "classification" (scored as multiple choice when
+            the examples carry options, else as generation).
+        batch_size: examples per forward pass / generate call.
+        max_new_tokens: answer length cap for generation.
+        chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
+        progress: show tqdm bars.
+
+    Returns:
+        (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
+        metrics {"acc", "acc_norm"}; one prediction row per example with "prompt", "prediction" and
+        "references" (multiple choice adds "options", "label", "pred", "pred_norm", "logprobs").
+
+    Example:
+        >>> metrics, rows = evaluate_examples(model, tokenizer, [{"prompt": "2+2?", "completion": "4"}],
+        ...                                   kind="generation")
+        >>> rows[0]
+        {'prompt': '2+2?', 'prediction': '4', 'references': ['4']}
+    """
+    if kind not in KINDS:
+        raise InstructuneError(f"evaluate_examples: kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if not examples:
+        raise InstructuneError("evaluate_examples: no examples to evaluate; expected at least one")
+    multiple_choice = kind == "multiple_choice" or (kind == "classification" and "options" in examples[0])
+    if multiple_choice:
+        metrics, scored = score_choices(
+            model, tokenizer, examples, batch_size=batch_size, chat_template=chat_template, progress=progress
+        )
+        rows = [
+            {
+                "prompt": example["prompt"], "prediction": example["options"][row["pred"]],
+                "references": [example["options"][example["label"]]], "options": example["options"],
+                "label": example["label"], "pred": row["pred"], "pred_norm": row["pred_norm"],
+                "logprobs": row["logprobs"],
+            }
+            for example, row in zip(examples, scored)
+        ]
+        return metrics, rows
+    references = [_references_of(example, index) for index, example in enumerate(examples)]
+    predictions = generate(
+        model, tokenizer, [example["prompt"] for example in examples], max_new_tokens=max_new_tokens,
+        batch_size=batch_size, chat_template=chat_template, progress=progress,
+    )
+    rows = [
+        {"prompt": example["prompt"], "prediction": prediction, "references": refs}
+        for example, prediction, refs in zip(examples, predictions, references)
+    ]
+    return generation_metrics(predictions, references), rows
+
+
+def _references_of(example: dict, index: int) -> list[str]:
+    references = example.get("references") or [example.get("completion")]
+    if not all(isinstance(ref, str) for ref in references):
+        raise InstructuneError(f"example {index}: expected a 'completion' string or a 'references' list of strings")
+    return list(references)
+
+
+def evaluate_task(
+    model: Any,
+    tokenizer: Any,
+    task_name: str,
+    data: str | Path,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int = 0,
+    template: str | int = 0,
+    seed: int = 0,
+    with_options: bool = True,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    chat_template: bool | None = None,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Render a task's records and evaluate them: the run summary and the prediction rows.
+
+    Args:
+        task_name: a built-in task name or a task YAML path.
+        data: the records (file or folder, as `load_records` reads).
+        split: split of a folder or saved dataset.
+        limit: evaluate the first N examples only (few-shot exemplars still come from all records).
+        num_fewshot: exemplars placed before each prompt.
+        template: a template index, "sample" (seeded, one per record) or "all".
+        seed: seeds template sampling and few-shot draws.
+        with_options: render the task's `{options_}` list into the prompt. Log-likelihood scoring of
+            the untouched default model on HellaSwag is at chance with the list, ~0.39 acc_norm without.
+        Other arguments as in `evaluate_examples`.
+
+    Returns:
+        ({"task", "kind", "metric", "data", "split", "template", "num_fewshot", "limit", "seed",
+          "chat_template", "max_new_tokens", "n_examples", "seconds", "metrics"}, prediction rows with
+          "task" and "template" added).
+    """
+    task = load_task(task_name)
+    records = load_records(data, split=split).to_list()
+    examples = render_records(task, records, seed=seed, template=template, num_fewshot=num_fewshot,
+                              with_options=with_options, source=data)
+    example_records = _records_of_examples(task, records, examples, template, seed)
+    if limit is not None:
+        examples, example_records = examples[:limit], example_records[:limit]
+    if task.kind == "generation":
+        for example, record in zip(examples, example_records):
+            example["references"] = extra_references(task, record, example["template"]) or [example["completion"]]
+    print(f"eval {task.name}: {len(examples)} {task.kind} examples from {data}")
+    started = time.perf_counter()
+    metrics, rows = evaluate_examples(
+        model, tokenizer, examples, kind=task.kind, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        chat_template=chat_template, progress=progress,
+    )
+    seconds = time.perf_counter() - started
+    for row, example in zip(rows, examples):
+        row.update(task=task.name, template=example["template"])
+    summary = {
+        "task": task.name, "kind": task.kind, "metric": task.metric, "data": str(data), "split": split,
+        "template": template, "num_fewshot": num_fewshot, "limit": limit, "seed": seed,
+        "with_options": with_options, "chat_template": chat_template, "max_new_tokens": max_new_tokens if task.kind == "generation" else None,
+        "n_examples": len(examples), "seconds": round(seconds, 2), "metrics": metrics,
+    }
+    return summary, rows
+
+
+def _records_of_examples(task: Any, records: list[dict], examples: list[dict], template: str | int, seed: int):
+    """The raw record behind each example: one each, except "all" (one per applicable template)."""
+    if template != "all":
+        return records
+    owners = []
+    for record in records:
+        owners.extend([record] * len(render_records(task, [record], seed=seed, template="all")))
+    if len(owners) != len(examples):
+        raise InstructuneError(f"task {task.name!r}: could not match examples to records for template 'all'")
+    return owners

@@ -1,0 +1,109 @@
+"""The house rules that keep the package easy to change: imports flow one way, each helper has one owner."""
+
+import ast
+import re
+import tomllib
+from pathlib import Path
+
+from instructune.config import config_fields
+from instructune.train import make_parser as train_parser
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "instructune"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _internal_imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported instructune module, line, at module level) for every import of the package in a file."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    top_level = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [f"{target}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            target, names = "", [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names or [target]:
+            if name.startswith("instructune"):
+                # `from pkg import module` names a module; `from module import function` names its module.
+                while name not in MODULES and "." in name:
+                    name = name.rsplit(".", 1)[0]
+                found.append((name, node.lineno, id(node) in top_level))
+    return found
+
+
+MODULES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+class TestImports:
+    def test_no_import_circles(self):
+        graph = {name: {target for target, _, _ in _internal_imports(path) if target != name}
+                 for name, path in MODULES.items()}
+        # A package's __init__ re-exports its modules; an edge into a package is an edge into its __init__.
+        state: dict[str, int] = {}
+
+        def visit(node: str, trail: list[str]) -> None:
+            state[node] = 1
+            for target in sorted(graph.get(node, ())):
+                if state.get(target) == 1:
+                    cycle = trail[trail.index(target):] + [target] if target in trail else [node, target]
+                    raise AssertionError("import circle: " + " -> ".join(cycle))
+                if target not in state:
+                    visit(target, trail + [target])
+            state[node] = 2
+
+        for name in sorted(graph):
+            if name not in state:
+                visit(name, [name])
+
+    def test_report_only_draws(self):
+        imported = {target for target, _, _ in _internal_imports(MODULES["instructune.evaluate.report"])}
+        assert "instructune.evaluate.compare" not in imported
+
+
+class TestOneOwner:
+    def _definitions(self, pattern: str) -> list[str]:
+        regex = re.compile(pattern, re.MULTILINE)
+        return [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py") if regex.search(path.read_text())]
+
+    def test_each_small_helper_is_defined_once(self):
+        for pattern in (r"^def _?stop_token_ids\(", r"^def _?parse_template\w*\(", r"^KINDS\s*=",
+                        r"^def is_encoder_decoder\("):
+            assert len(self._definitions(pattern)) == 1, (pattern, self._definitions(pattern))
+
+    def test_encoder_decoder_is_asked_of_models_only(self):
+        direct = self._definitions(r"getattr\([^)]*\"is_encoder_decoder\"")
+        assert direct == ["models.py"], direct
+
+
+class TestTrainHelp:
+    def test_every_config_key_is_listed_with_its_default(self):
+        text = train_parser().format_help()
+        for field in config_fields():
+            assert f"  {field['key']} [" in text, field["key"]
+        assert "  train.lr [0.0002]: Peak learning rate." in text
+
+    def test_help_names_the_packaged_config_where_it_lives(self):
+        assert "src/instructune/configs/quickstart.yaml" in train_parser().format_help()
+        for path in PACKAGE.rglob("*.py"):
+            assert not re.search(r"(?<!instructune/)configs/quickstart\.yaml", path.read_text()), path
+
+
+class TestBenchExtra:
+    def test_the_peers_install_through_the_bench_extra(self):
+        project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["project"]
+        bench = " ".join(project["optional-dependencies"]["bench"])
+        assert "trl" in bench and "lm-eval" in bench
