@@ -77,6 +77,28 @@ class TestGenerationMetrics:
         assert metrics["rouge1_first_ref"] == 0.0
         assert set(metrics) >= {"rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "f1", "rougeLsum_first_ref"}
 
+    def test_three_protocols_against_rouge_score(self):
+        predictions = ["#Person1# asks #Person2# about the trip.", "They plan a party on Friday."]
+        references = [["#Person1# and #Person2# talk about a trip.", "#Person2# tells #Person1# about a trip.",
+                       "A talk about travel."],
+                      ["They are planning a Friday party.", "Friends plan a party.", "A party is planned for Friday."]]
+        metrics = generation_metrics(predictions, references)
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+        for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+            per_item = [[scorer.score(ref, pred)[key].fmeasure for ref in refs] for pred, refs in zip(predictions, references)]
+            assert metrics[key] == pytest.approx(sum(max(s) for s in per_item) / 2)
+            assert metrics[f"{key}_first_ref"] == pytest.approx(sum(s[0] for s in per_item) / 2)
+            assert metrics[f"{key}_mean_ref"] == pytest.approx(sum(sum(s) / 3 for s in per_item) / 2)
+
+    def test_mean_over_references_is_the_one_row_per_reference_table(self):
+        # The Hugging Face copy of DialogSum test holds one row per reference; scoring it row by row
+        # with a single reference each is the mean-over-references protocol.
+        predictions = ["the cat sat", "a dog barked loudly"]
+        references = [["the cat sat on the mat", "a cat sits", "cats"], ["the dog barked", "dogs bark", "a loud dog"]]
+        flat = generation_metrics([p for p, refs in zip(predictions, references) for _ in refs],
+                                  [ref for refs in references for ref in refs])
+        assert generation_metrics(predictions, references)["rouge1_mean_ref"] == pytest.approx(flat["rouge1"])
+
     def test_mismatched_lengths_raise(self):
         with pytest.raises(InstructuneError, match="2 predictions but 1 references"):
             generation_metrics(["a", "b"], ["a"])

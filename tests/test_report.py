@@ -103,7 +103,7 @@ class TestCompareCommand:
 
 
 class TestEvalThenCompare:
-    def test_eval_command_writes_metrics_and_predictions(self, tmp_path, tiny_llama_dir):
+    def test_eval_command_writes_metrics_and_predictions(self, tmp_path, tiny_llama_dir, capsys):
         dialogs = tmp_path / "dialogsum.jsonl"
         dialogs.write_text("\n".join(json.dumps(
             {"dialogue": f"#Person1#: Hi {i}. #Person2#: Hello.", "summary1": "They greet.",
@@ -120,7 +120,10 @@ class TestEvalThenCompare:
         result = json.loads(out.read_text())
         assert set(result["tasks"]) == {"dialogsum", "piqa"}
         assert set(result["tasks"]["piqa"]["metrics"]) == {"acc", "acc_norm"}
-        assert "rouge1_first_ref" in result["tasks"]["dialogsum"]["metrics"]
+        assert {"rouge1", "rouge1_first_ref", "rouge1_mean_ref"} <= set(result["tasks"]["dialogsum"]["metrics"])
+        printed = capsys.readouterr().out
+        for protocol in ("(best of the references)", "(first reference)", "(mean over the references)"):
+            assert protocol in printed
         assert result["tasks"]["piqa"]["n_examples"] == 2 and result["versions"]["torch"]
         rows = [json.loads(line) for line in (tmp_path / "base.predictions.jsonl").read_text().splitlines()]
         assert len(rows) == 4

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from instructune.data.render import parse_template_choice
 from instructune.errors import InstructuneError
+from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
 
 _PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score")
@@ -37,6 +38,27 @@ def predictions_path(metrics_path: str | Path) -> Path:
     """Where the predictions of a metrics JSON live: OUT.json -> OUT.predictions.jsonl."""
     path = Path(metrics_path)
     return path.with_name(path.stem + ".predictions.jsonl")
+
+
+def format_metrics(task: str, metrics: dict[str, float]) -> str:
+    """One line per reference protocol for multi-reference ROUGE (see metrics.py), else one line.
+
+    Example:
+        >>> print(format_metrics("dialogsum", {"rouge1": 0.5, "rouge1_first_ref": 0.4, "rouge1_mean_ref": 0.42}))
+          dialogsum: rouge1 0.5000 (best of the references)
+          dialogsum: rouge1 0.4000 (first reference)
+          dialogsum: rouge1 0.4200 (mean over the references)
+    """
+    if not any(name.endswith("_mean_ref") for name in metrics):
+        return f"  {task}: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+    lines = []
+    for suffix, protocol in PROTOCOLS.items():
+        chosen = {name.removesuffix(suffix): value for name, value in metrics.items()
+                  if name.startswith("rouge") and (name.endswith(suffix) if suffix else "_" not in name)}
+        if suffix == "":
+            chosen.update({name: value for name, value in metrics.items() if not name.startswith("rouge")})
+        lines.append(f"  {task}: " + ", ".join(f"{name} {value:.4f}" for name, value in chosen.items()) + f" ({protocol})")
+    return "\n".join(lines)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -93,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         key = summary["task"] if summary["task"] not in tasks else f"{summary['task']}:{Path(data).stem}"
         tasks[key] = summary
         all_rows.extend({**row, "task": key} for row in rows)
-        print(f"  {key}: " + ", ".join(f"{name} {value:.4f}" for name, value in summary["metrics"].items()))
+        print(format_metrics(key, summary["metrics"]))
     result = {
         "model": args.model or "default", "adapter": args.adapter, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": package_versions(),
