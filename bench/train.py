@@ -9,7 +9,15 @@ TRL reads the examples in instructune's shuffled order without shuffling again, 
 runs of the two engines train on the same batches step by step and their loss curves must coincide.
 Each run is a fresh subprocess so its peak RSS is its own; runs alternate between engines, and each
 finished run is appended to bench/results/train-N.jsonl (a re-run skips the ones already there).
-TRL is a benchmark-only dependency: `.venv/bin/pip install --no-deps trl==1.16.0`.
+TRL is a benchmark-only dependency: `.venv/bin/pip install -e '.[bench]'`.
+
+Fairness (issue 14): both engines are timed by the same clock around the same span, the whole
+`trainer.train()` call (model loading and data preparation before it excluded for both, logging and
+the end-of-run bookkeeping inside it included for both), and tokens are counted the same way: the
+prompt + completion tokens of the examples, one epoch (instructune's packed runs top up the last
+step with a few rows of the next epoch; that extra work is not counted in its favour). TRL runs
+with gradient checkpointing off (its SFTConfig default is on: that default is its own row) at the
+same micro-batch sizes as instructune, with and without its packing.
 
     .venv/bin/python bench/train.py --dialogues 256 --append   # all configurations, table + plot
     .venv/bin/python bench/train.py --dialogues 256 --report   # table + plot of the finished runs
@@ -55,11 +63,17 @@ def load_examples(n: int) -> list[dict]:
     return examples
 
 
+def example_tokens(tokenizer, examples: list[dict]) -> int:
+    """Prompt + completion + EOS tokens of one epoch, counted the same way for both engines."""
+    return sum(len(tokenizer(e["prompt"] + e["completion"])["input_ids"]) + 1 for e in examples)
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def run_instructune(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH) -> dict:
+def run_instructune(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH,
+                    checkpointing: bool = False) -> dict:
     from instructune.config import load_config
     from instructune.models import load_model
     from instructune.runlog import MetricsLog
@@ -71,18 +85,22 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
         f"train.lr={2e-4 if mode == 'lora' else 2e-5}", f"train.batch_size={micro_batch}",
         f"train.grad_accum_steps={BATCH // micro_batch}", f"data.max_length={MAX_LENGTH}",
         f"data.packing={packing}", f"train.precision={precision}", "model.chat_template=false", "train.warmup_ratio=0",
-        "train.schedule=constant",
+        "train.schedule=constant", f"train.gradient_checkpointing={checkpointing}",
     ])
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_examples=examples, progress=False)
     trainer.setup()
+    started = time.perf_counter()
     summary = trainer.train()
+    seconds = time.perf_counter() - started
     losses = [r["loss"] for r in MetricsLog.read(trainer.run_dir / "metrics.jsonl") if "loss" in r]
-    return {"tokens_per_s": summary["tokens_per_s"], "final_loss": summary["final_loss"],
-            "tokens": summary["train_tokens"], "seconds": summary["train_seconds"], "steps": summary["steps"],
-            "losses": losses}
+    tokens = example_tokens(tokenizer, examples)
+    return {"tokens_per_s": tokens / seconds, "final_loss": summary["final_loss"], "tokens": tokens,
+            "seconds": seconds, "steps": summary["steps"], "losses": losses,
+            "own_clock_tokens_per_s": summary["tokens_per_s"]}
 
 
-def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH) -> dict:
+def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH,
+            checkpointing: bool = False) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -94,15 +112,9 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
 
     # instructune's first-epoch order, read without shuffling again: unpacked, the same batches step by step.
     examples = [examples[i] for i in row_order(len(examples), seed=0, epoch=0)]
-    seen = {"tokens": 0, "losses": []}
+    seen = {"losses": []}
 
     class Meter(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            seen["start"] = time.perf_counter()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            seen["seconds"] = time.perf_counter() - seen["start"]
-
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 seen["losses"].append(logs["loss"])
@@ -113,6 +125,7 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
         learning_rate=2e-4 if mode == "lora" else 2e-5, lr_scheduler_type="constant", max_length=MAX_LENGTH,
         packing=packing, bf16=precision == "bf16", use_cpu=True, logging_steps=1, save_strategy="no",
         report_to=[], completion_only_loss=True, dataloader_num_workers=0, train_sampling_strategy="sequential",
+        gradient_checkpointing=checkpointing,  # SFTConfig's default is True: set both ways explicitly
     )
     if mode == "lora":  # r 16, alpha 32, dropout 0.05, all-linear, initialised as instructune does (seed 0)
         from transformers import set_seed
@@ -124,39 +137,52 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
         model = prepare_for_training(model, LoraConfig())
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, callbacks=[Meter()])
-    seen["tokens"] = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
+    started = time.perf_counter()
     trainer.train()
-    return {"tokens_per_s": seen["tokens"] / seen["seconds"], "final_loss": seen["losses"][-1] if seen["losses"] else None,
-            "tokens": seen["tokens"], "seconds": seen["seconds"], "steps": len(seen["losses"]), "losses": seen["losses"]}
+    seconds = time.perf_counter() - started
+    tokens = example_tokens(tokenizer, examples)
+    return {"tokens_per_s": tokens / seconds, "final_loss": seen["losses"][-1] if seen["losses"] else None,
+            "tokens": tokens, "seconds": seconds, "steps": len(seen["losses"]), "losses": seen["losses"]}
 
 
-def one(engine: str, mode: str, precision: str, packing: bool, dialogues: int, micro_batch: int = BATCH) -> dict:
+def one(engine: str, mode: str, precision: str, packing: bool, dialogues: int, micro_batch: int = BATCH,
+        checkpointing: bool = False) -> dict:
     examples = load_examples(dialogues)
     runner = run_instructune if engine == "instructune" else run_trl
-    result = runner(examples, mode, precision, packing, micro_batch)
-    return {"engine": engine, "mode": mode, "precision": precision, "packing": packing, "micro_batch": micro_batch, **result,
-            "peak_rss_gb": peak_rss_gb()}
+    result = runner(examples, mode, precision, packing, micro_batch, checkpointing)
+    return {"engine": engine, "mode": mode, "precision": precision, "packing": packing, "micro_batch": micro_batch,
+            "checkpointing": checkpointing, **result, "peak_rss_gb": peak_rss_gb()}
 
 
-CONFIGS = [  # (engine, mode, precision, packing, micro-batch); global batch 8 rows, engines alternating.
-    # Unpacked pairs first: the same batches step by step, so the loss curves must coincide.
-    ("trl", "full", "fp32", False, 8), ("instructune", "full", "fp32", False, 2),
-    ("trl", "lora", "fp32", False, 8), ("instructune", "lora", "fp32", False, 2),
-    # Each engine's packing, then each engine's fastest setting.
-    ("trl", "full", "fp32", True, 8), ("instructune", "full", "fp32", True, 2),
-    ("trl", "full", "bf16", False, 8), ("instructune", "full", "bf16", True, 2),
-    ("instructune", "lora", "fp32", True, 2), ("instructune", "lora", "bf16", True, 2),
-    ("instructune", "full", "bf16", True, 1),  # the leaner setting: 8 accumulated micro-batches of 1 row
+# (engine, mode, precision, packing, micro-batch, gradient checkpointing); global batch 8 rows.
+CONFIGS = [
+    # Unpacked fp32 at equal micro-batch: the same batches step by step, so the loss curves must coincide.
+    ("trl", "full", "fp32", False, 2, False), ("instructune", "full", "fp32", False, 2, False),
+    ("trl", "lora", "fp32", False, 2, False), ("instructune", "lora", "fp32", False, 2, False),
+    # Full fine-tune, bf16: TRL at its default (micro-batch 8, checkpointing on), then TRL and
+    # instructune at micro-batch 1, 2 and 8, TRL with and without its packing.
+    ("trl", "full", "bf16", False, 8, True),
+    ("trl", "full", "bf16", False, 8, False), ("trl", "full", "bf16", True, 8, False), ("instructune", "full", "bf16", True, 8, False),
+    ("trl", "full", "bf16", False, 2, False), ("trl", "full", "bf16", True, 2, False), ("instructune", "full", "bf16", True, 2, False),
+    ("instructune", "full", "bf16", False, 2, False),
+    ("trl", "full", "bf16", False, 1, False), ("trl", "full", "bf16", True, 1, False), ("instructune", "full", "bf16", True, 1, False),
+    # fp32 packed, and LoRA bf16 at micro-batch 2 and 1.
+    ("trl", "full", "fp32", True, 2, False), ("instructune", "full", "fp32", True, 2, False),
+    ("trl", "lora", "bf16", False, 2, False), ("trl", "lora", "bf16", True, 2, False), ("instructune", "lora", "bf16", True, 2, False),
+    ("trl", "lora", "bf16", True, 1, False), ("instructune", "lora", "bf16", True, 1, False),
 ]
 
 
 def key(row: dict) -> tuple:
-    return row["engine"], row["mode"], row["precision"], row["packing"], row["micro_batch"]
+    return (row["engine"], row["mode"], row["precision"], row["packing"], row["micro_batch"],
+            row.get("checkpointing", row["engine"] == "trl"))
 
 
-def run_subprocess(engine: str, mode: str, precision: str, packing: bool, micro_batch: int, dialogues: int) -> dict | None:
+def run_subprocess(engine: str, mode: str, precision: str, packing: bool, micro_batch: int, checkpointing: bool,
+                   dialogues: int) -> dict | None:
     cmd = [sys.executable, __file__, "--one", engine, mode, precision, "--dialogues", str(dialogues),
            "--micro-batch", str(micro_batch)] + ([] if packing else ["--no-packing"])
+    cmd += ["--checkpointing"] if checkpointing else []
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     line = next((l for l in reversed(out.stdout.splitlines()) if l.startswith("{")), None)
     if line is None:
@@ -170,9 +196,10 @@ def mean_loss(row: dict) -> float:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| engine | mode | precision | packing | micro-batch | steps | tokens/s | peak RSS GB | mean loss | final loss |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['engine']} | {r['mode']} | {r['precision']} | {r['packing']} | {r['micro_batch']} | {r['steps']} | "
+    lines = ["| engine | mode | precision | packing | micro-batch | checkpointing | steps | tokens/s | peak RSS GB | mean loss | final loss |",
+             "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['engine']} | {r['mode']} | {r['precision']} | {r['packing']} | {r['micro_batch']} | "
+              f"{'on' if key(r)[5] else 'off'} | {r['steps']} | "
               f"{r['tokens_per_s']:.1f} | {r['peak_rss_gb']:.2f} | {mean_loss(r):.4f} | "
               f"{r['final_loss']:.4f} |" for r in rows]
     return "\n".join(lines)
@@ -183,16 +210,42 @@ def curve_gaps(rows: list[dict]) -> str:
     by_key = {key(r): r for r in rows}
     out = []
     for mode in ("full", "lora"):
-        trl, ours = by_key.get(("trl", mode, "fp32", False, 8)), by_key.get(("instructune", mode, "fp32", False, 2))
+        trl, ours = by_key.get(("trl", mode, "fp32", False, 2, False)), by_key.get(("instructune", mode, "fp32", False, 2, False))
         if trl and ours and len(trl["losses"]) == len(ours["losses"]):
             gaps = [abs(a - b) for a, b in zip(trl["losses"], ours["losses"])]
             out.append(f"- {mode}, unpacked fp32, {len(gaps)} steps: first-step loss TRL {trl['losses'][0]:.4f} vs "
                        f"instructune {ours['losses'][0]:.4f}; largest per-step gap {max(gaps):.4f}, mean gap "
                        f"{sum(gaps) / len(gaps):.4f}")
-    trl, ours = by_key.get(("trl", "full", "fp32", True, 8)), by_key.get(("instructune", "full", "fp32", True, 2))
+    trl, ours = by_key.get(("trl", "full", "fp32", True, 2, False)), by_key.get(("instructune", "full", "fp32", True, 2, False))
     if trl and ours:  # packed rows differ in make-up and order between engines: compare the epoch's mean
         out.append(f"- full, packed fp32: mean loss over the epoch TRL {mean_loss(trl):.4f} ({trl['steps']} steps) vs "
                    f"instructune {mean_loss(ours):.4f} ({ours['steps']} steps)")
+    return "\n".join(out)
+
+
+def verdict(rows: list[dict]) -> str:
+    """Issue 14's targets: >= 2x TRL's fastest fair setting (checkpointing off) at <= 0.7x its peak memory."""
+    out = []
+    for mode in ("full", "lora"):
+        fair = [r for r in rows if r["mode"] == mode and r["precision"] == "bf16" and not key(r)[5]]
+        trl = [r for r in fair if r["engine"] == "trl"]
+        ours = [r for r in fair if r["engine"] == "instructune"]
+        if not trl or not ours:
+            continue
+        best_trl = max(trl, key=lambda r: r["tokens_per_s"])
+        best_ours = max(ours, key=lambda r: r["tokens_per_s"])
+        out.append(f"- {mode} bf16: instructune's fastest {best_ours['tokens_per_s']:.1f} tokens/s (micro-batch "
+                   f"{best_ours['micro_batch']}, {best_ours['peak_rss_gb']:.2f} GB) vs TRL's fastest fair "
+                   f"{best_trl['tokens_per_s']:.1f} (micro-batch {best_trl['micro_batch']}, packing {best_trl['packing']}, "
+                   f"{best_trl['peak_rss_gb']:.2f} GB): {best_ours['tokens_per_s'] / best_trl['tokens_per_s']:.2f}x the speed "
+                   f"at {best_ours['peak_rss_gb'] / best_trl['peak_rss_gb']:.2f}x the memory")
+        for micro_batch in sorted({r["micro_batch"] for r in ours}):
+            mine = [r for r in ours if r["micro_batch"] == micro_batch]
+            theirs = [r for r in trl if r["micro_batch"] == micro_batch]
+            if mine and theirs:
+                a, b = max(mine, key=lambda r: r["tokens_per_s"]), max(theirs, key=lambda r: r["tokens_per_s"])
+                out.append(f"  - micro-batch {micro_batch}: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x the speed, "
+                           f"{a['peak_rss_gb'] / min(r['peak_rss_gb'] for r in theirs):.2f}x the memory of TRL's leanest run there")
     return "\n".join(out)
 
 
@@ -229,6 +282,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "MODE", "PRECISION"), help="Run one configuration.")
     parser.add_argument("--no-packing", action="store_true", help="With --one: no packing.")
+    parser.add_argument("--checkpointing", action="store_true", help="With --one: gradient checkpointing on.")
     parser.add_argument("--micro-batch", type=int, default=BATCH,
                         help=f"Rows per micro-batch; {BATCH} // this many are accumulated per optimizer step.")
     parser.add_argument("--dialogues", type=int, default=256, help="First N DialogSum training dialogues.")
@@ -239,7 +293,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(*args.one, packing=not args.no_packing, dialogues=args.dialogues,
-                             micro_batch=args.micro_batch)))
+                             micro_batch=args.micro_batch, checkpointing=args.checkpointing)))
         return 0
     out = args.out or Path(__file__).with_name("results") / f"train-{args.dialogues}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,12 +309,12 @@ def main() -> int:
                 with out.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
                 print({k: v for k, v in row.items() if k != "losses"}, flush=True)
-    text = table(rows) + "\n\n" + curve_gaps(rows)
+    text = table(rows) + "\n\n" + verdict(rows) + "\n\n" + curve_gaps(rows)
     plot(rows, out.with_suffix(".png"))
     print(text)
     if args.append:
         cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-        header = (f"\n## Training speed: instructune vs TRL SFTTrainer, {args.dialogues} dialogues (issue 5)\n\n"
+        header = (f"\n## Training speed, fair: instructune vs TRL SFTTrainer at its best, {args.dialogues} dialogues (issue 14)\n\n"
                   f"Command: `.venv/bin/python bench/train.py --dialogues {args.dialogues} --append`  \n"
                   f"Machine: {os.cpu_count()} CPU cores, {cpu}  \nDate: {datetime.date.today()}\n\n")
         with open(Path(__file__).with_name("RESULTS.md"), "a") as handle:
