@@ -23,6 +23,12 @@ class TestLoadRecords:
         assert isinstance(dataset, datasets.Dataset)
         assert dataset.to_list() == ROWS
 
+    def test_keys_the_first_record_lacks_are_kept(self, tmp_path):
+        # datasets' from_list keeps only the first row's keys: a later row's "input" would vanish silently.
+        rows = [{"instruction": "Say hi", "output": "Hi"}, ROWS[1]]
+        path = write_jsonl(tmp_path / "a.jsonl", [json.dumps(row) for row in rows])
+        assert load_records(path).to_list() == [{**rows[0], "input": None}, ROWS[1]]
+
     def test_jsonl_skips_blank_lines(self, tmp_path):
         path = write_jsonl(tmp_path / "a.jsonl", [json.dumps(ROWS[0]), "", "  ", json.dumps(ROWS[1])])
         assert len(load_records(path)) == 2
@@ -101,6 +107,13 @@ class TestErrors:
         path = tmp_path / "bom.jsonl"
         path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n")
         assert load_records(path).to_list() == ROWS[:1]
+
+    def test_a_field_whose_type_clashes_names_row_and_field(self, tmp_path):
+        chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+        rows = [json.dumps(chat)] * 5 + ["", json.dumps({"messages": "hello"})] + [json.dumps(chat)] * 3
+        path = write_jsonl(tmp_path / "chat.jsonl", rows)
+        with pytest.raises(InstructuneError, match=rf"^{path}:7: field 'messages' has another type than in the records before it \("):
+            load_records(path)
 
     def test_unsupported_suffix(self, tmp_path):
         (tmp_path / "a.txt").write_text("hello")

@@ -174,9 +174,42 @@ def _from_rows(path: Path, rows: list[dict]) -> datasets.Dataset:
     if not rows:
         raise InstructuneError(f"{path}: no records (the file is empty)")
     try:
-        return datasets.Dataset.from_list(rows)
+        return _dataset(rows)
     except Exception as error:  # pyarrow type clashes between rows
-        raise InstructuneError(f"{path}: records do not share one schema ({_first_line(error)})") from error
+        index, key = _first_clash(rows)
+        raise InstructuneError(f"{record_location(path, index)}: field {key!r} has another type than in the records "
+                               f"before it ({_first_line(error)})") from error
+
+
+def _dataset(rows: list[dict]) -> datasets.Dataset:
+    """Rows -> Dataset with every key of every row: `Dataset.from_list` keeps only the first row's keys,
+    which would silently drop a column the first record happens to lack."""
+    keys = dict.fromkeys(key for row in rows for key in row)
+    return datasets.Dataset.from_dict({key: [row.get(key) for row in rows] for key in keys})
+
+
+def _first_clash(rows: list[dict]) -> tuple[int, str]:
+    """The first row whose types cannot join those before it, and the field that clashes.
+
+    A clash in a prefix of the rows stays in every longer prefix, so a binary search finds the row.
+    """
+    good, bad = 0, len(rows)  # rows[:good] load; rows[:bad] do not
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if _loads(rows[:middle]):
+            good = middle
+        else:
+            bad = middle
+    keys = [key for key in rows[bad - 1] if not _loads([{key: row.get(key)} for row in rows[:bad]])]
+    return bad - 1, (keys or ["?"])[0]
+
+
+def _loads(rows: list[dict]) -> bool:
+    try:
+        _dataset(rows)
+        return True
+    except Exception:  # the pyarrow type errors `_from_rows` reports
+        return False
 
 
 def _first_line(error: Exception) -> str:
