@@ -151,6 +151,13 @@ class TestBadInput:
                                        f"(byte 0xf9 at byte offset {len(good) + 1}); save the file as UTF-8"]
         assert not (tmp_path / "o.jsonl").exists()
 
+    def test_empty_completion_with_strict(self, tmp_path, capsys):
+        raw = write_jsonl(tmp_path / "raw.jsonl", [*SUPPORT_ROWS[:2], {**SUPPORT_ROWS[2], "response": ""}])
+        argv = ["prepare", str(raw), "--task", "support_response", "-o", str(tmp_path / "o.jsonl"), "--strict"]
+        assert cli.main(argv) == 2
+        (line,) = error_lines(capsys)
+        assert line.startswith(f"instructune prepare: error: {raw}:3: the completion renders empty")
+
     def test_unknown_config_key(self, run_yaml, capsys):
         assert cli.main(["train", str(run_yaml), "train.learning_rate=0.1"]) == 2
         assert error_lines(capsys) == [f"instructune train: error: {run_yaml}: unknown config key 'train.learning_rate'"]

@@ -168,6 +168,28 @@ class TestTokenize:
             assert (batch["labels"][b, n_target:] == IGNORE_INDEX).all()
 
 
+class TestPrepare:
+    def test_prepare_with_a_t5_folder_counts_what_t5_training_cuts(self, tmp_path, tiny_t5_dir):
+        from instructune.data.prepare import prepare
+
+        long = "The quick brown fox jumps over the lazy dog. " * 5
+        rows = [{"instruction": f"Say {i}", "input": long if i % 2 else "", "output": long if i % 3 == 0 else "ok"}
+                for i in range(8)]
+        raw = tmp_path / "raw.jsonl"
+        raw.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        out = tmp_path / "train.jsonl"
+        # The model kind comes from the folder's config.json, as training takes it from the model.
+        summary = prepare(out, data=raw, task="alpaca", tokenizer=str(tiny_t5_dir), max_length=40)
+        assert summary["truncation"]["answer_cut"]["count"] > 0
+        trainer = Trainer(make_config(tmp_path, f"model.name={tiny_t5_dir}", f"data.train={out}", "data.max_length=40"),
+                          progress=False)
+        trainer.setup()
+        assert trainer.encoder_decoder and trainer.data_report["train"] == summary["truncation"]
+        as_decoder_only = prepare(tmp_path / "d.jsonl", data=raw, task="alpaca", tokenizer=str(tiny_t5_dir),
+                                  max_length=40, encoder_decoder=False)
+        assert as_decoder_only["truncation"]["prompt_cut"] != summary["truncation"]["prompt_cut"]
+
+
 class TestLoss:
     def test_sum_over_count_is_the_models_own_mean_loss(self, tokenizer):
         model = make_t5(tokenizer).eval()
