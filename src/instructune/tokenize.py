@@ -204,7 +204,7 @@ def encode_seq2seq(example: dict, tokenizer: Any, max_length: int) -> dict:
 
     Example:
         >>> encode_seq2seq({"prompt": "2+2?", "completion": "4"}, t5_tokenizer, 512)   # </s> is 1
-        {'input_ids': [..., 1], 'labels': [..., 1], 'truncated': False}
+        {'input_ids': [..., 1], 'labels': [..., 1], 'truncated': False, 'prompt_cut': 0, 'answer_cut': 0}
     """
     if not isinstance(example.get("prompt"), str) or not isinstance(example.get("completion"), str):
         raise ValueError("encoder-decoder models take 'prompt' and 'completion' strings "
