@@ -72,7 +72,7 @@ class TestPrepareThenTrain:
         run = tmp_path / "runs" / "cli"
         assert (run / "adapter" / "adapter_model.safetensors").is_file()
         assert (run / "loss.png").is_file()
-        assert [r["step"] for r in MetricsLog.read(run / "metrics.jsonl")] == [1, 2]
+        assert [r["step"] for r in MetricsLog.read(run / "metrics.jsonl") if "loss" in r] == [1, 2]
         saved = (run / "config.yaml").read_text()
         assert str(tiny_llama_dir) in saved and "max_steps: 2" in saved
 
@@ -83,6 +83,19 @@ class TestPrepareThenTrain:
                 "run_name=bare", "lora.enabled=false", *TINY_RUN]
         assert cli.main(argv) == 0
         assert (tmp_path / "bare" / "model" / "config.json").is_file()
+
+    def test_train_prints_and_logs_what_it_cut_and_skipped(self, tmp_path, run_yaml, tiny_llama_dir, capsys):
+        # Issue 12 items 4-5: nothing is cut, dropped or skipped silently.
+        long = {"prompt": "Where is my order? " * 40, "completion": "It has shipped."}
+        rows = [{"prompt": r["instruction"], "completion": r["response"]} for r in SUPPORT_ROWS[:4]]
+        train = write_jsonl(tmp_path / "train.jsonl", [*rows, long, {"prompt": "Summarize.", "completion": " "}])
+        assert cli.main(["train", str(run_yaml), f"model.name={tiny_llama_dir}", *TINY_RUN, "train.max_steps=1"]) == 0
+        out = capsys.readouterr().out
+        assert (f"train: 6 examples, max_length 128: prompt cut 1 ({train}:5), answer cut 0, dropped (no label left) 0, "
+                f"skipped (empty answer) 1 ({train}:6)") in out.splitlines()
+        data = MetricsLog.read(tmp_path / "runs" / "cli" / "metrics.jsonl")[0]
+        assert data["step"] == 0 and data["data"]["train"]["prompt_cut"] == {"count": 1, "first": [f"{train}:5"]}
+        assert data["data"]["train"]["empty"] == {"count": 1, "first": [f"{train}:6"]}
 
 
 class TestBadInput:
@@ -103,6 +116,47 @@ class TestBadInput:
         assert cli.main(["train", str(run_yaml), f"model.name={tiny_llama_dir}", *TINY_RUN]) == 2
         (line,) = error_lines(capsys)
         assert f"{tmp_path / 'train.jsonl'}:2:" in line
+
+    @pytest.mark.parametrize("row, error", [
+        (b'{"messages": "hello"}', "'messages' must be a list of turns, got a string"),
+        (b'{"messages": {"role": "user", "content": "hi"}}', "'messages' must be a list of turns, got an object"),
+        (b'{"messages": ["hi", "there"]}', "turn 0: expected an object with 'role' and 'content', got a string"),
+        (b'{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}',
+         "turn 0: unknown role 'robot' (expected one of user, assistant, system, tool)"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "conversation has no assistant turn: nothing to learn from"),
+        (b'{"prompt": "caf\xe9", "completion": "b"}', "not UTF-8 text (byte 0xe9 at byte offset 50); save the file as UTF-8"),
+    ])
+    def test_bad_training_row_names_file_and_line(self, tmp_path, run_yaml, tiny_llama_dir, capsys, row, error):
+        # Issue 12 items 1-3: once AttributeError / UnicodeDecodeError tracebacks, or no file and line.
+        train = tmp_path / "train.jsonl"
+        train.write_bytes(b'{"prompt": "a", "completion": "b"}\n' + row + b"\n")
+        assert cli.main(["train", str(run_yaml), f"model.name={tiny_llama_dir}", *TINY_RUN]) == 2
+        assert error_lines(capsys) == [f"instructune train: error: {train}:2: {error}"]
+        assert not (tmp_path / "runs" / "cli" / "config.yaml").exists()  # stopped before the run began
+
+    def test_chat_row_whose_messages_clash_with_the_rows_before(self, tmp_path, run_yaml, tiny_llama_dir, capsys):
+        chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+        train = write_jsonl(tmp_path / "train.jsonl", [chat, chat, {"messages": "hello"}])
+        assert cli.main(["train", str(run_yaml), f"model.name={tiny_llama_dir}", *TINY_RUN]) == 2
+        (line,) = error_lines(capsys)
+        assert line.startswith(f"instructune train: error: {train}:3: field 'messages' has another type")
+        assert not (tmp_path / "runs" / "cli" / "config.yaml").exists()  # stopped before the run began
+
+    def test_raw_csv_that_is_not_utf8_names_file_and_line(self, tmp_path, capsys):
+        raw = tmp_path / "raw.csv"
+        good = b"instruction,intent,response\nWhere is my order?,track_order,It has shipped.\n"
+        raw.write_bytes(good + b"O\xf9 est ma commande?,track_order,Elle est partie.\n")
+        assert cli.main(["prepare", str(raw), "--task", "support_response", "-o", str(tmp_path / "o.jsonl")]) == 2
+        assert error_lines(capsys) == [f"instructune prepare: error: {raw}:3: not UTF-8 text "
+                                       f"(byte 0xf9 at byte offset {len(good) + 1}); save the file as UTF-8"]
+        assert not (tmp_path / "o.jsonl").exists()
+
+    def test_empty_completion_with_strict(self, tmp_path, capsys):
+        raw = write_jsonl(tmp_path / "raw.jsonl", [*SUPPORT_ROWS[:2], {**SUPPORT_ROWS[2], "response": ""}])
+        argv = ["prepare", str(raw), "--task", "support_response", "-o", str(tmp_path / "o.jsonl"), "--strict"]
+        assert cli.main(argv) == 2
+        (line,) = error_lines(capsys)
+        assert line.startswith(f"instructune prepare: error: {raw}:3: the completion renders empty")
 
     def test_unknown_config_key(self, run_yaml, capsys):
         assert cli.main(["train", str(run_yaml), "train.learning_rate=0.1"]) == 2
@@ -131,3 +185,12 @@ class TestRealProcess:
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2
         assert bad.stderr.strip().splitlines() == [f"instructune train: error: {tmp_path / 'missing.yaml'}: config file not found"]
+
+    def test_a_file_that_is_not_utf8_is_one_line_on_stderr(self, tmp_path):
+        raw = tmp_path / "latin1.csv"
+        raw.write_bytes(b"instruction,input,output\ncaf\xe9,,b\n")
+        bad = subprocess.run([str(INSTRUCTUNE), "prepare", str(raw), "--task", "alpaca", "-o", str(tmp_path / "o.jsonl")],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2
+        assert bad.stderr.strip().splitlines() == [
+            f"instructune prepare: error: {raw}:2: not UTF-8 text (byte 0xe9 at byte offset 28); save the file as UTF-8"]

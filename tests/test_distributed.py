@@ -13,7 +13,7 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 def _losses(run_dir: Path) -> list[float]:
-    return [r["loss"] for r in MetricsLog.read(run_dir / "run" / "metrics.jsonl")]
+    return [r["loss"] for r in MetricsLog.read(run_dir / "run" / "metrics.jsonl") if "loss" in r]
 
 
 BIN = Path(sys.executable).parent

@@ -79,6 +79,62 @@ class TestSingleTask:
             main([str(raw_dir / "broken.jsonl"), "--task", "piqa", "-o", str(raw_dir / "x.jsonl"), "--template", "0"])
 
 
+class TestEmptyCompletions:
+    """Issue 12 item 4: a record whose target renders empty is skipped and named, or stops with --strict."""
+
+    ROWS = [{"instruction": "Say hi", "input": "", "output": "Hi"}, {"instruction": "Summarize", "input": "x", "output": ""},
+            {"instruction": "Add", "input": "1+1", "output": "2"}, {"instruction": "Answer", "input": "", "output": " \n "}]
+
+    def test_skipped_counted_and_named_in_the_summary(self, tmp_path, capsys):
+        raw = tmp_path / "raw.jsonl"
+        raw.write_text("".join(json.dumps(row) + "\n" for row in self.ROWS))
+        out = tmp_path / "out.jsonl"
+        assert main([str(raw), "--task", "alpaca", "-o", str(out)]) == 0
+        assert [e["completion"] for e in read_jsonl(out)] == ["Hi", "2"]
+        expected = {"count": 2, "first": [f"{raw}:2", f"{raw}:4"]}
+        assert json.loads((tmp_path / "out.jsonl.summary.json").read_text())["empty_completion"] == expected
+        assert f"skipped with an empty completion 2 ({raw}:2, {raw}:4)" in capsys.readouterr().out
+
+    def test_mixture_skips_before_mixing(self, tmp_path):
+        (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(row) + "\n" for row in self.ROWS))
+        (tmp_path / "mix.yaml").write_text("tasks:\n  - {task: alpaca, data: alpaca.jsonl}\n")
+        summary = prepare(tmp_path / "mix.jsonl", mixture=tmp_path / "mix.yaml")
+        assert summary["examples"] == 2 and summary["empty_completion"]["count"] == 2
+
+    def test_strict_stops_naming_the_first_and_writes_nothing(self, tmp_path):
+        raw = tmp_path / "raw.csv"
+        datasets.Dataset.from_list(self.ROWS).to_csv(str(raw), index=False)
+        out = tmp_path / "out.jsonl"
+        with pytest.raises(InstructuneError, match=rf"^{raw} record 2: the completion renders empty \(2 such examples"):
+            main([str(raw), "--task", "alpaca", "-o", str(out), "--strict"])
+        assert not out.exists() and not (tmp_path / "out.jsonl.summary.json").exists()
+
+
+class TestTruncationCounts:
+    """Issue 12 item 5: `prepare --max-length` counts exactly what training will cut, with the same rows."""
+
+    def test_prepare_reports_what_training_reports(self, tmp_path, tokenizer, llama):
+        from instructune.config import load_config
+        from instructune.train import Trainer
+
+        long = "The quick brown fox jumps over the lazy dog. " * 12
+        rows = [{"instruction": f"Say {i}", "input": long if i % 3 == 0 else "", "output": long if i % 4 == 0 else "ok"}
+                for i in range(12)]
+        raw = tmp_path / "raw.jsonl"
+        raw.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        out = tmp_path / "train.jsonl"
+        summary = prepare(out, data=raw, task="alpaca", tokenizer=tokenizer, max_length=96)
+        truncation = summary["truncation"]
+        assert truncation["prompt_cut"]["count"] > 0 and truncation["answer_cut"]["count"] > 0
+
+        config = load_config(None, [f"output_dir={tmp_path}", "run_name=run", f"data.train={out}", "data.max_length=96",
+                                    "lora.enabled=false", "train.num_threads=1"])
+        trainer = Trainer(config, model=llama, tokenizer=tokenizer, progress=False)
+        trainer.setup()
+        assert trainer.data_report["train"] == truncation
+        assert truncation["prompt_cut"]["first"][0].startswith(f"{out}:")
+
+
 MIXTURE = """\
 strategy: proportional
 cap: 100

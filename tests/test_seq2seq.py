@@ -68,6 +68,11 @@ def logits(model, tokenizer, prompt="Where is my order?", target="It has shipped
         return model(**batch).logits
 
 
+def tokenizer_ids(tokenizer, text):
+    """The text's own tokens, without any special token the tokenizer adds."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def appending_tokenizer():
     """The tiny tokenizer with T5's habit of appending EOS to every text it encodes."""
     tokenizer = tiny.make_tokenizer()
@@ -123,13 +128,28 @@ class TestTokenize:
         assert item["input_ids"][-1] == eos and item["input_ids"][-2] != eos
 
     @pytest.mark.parametrize("make_tokenizer", [tiny.make_tokenizer, appending_tokenizer])
-    def test_too_long_sides_are_cut_to_max_length_and_the_target_still_ends_in_eos(self, make_tokenizer):
+    def test_a_cut_target_does_not_end_in_eos_as_on_the_decoder_only_path(self, make_tokenizer):
+        # Issue 12: EOS after a target cut mid-answer teaches the decoder to stop mid-answer.
         tok = make_tokenizer()
-        item = encode_example({"prompt": EXAMPLES[1]["completion"] * 3, "completion": EXAMPLES[1]["completion"]},
-                              tok, 9, encoder_decoder=True)
-        assert item["truncated"]
-        assert len(item["input_ids"]) == 9 and len(item["labels"]) == 9
-        assert item["labels"][-1] == tok.eos_token_id and item["labels"][-2] != tok.eos_token_id
+        answer = EXAMPLES[1]["completion"]
+        item = encode_example({"prompt": answer * 3, "completion": answer}, tok, 9, encoder_decoder=True)
+        answer_ids = tokenizer_ids(tok, answer)
+        assert item["labels"] == answer_ids[:9] and tok.eos_token_id not in item["labels"]
+        assert item["truncated"] and item["prompt_cut"] > 0
+        assert item["answer_cut"] == len(answer_ids) + 1 - 9  # the rest of the answer and its EOS
+        # The decoder-only path cuts the same way: the labels are the answer's first tokens, no EOS.
+        decoder_only = encode_example({"prompt": "Hi", "completion": answer}, tok, 12)
+        labels = [label for label in decoder_only["labels"] if label != IGNORE_INDEX]
+        assert decoder_only["answer_cut"] > 0 and labels == answer_ids[:len(labels)]
+        # The encoder input is cut by the tokenizer itself, which keeps its own ending (T5's </s>).
+        assert item["input_ids"] == tok(answer * 3, truncation=True, max_length=9)["input_ids"]
+
+    def test_a_target_that_fits_ends_in_exactly_one_eos(self, tokenizer):
+        answer = EXAMPLES[1]["completion"]
+        n = len(tokenizer_ids(tokenizer, answer)) + 1
+        for tok in (tokenizer, appending_tokenizer()):
+            item = encode_example({"prompt": "Hi", "completion": answer}, tok, n, encoder_decoder=True)
+            assert item["labels"] == tokenizer_ids(tok, answer) + [tok.eos_token_id] and item["answer_cut"] == 0
 
     def test_chat_examples_are_a_one_line_error(self, tokenizer):
         chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
@@ -146,6 +166,28 @@ class TestTokenize:
             assert batch["attention_mask"][b].tolist() == [1] * n_source + [0] * padding
             assert batch["labels"][b, :n_target].tolist() == row["labels"]
             assert (batch["labels"][b, n_target:] == IGNORE_INDEX).all()
+
+
+class TestPrepare:
+    def test_prepare_with_a_t5_folder_counts_what_t5_training_cuts(self, tmp_path, tiny_t5_dir):
+        from instructune.data.prepare import prepare
+
+        long = "The quick brown fox jumps over the lazy dog. " * 5
+        rows = [{"instruction": f"Say {i}", "input": long if i % 2 else "", "output": long if i % 3 == 0 else "ok"}
+                for i in range(8)]
+        raw = tmp_path / "raw.jsonl"
+        raw.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        out = tmp_path / "train.jsonl"
+        # The model kind comes from the folder's config.json, as training takes it from the model.
+        summary = prepare(out, data=raw, task="alpaca", tokenizer=str(tiny_t5_dir), max_length=40)
+        assert summary["truncation"]["answer_cut"]["count"] > 0
+        trainer = Trainer(make_config(tmp_path, f"model.name={tiny_t5_dir}", f"data.train={out}", "data.max_length=40"),
+                          progress=False)
+        trainer.setup()
+        assert trainer.encoder_decoder and trainer.data_report["train"] == summary["truncation"]
+        as_decoder_only = prepare(tmp_path / "d.jsonl", data=raw, task="alpaca", tokenizer=str(tiny_t5_dir),
+                                  max_length=40, encoder_decoder=False)
+        assert as_decoder_only["truncation"]["prompt_cut"] != summary["truncation"]["prompt_cut"]
 
 
 class TestLoss:
@@ -292,7 +334,7 @@ class TestCommandLine:
         assert "done: 2 steps" in capsys.readouterr().out
         run = tmp_path / "t5"
         assert (run / "adapter" / "adapter_model.safetensors").is_file()
-        assert [r["step"] for r in MetricsLog.read(run / "metrics.jsonl")] == [1, 2]
+        assert [r["step"] for r in MetricsLog.read(run / "metrics.jsonl") if "loss" in r] == [1, 2]
 
         assert cli.main(["chat", "--model", str(tiny_t5_dir), "--adapter", str(run / "adapter"), "--prompt",
                          "Where is my order?", "--max-new-tokens", "4"]) == 0

@@ -5,7 +5,7 @@ import json
 import datasets
 import pytest
 
-from instructune.data.sources import load_records, read_jsonl, record_location
+from instructune.data.sources import load_records, read_jsonl, record_location, record_locations
 from instructune.errors import InstructuneError
 
 ROWS = [{"instruction": "Say hi", "input": "", "output": "Hi"}, {"instruction": "Add", "input": "1+1", "output": "2"}]
@@ -22,6 +22,12 @@ class TestLoadRecords:
         dataset = load_records(path)
         assert isinstance(dataset, datasets.Dataset)
         assert dataset.to_list() == ROWS
+
+    def test_keys_the_first_record_lacks_are_kept(self, tmp_path):
+        # datasets' from_list keeps only the first row's keys: a later row's "input" would vanish silently.
+        rows = [{"instruction": "Say hi", "output": "Hi"}, ROWS[1]]
+        path = write_jsonl(tmp_path / "a.jsonl", [json.dumps(row) for row in rows])
+        assert load_records(path).to_list() == [{**rows[0], "input": None}, ROWS[1]]
 
     def test_jsonl_skips_blank_lines(self, tmp_path):
         path = write_jsonl(tmp_path / "a.jsonl", [json.dumps(ROWS[0]), "", "  ", json.dumps(ROWS[1])])
@@ -80,6 +86,35 @@ class TestErrors:
         with pytest.raises(InstructuneError, match="no records"):
             load_records(tmp_path / "empty.jsonl")
 
+    @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+    def test_bytes_that_are_not_utf8_name_the_file_line_and_byte_offset(self, tmp_path, suffix):
+        # Issue 12 item 1: Latin-1 text ("café" with a lone 0xE9) was a UnicodeDecodeError traceback.
+        first = {".jsonl": b'{"instruction": "a", "input": "", "output": "b"}\n',
+                 ".json": b'[{"instruction": "a", "input": "", "output": "b"},\n',
+                 ".csv": b"instruction,input,output\n"}[suffix]
+        second = {".jsonl": b'{"instruction": "caf\xe9", "input": "", "output": "b"}\n',
+                  ".json": b' {"instruction": "caf\xe9", "input": "", "output": "b"}]\n',
+                  ".csv": b"caf\xe9,,b\n"}[suffix]
+        path = tmp_path / f"latin1{suffix}"
+        path.write_bytes(first + second)
+        offset = len(first) + second.index(b"\xe9")
+        with pytest.raises(InstructuneError) as caught:
+            load_records(path)
+        assert str(caught.value) == (f"{path}:2: not UTF-8 text (byte 0xe9 at byte offset {offset}); "
+                                     "save the file as UTF-8")
+
+    def test_a_utf8_byte_order_mark_is_not_part_of_the_first_record(self, tmp_path):
+        path = tmp_path / "bom.jsonl"
+        path.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[0]).encode() + b"\n")
+        assert load_records(path).to_list() == ROWS[:1]
+
+    def test_a_field_whose_type_clashes_names_row_and_field(self, tmp_path):
+        chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+        rows = [json.dumps(chat)] * 5 + ["", json.dumps({"messages": "hello"})] + [json.dumps(chat)] * 3
+        path = write_jsonl(tmp_path / "chat.jsonl", rows)
+        with pytest.raises(InstructuneError, match=rf"^{path}:7: field 'messages' has another type than in the records before it \("):
+            load_records(path)
+
     def test_unsupported_suffix(self, tmp_path):
         (tmp_path / "a.txt").write_text("hello")
         with pytest.raises(InstructuneError, match="unsupported file type '.txt'"):
@@ -91,6 +126,11 @@ class TestRecordLocation:
         path = write_jsonl(tmp_path / "a.jsonl", [json.dumps(ROWS[0]), "", json.dumps(ROWS[1])])
         assert record_location(path, 0) == f"{path}:1"
         assert record_location(path, 1) == f"{path}:3"
+
+    def test_many_rows_in_one_pass(self, tmp_path):
+        path = write_jsonl(tmp_path / "a.jsonl", [json.dumps(ROWS[0]), "", json.dumps(ROWS[1]), json.dumps(ROWS[0])])
+        assert record_locations(path, [2, 0]) == [f"{path}:4", f"{path}:1"]
+        assert record_locations(path, [1]) == [record_location(path, 1)]
 
     def test_other_formats_give_record_number(self, tmp_path):
         assert record_location(tmp_path / "a.csv", 4) == f"{tmp_path / 'a.csv'} record 5"

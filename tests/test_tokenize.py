@@ -1,14 +1,20 @@
-"""Tokenization for training: labels on the response only, an exact prompt/response boundary, pad == eos."""
+"""Tokenization for training: labels on the response only, an exact prompt/response boundary, pad == eos,
+malformed rows named by file:line, and a report of what was cut, dropped and skipped."""
+
+import json
 
 import pytest
 
+from instructune.errors import InstructuneError
 from instructune.tokenize import (
     IGNORE_INDEX,
+    describe_report,
     encode_example,
     encode_messages,
     encode_prompt_completion,
     format_prompt,
     prompt_token_ids,
+    tokenize_examples,
 )
 
 EXAMPLE = {"prompt": "Where is my order?", "completion": "Your order has shipped."}
@@ -62,6 +68,15 @@ class TestPromptCompletion:
         completion = tokenizer(example["completion"], add_special_tokens=False)["input_ids"]
         assert labelled(encoded) == completion + [tokenizer.eos_token_id]
         assert encoded["input_ids"][-len(completion) - 1:] == completion + [tokenizer.eos_token_id]
+        assert encoded["prompt_cut"] > 0 and encoded["answer_cut"] == 0
+
+    def test_a_cut_answer_loses_its_eos_and_the_cut_is_counted(self, tokenizer):
+        example = {"prompt": "Hi", "completion": "I have started the refund process for you. " * 8}
+        encoded = encode_prompt_completion(example, tokenizer, 40, chat_template=False)
+        completion = tokenizer(example["completion"], add_special_tokens=False)["input_ids"]
+        kept = labelled(encoded)
+        assert len(encoded["input_ids"]) == 40 and kept == completion[:len(kept)]
+        assert encoded["prompt_cut"] == 0 and encoded["answer_cut"] == len(completion) + 1 - len(kept)
 
 
 class TestMessages:
@@ -106,3 +121,92 @@ class TestMessages:
         assert chat == encode_messages({"messages": self.MESSAGES}, tokenizer, 512)
         pair = encode_example(EXAMPLE, tokenizer, 512)
         assert pair == encode_prompt_completion(EXAMPLE, tokenizer, 512)
+
+
+def write_jsonl(path, rows):
+    """One row per line, with a blank line after the first so line numbers differ from row numbers."""
+    lines = [json.dumps(row) for row in rows]
+    path.write_text("\n".join(lines[:1] + [""] + lines[1:]) + "\n")
+    return path
+
+
+CHAT = [{"role": "user", "content": "Where is my order?"}, {"role": "assistant", "content": "It has shipped."}]
+
+
+class TestMalformedRows:
+    """Issue 12 items 2-3: every row-level error names file:LINE, never an AttributeError traceback."""
+
+    @pytest.mark.parametrize("messages, error", [
+        ("hi", "'messages' must be a list of turns, got a string"),
+        ({"role": "user", "content": "hi"}, "'messages' must be a list of turns, got an object"),
+        ([], "'messages' must be a list of turns, got an empty list"),
+        (["hi", "there"], "turn 0: expected an object with 'role' and 'content', got a string"),
+        ([{"role": "user", "content": "hi"}, None], "turn 1: expected an object with 'role' and 'content', got null"),
+        ([{"role": "user", "content": ["hi"]}, CHAT[1]], "turn 0: 'content' must be a string, got a list"),
+        ([CHAT[0], {"role": "robot", "content": "x"}],
+         "turn 1: unknown role 'robot' (expected one of user, assistant, system, tool)"),
+        ([CHAT[0]], "conversation has no assistant turn: nothing to learn from"),
+    ])
+    def test_bad_messages_name_file_and_line(self, tmp_path, tokenizer, messages, error):
+        path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CHAT}, {"messages": CHAT}, {"messages": messages}])
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        with pytest.raises(InstructuneError) as caught:
+            tokenize_examples(rows, tokenizer, 128, source=path)
+        assert str(caught.value) == f"{path}:4: {error}"
+
+    def test_messages_null_and_no_prompt(self, tmp_path, tokenizer):
+        path = write_jsonl(tmp_path / "mixed.jsonl", [EXAMPLE, {"messages": None, "prompt": "only a prompt"}])
+        with pytest.raises(InstructuneError, match=rf"^{path}:3: expected 'prompt' and 'completion' strings, or 'messages'$"):
+            tokenize_examples([EXAMPLE, {"messages": None, "prompt": "only a prompt"}], tokenizer, 128, source=path)
+
+    def test_a_file_mixing_both_shapes_encodes_each_row_by_its_shape(self, tokenizer):
+        # datasets gives pair rows of such a file `messages: None`, and chat rows `prompt: None`.
+        rows = [{**EXAMPLE, "messages": None}, {"prompt": None, "completion": None, "messages": CHAT}]
+        encoded, _ = tokenize_examples(rows, tokenizer, 128)
+        assert encoded == [encode_prompt_completion(EXAMPLE, tokenizer, 128), encode_messages({"messages": CHAT}, tokenizer, 128)]
+
+    def test_examples_not_read_from_a_file_are_named_by_index(self, tokenizer):
+        with pytest.raises(InstructuneError, match=r"^example 1: 'messages' must be a list of turns, got a string$"):
+            tokenize_examples([EXAMPLE, {"messages": "hi"}], tokenizer, 128)
+
+
+class TestTokenizeReport:
+    """Issue 12 items 4-5: empty answers are skipped, cuts are counted apart, and the rows are named."""
+
+    def test_empty_answers_are_skipped_and_named(self, tmp_path, tokenizer):
+        rows = [EXAMPLE, {"prompt": "Summarize.", "completion": "  \n"},
+                {"messages": [CHAT[0], {"role": "assistant", "content": ""}, *CHAT]}, {"prompt": "Hi", "completion": ""}]
+        path = write_jsonl(tmp_path / "data.jsonl", rows)
+        encoded, report = tokenize_examples(rows, tokenizer, 128, source=path)
+        assert len(encoded) == 1 and report.empty == [1, 2, 3]
+        assert report.to_dict()["empty"] == {"count": 3, "first": [f"{path}:3", f"{path}:4", f"{path}:5"]}
+
+    def test_prompt_cut_answer_cut_and_dropped_are_counted_apart(self, tmp_path, tokenizer):
+        # The chat-formatted prompt of "Hi" is 40 tokens: a quarter of max_length 160, the prompt's floor.
+        long = "Summarize the dialogue. #Person1#: Hello, how are you? " * 12
+        rows = [
+            EXAMPLE,                                              # fits
+            {"prompt": long, "completion": "Fine."},              # prompt cut
+            {"prompt": "Hi", "completion": long},                 # answer cut
+            {"messages": [{"role": "user", "content": long}, CHAT[1]]},  # cut before its answer: dropped
+            {"messages": [CHAT[0], {"role": "assistant", "content": long}]},  # answer cut
+        ]
+        path = write_jsonl(tmp_path / "data.jsonl", rows)
+        encoded, report = tokenize_examples(rows, tokenizer, 160, source=path)
+        # The dropped conversation lost the end of its user turn and the whole answer: both cuts.
+        assert (report.prompt_cut, report.answer_cut, report.dropped) == ([1, 3], [2, 3, 4], [3])
+        assert len(encoded) == 4 and all(len(item["input_ids"]) <= 160 for item in encoded)
+        summary = report.to_dict()
+        assert summary["dropped"] == {"count": 1, "first": [f"{path}:5"]}
+        assert summary["answer_cut"]["first"] == [f"{path}:4", f"{path}:5", f"{path}:6"]
+        # Lengths are before cutting: the ones over max_length are exactly the cut examples.
+        assert [i for i, n in enumerate(report.lengths) if n > 160] == [1, 2, 3, 4]
+        assert describe_report(summary) == (
+            f"5 examples, max_length 160: prompt cut 2 ({path}:3, {path}:5), answer cut 3 ({path}:4, {path}:5, {path}:6), "
+            f"dropped (no label left) 1 ({path}:5)")
+
+    def test_names_the_first_rows_and_counts_them_all(self, tokenizer):
+        rows = [{"prompt": "Hi " * 60, "completion": "ok"}] * 7
+        _, report = tokenize_examples(rows, tokenizer, 32)
+        assert report.to_dict()["prompt_cut"] == {"count": 7, "first": [f"example {i}" for i in range(5)]}
+        assert "prompt cut 7 (example 0, example 1, example 2, example 3, example 4, ...)" in describe_report(report.to_dict())

@@ -202,7 +202,9 @@ class TestRunFolder:
                      "adapter/adapter_config.json", "adapter/tokenizer_config.json"):
             assert (run / name).is_file(), name
         assert load_config(run / "config.yaml") == config
-        records = MetricsLog.read(run / "metrics.jsonl")
+        data, *records = MetricsLog.read(run / "metrics.jsonl")
+        assert data["step"] == 0 and data["data"]["train"]["examples"] == len(EXAMPLES)
+        assert data["data"]["validation"]["examples"] == 3
         assert [r["step"] for r in records] == [1, 2, 3]
         assert math.isfinite(records[-1]["val_loss"])
         model, tokenizer = load_model(tiny_llama_dir, adapter=run / "adapter")

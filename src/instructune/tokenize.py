@@ -7,10 +7,18 @@ Two example shapes flow in from the data stages:
 Labels are derived from token boundaries, never from token ids, because the default model's pad
 token is also its EOS: masking `input_ids == pad_id` would hide the real EOS and the model would
 never learn to stop. Packing lives in pack.py.
+
+Too long examples are cut, never silently: every encoder reports how many prompt and answer tokens it
+removed, and `tokenize_examples` (the one function training and `prepare --max-length` both use)
+counts the examples whose prompt or answer was cut, those left with no label (dropped) and those
+skipped for an empty answer, naming the first rows of each as `file:LINE`. A cut answer never ends in
+EOS, for either model kind: an answer that stops mid-sentence must not teach the model to stop there.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -18,6 +26,8 @@ from tqdm.auto import tqdm
 from .errors import InstructuneError
 
 IGNORE_INDEX = -100
+ROLES = ("user", "assistant", "system", "tool")
+FIRST_ROWS = 5  # rows a report names per kind of cut; the counts cover them all
 
 
 def uses_chat_template(tokenizer: Any, chat_template: bool | None = None) -> bool:
@@ -65,27 +75,33 @@ def encode_prompt_completion(
     start (its end holds the instruction to answer), then the completion from its end.
 
     Returns:
-        {"input_ids": list[int], "labels": list[int], "truncated": bool}
+        {"input_ids": list[int], "labels": list[int], "truncated": bool, "prompt_cut": int,
+         "answer_cut": int}; the `*_cut` values count the tokens removed from each side.
 
     Example:
         >>> encode_prompt_completion({"prompt": "2+2?", "completion": "4"}, tok, 512)
-        {'input_ids': [..., 30, 2], 'labels': [-100, ..., -100, 30, 2], 'truncated': False}
+        {'input_ids': [..., 30, 2], 'labels': [-100, ..., -100, 30, 2], 'truncated': False, 'prompt_cut': 0, 'answer_cut': 0}
     """
     prompt_ids = prompt_token_ids(tokenizer, example["prompt"], chat_template)
     completion_ids = tokenizer(example["completion"], add_special_tokens=False)["input_ids"]
     completion_ids = completion_ids + [tokenizer.eos_token_id]
-    overflow = len(prompt_ids) + len(completion_ids) - max_length
-    truncated = overflow > 0
-    if truncated:
+    full_prompt, full_completion = len(prompt_ids), len(completion_ids)
+    if full_prompt + full_completion > max_length:
         # Keep at least a quarter of the budget for the prompt: an answer with no question teaches nothing.
         prompt_keep = max(max_length // 4, max_length - len(completion_ids))
         prompt_ids = prompt_ids[-prompt_keep:] if prompt_keep < len(prompt_ids) else prompt_ids
+        # Cut from the end, EOS first: a cut answer must not teach the model to stop mid-sentence.
         completion_ids = completion_ids[: max_length - len(prompt_ids)]
-    return {
-        "input_ids": prompt_ids + completion_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
-        "truncated": truncated,
-    }
+    return _encoded(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
+                    full_prompt - len(prompt_ids), full_completion - len(completion_ids))
+
+
+def _encoded(input_ids: list[int], labels: list[int], prompt_cut: int, answer_cut: int,
+             truncated: bool | None = None) -> dict:
+    """The encoders' common output: ids, labels and how many tokens were cut from each side."""
+    truncated = bool(prompt_cut or answer_cut) if truncated is None else truncated
+    return {"input_ids": input_ids, "labels": labels, "truncated": truncated,
+            "prompt_cut": prompt_cut, "answer_cut": answer_cut}
 
 
 def _assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -93,8 +109,6 @@ def _assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tu
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
-        if message.get("role") not in ("user", "assistant", "system", "tool"):
-            raise ValueError(f"turn {i}: unknown role {message.get('role')!r} (expected user, assistant, system)")
         if message["role"] != "assistant":
             continue
         before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
@@ -105,83 +119,256 @@ def _assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tu
     return full, spans
 
 
+def check_messages(messages: Any) -> None:
+    """Check a chat example's `messages`: a non-empty list of turns with a known role and string content.
+
+    Raises:
+        ValueError: one line naming the turn, e.g. `turn 1: unknown role 'robot' (expected one of
+            user, assistant, system, tool)`; callers add the file and line.
+
+    Example:
+        >>> check_messages("hi")
+        ValueError: 'messages' must be a list of turns, got a string
+    """
+    if not isinstance(messages, list) or not messages:
+        got = "an empty list" if isinstance(messages, list) else _json_type(messages)
+        raise ValueError(f"'messages' must be a list of turns, got {got}")
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict):
+            raise ValueError(f"turn {i}: expected an object with 'role' and 'content', got {_json_type(turn)}")
+        if turn.get("role") not in ROLES:
+            raise ValueError(f"turn {i}: unknown role {turn.get('role')!r} (expected one of {', '.join(ROLES)})")
+        if not isinstance(turn.get("content"), str):
+            raise ValueError(f"turn {i}: 'content' must be a string, got {_json_type(turn.get('content'))}")
+    if not any(turn["role"] == "assistant" for turn in messages):
+        raise ValueError("conversation has no assistant turn: nothing to learn from")
+
+
+def _json_type(value: Any) -> str:
+    """A value's type as a JSON file spells it, for errors about data files."""
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", str: "a string", dict: "an object", list: "a list", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
 def encode_messages(example: dict, tokenizer: Any, max_length: int) -> dict:
     """Tokenize a chat example with the tokenizer's chat template; only assistant turns carry loss.
 
+    Too long: the conversation is cut at its end; the removed tokens count as answer cut where they
+    carried labels, as prompt cut where an answer follows them (the template's tail counts as neither).
+
     Returns:
-        {"input_ids": list[int], "labels": list[int], "truncated": bool}
+        {"input_ids", "labels", "truncated", "prompt_cut", "answer_cut"} as `encode_prompt_completion`.
+
+    Raises:
+        ValueError: the messages are malformed (see `check_messages`).
     """
     messages = example["messages"]
-    if not any(m.get("role") == "assistant" for m in messages):
-        raise ValueError("conversation has no assistant turn: nothing to learn from")
+    check_messages(messages)
     text, spans = _assistant_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids, labels = encoded["input_ids"], []
     for token_id, (start, _end) in zip(input_ids, encoded["offset_mapping"]):
         inside = any(lo <= start < hi for lo, hi in spans)
         labels.append(token_id if inside else IGNORE_INDEX)
-    truncated = len(input_ids) > max_length
-    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
+    labelled = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    answer_cut = sum(i >= max_length for i in labelled)
+    # Cut text before an answer is its prompt; the template's tail after the last answer is neither.
+    prompt_cut = max(0, labelled[-1] + 1 - max_length) - answer_cut if labelled else 0
+    return _encoded(input_ids[:max_length], labels[:max_length], prompt_cut, answer_cut,
+                    truncated=len(input_ids) > max_length)
 
 
-def _tokenize_capped(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], bool]:
-    """Token ids with the tokenizer's special tokens, cut by the tokenizer itself (it keeps T5's </s>)."""
+def _tokenize_capped(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids with the tokenizer's special tokens, cut by the tokenizer itself (it keeps T5's </s>),
+    and how many were cut."""
     ids = tokenizer(text)["input_ids"]
     if len(ids) <= max_length:
-        return ids, False
-    return tokenizer(text, truncation=True, max_length=max_length)["input_ids"], True
+        return ids, 0
+    return tokenizer(text, truncation=True, max_length=max_length)["input_ids"], len(ids) - max_length
 
 
 def encode_seq2seq(example: dict, tokenizer: Any, max_length: int) -> dict:
     """Tokenize for an encoder-decoder model: the prompt is the encoder input, the completion + EOS the target.
 
-    Both sides get the tokenizer's own special tokens and no chat template (T5 appends </s>). The
-    target always ends in EOS: a tokenizer that does not append it itself gets it here, or the
-    decoder would never learn to stop. Too long: each side is cut to max_length by the tokenizer.
+    Both sides get the tokenizer's own special tokens and no chat template (T5 appends </s>). A whole
+    target ends in EOS: a tokenizer that does not append it itself gets it here, or the decoder would
+    never learn to stop. Too long: the prompt is cut by the tokenizer (the encoder input keeps its
+    </s>); the target is cut from its end, EOS first, as the decoder-only path does, so an answer
+    cut mid-sentence does not teach the model to stop there.
 
     Returns:
-        {"input_ids": list[int], "labels": list[int], "truncated": bool}; no -100 in labels.
+        {"input_ids", "labels", "truncated", "prompt_cut", "answer_cut"} as `encode_prompt_completion`;
+        no -100 in labels.
 
     Example:
         >>> encode_seq2seq({"prompt": "2+2?", "completion": "4"}, t5_tokenizer, 512)   # </s> is 1
-        {'input_ids': [..., 1], 'labels': [..., 1], 'truncated': False}
+        {'input_ids': [..., 1], 'labels': [..., 1], 'truncated': False, 'prompt_cut': 0, 'answer_cut': 0}
     """
     if not isinstance(example.get("prompt"), str) or not isinstance(example.get("completion"), str):
         raise ValueError("encoder-decoder models take 'prompt' and 'completion' strings "
                          "(chat 'messages' need a decoder-only model)")
-    input_ids, source_cut = _tokenize_capped(tokenizer, example["prompt"], max_length)
-    labels, target_cut = _tokenize_capped(tokenizer, example["completion"], max_length)
+    input_ids, prompt_cut = _tokenize_capped(tokenizer, example["prompt"], max_length)
+    target = tokenizer(example["completion"])["input_ids"]
     eos = tokenizer.eos_token_id
-    if labels[-1:] != [eos]:
-        labels = labels[: max_length - 1] + [eos]
-    return {"input_ids": input_ids, "labels": labels, "truncated": source_cut or target_cut}
+    if target[-1:] != [eos]:
+        target = target + [eos]
+    return _encoded(input_ids, target[:max_length], prompt_cut, len(target[max_length:]))
 
 
 def encode_example(
     example: dict, tokenizer: Any, max_length: int, *, encoder_decoder: bool = False,
     chat_template: bool | None = None,
 ) -> dict:
-    """Dispatch on the example's shape (messages or prompt/completion) and the model kind."""
+    """Dispatch on the example's shape (messages or prompt/completion) and the model kind.
+
+    Raises:
+        ValueError: the example is neither shape, or its messages are malformed (one line).
+    """
     if encoder_decoder:
         return encode_seq2seq(example, tokenizer, max_length)
-    if "messages" in example and example["messages"]:
+    if _is_chat(example):
         return encode_messages(example, tokenizer, max_length)
     return encode_prompt_completion(example, tokenizer, max_length, chat_template)
 
 
+def _is_chat(example: dict) -> bool:
+    """True for a chat example, False for prompt/completion; anything else is a ValueError.
+
+    `messages` wins when set: a file mixing both shapes loads with `messages: null` on its pair rows.
+    """
+    if example.get("messages") is not None:
+        return True
+    if isinstance(example.get("prompt"), str) and isinstance(example.get("completion"), str):
+        return False
+    raise ValueError("expected 'prompt' and 'completion' strings, or 'messages'")
+
+
+def _has_empty_answer(example: dict) -> bool:
+    """An empty or whitespace completion (or assistant turn): training on it teaches answering nothing."""
+    if not _is_chat(example):
+        return not example["completion"].strip()
+    check_messages(example["messages"])
+    return any(turn["role"] == "assistant" and not turn["content"].strip() for turn in example["messages"])
+
+
+@dataclass
+class TokenizeReport:
+    """What `tokenize_examples` did to one split: examples cut, dropped and skipped, by row.
+
+    The lists hold example indices (all of them); `locations` names the first few of each as
+    `file:LINE` (or `example N` for examples not read from a file).
+    """
+
+    max_length: int
+    examples: int = 0
+    lengths: list[int] = field(default_factory=list)  # tokens before cutting, per encoded example
+    prompt_cut: list[int] = field(default_factory=list)
+    answer_cut: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)  # no label left after cutting
+    empty: list[int] = field(default_factory=list)  # skipped: an empty answer teaches answering nothing
+    locations: dict[int, str] = field(default_factory=dict)
+
+    KINDS = ("prompt_cut", "answer_cut", "dropped", "empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Counts and first rows per kind, for summary.json and the run's metrics.
+
+        Example:
+            >>> report.to_dict()
+            {'examples': 200, 'max_length': 128, 'prompt_cut': {'count': 1, 'first': ['train.jsonl:7']},
+             'answer_cut': {'count': 0, 'first': []}, 'dropped': {...}, 'empty': {...}}
+        """
+        out: dict[str, Any] = {"examples": self.examples, "max_length": self.max_length}
+        for kind in self.KINDS:
+            rows = getattr(self, kind)
+            out[kind] = {"count": len(rows), "first": [self.locations[i] for i in rows[:FIRST_ROWS]]}
+        return out
+
+    def _locate(self, source: str | Path | None) -> None:
+        first = sorted({i for kind in self.KINDS for i in getattr(self, kind)[:FIRST_ROWS]})
+        self.locations = dict(zip(first, _locations(source, first)))
+
+
+def describe_report(report: dict[str, Any]) -> str:
+    """`TokenizeReport.to_dict()` as one line for the terminal (training and `prepare` print the same).
+
+    Example:
+        >>> describe_report(report.to_dict())
+        '200 examples, max_length 128: prompt cut 1 (train.jsonl:7), answer cut 0, dropped (no label left) 0'
+    """
+    parts = [describe_rows("prompt cut", report["prompt_cut"]), describe_rows("answer cut", report["answer_cut"]),
+             describe_rows("dropped (no label left)", report["dropped"])]
+    if report["empty"]["count"]:
+        parts.append(describe_rows("skipped (empty answer)", report["empty"]))
+    return f"{report['examples']} examples, max_length {report['max_length']}: " + ", ".join(parts)
+
+
+def describe_rows(label: str, rows: dict[str, Any]) -> str:
+    """`label COUNT (first rows, ...)` from a {"count", "first"} entry of a report."""
+    if not rows["count"]:
+        return f"{label} 0"
+    more = ", ..." if rows["count"] > len(rows["first"]) else ""
+    return f"{label} {rows['count']} ({', '.join(rows['first'])}{more})"
+
+
+def _locations(source: str | Path | None, indices: list[int]) -> list[str]:
+    if source is None:
+        return [f"example {index}" for index in indices]
+    from .data.sources import record_locations
+
+    return record_locations(source, indices)
+
+
 def tokenize_examples(
     examples: list[dict], tokenizer: Any, max_length: int, *, encoder_decoder: bool = False,
-    chat_template: bool | None = None, desc: str = "tokenize",
-) -> tuple[list[dict], int]:
-    """Encode examples; drop those left with no label. Returns (encoded, truncated count)."""
-    encoded, truncated = [], 0
+    chat_template: bool | None = None, desc: str = "tokenize", source: str | Path | None = None,
+) -> tuple[list[dict], TokenizeReport]:
+    """Encode examples for training; skip those with an empty answer, drop those left with no label.
+
+    The one place that decides what training sees: `Trainer` and `prepare --max-length` both call
+    it, so prepare's counts are training's.
+
+    Args:
+        examples: prompt/completion or chat examples.
+        tokenizer, max_length, encoder_decoder, chat_template: as in `encode_example`.
+        desc: progress bar label.
+        source: the file the examples were read from (in order), so errors and reports say `file:LINE`.
+
+    Returns:
+        (encoded examples, report).
+
+    Raises:
+        InstructuneError: a malformed example, as `file:LINE: turn 0: unknown role 'robot' ...`.
+
+    Example:
+        >>> encoded, report = tokenize_examples(read_examples("train.jsonl"), tok, 64, source="train.jsonl")
+        >>> describe_report(report.to_dict())
+        '3 examples, max_length 64: prompt cut 1 (train.jsonl:2), answer cut 0, dropped (no label left) 0'
+    """
+    report = TokenizeReport(max_length=max_length, examples=len(examples))
+    encoded = []
     for index, example in enumerate(tqdm(examples, desc=desc, leave=False, mininterval=1)):
         try:
+            if _has_empty_answer(example):
+                report.empty.append(index)
+                continue
             item = encode_example(example, tokenizer, max_length, encoder_decoder=encoder_decoder,
                                   chat_template=chat_template)
         except ValueError as error:
-            raise InstructuneError(f"example {index}: {error}") from None
-        truncated += item["truncated"]
-        if any(label != IGNORE_INDEX for label in item["labels"][1:]) or encoder_decoder:
+            raise InstructuneError(f"{_locations(source, [index])[0]}: {error}") from None
+        kept = len(item["input_ids"]) + item["prompt_cut"]
+        report.lengths.append(max(kept, len(item["labels"]) + item["answer_cut"]) if encoder_decoder
+                              else kept + item["answer_cut"])
+        if item["prompt_cut"]:
+            report.prompt_cut.append(index)
+        if item["answer_cut"]:
+            report.answer_cut.append(index)
+        # The first label of a decoder-only example is never predicted (nothing comes before it).
+        if any(label != IGNORE_INDEX for label in item["labels"][0 if encoder_decoder else 1:]):
             encoded.append(item)
-    return encoded, truncated
+        else:
+            report.dropped.append(index)
+    report._locate(source)
+    return encoded, report

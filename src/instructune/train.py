@@ -32,21 +32,15 @@ from .loss import causal_lm_loss_sum, seq2seq_loss_sum
 from .models import is_encoder_decoder, load_model
 from .pack import collate, collate_seq2seq, pack_examples
 from .runlog import MetricsLog, plot_losses
-from .tokenize import tokenize_examples
+from .tokenize import describe_report, tokenize_examples
 
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Instruction examples from a file: rows with prompt + completion, or messages."""
-    from .data.sources import load_records, record_location
+    """Instruction examples from a file: rows with prompt + completion, or messages (checked, with their
+    file:line, by `tokenize_examples`)."""
+    from .data.sources import load_records
 
-    rows = load_records(path).to_list()[:limit]
-    for index, row in enumerate(rows):
-        has_pair = isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)
-        if not has_pair and not row.get("messages"):
-            raise InstructuneError(
-                f"{record_location(path, index)}: expected 'prompt' and 'completion' strings, or 'messages'"
-            )
-    return rows
+    return load_records(path).to_list()[:limit]
 
 
 class Trainer:
@@ -92,12 +86,15 @@ class Trainer:
         self.encoder_decoder = is_encoder_decoder(self.model)
         self.model = prepare_for_training(self.model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
 
+        self.data_report: dict[str, dict] = {}  # per split: examples cut, dropped, skipped (to metrics.jsonl)
         self.train_rows = self._rows(self.train_examples, cfg.data.train, "train", cfg.data.limit)
         if not self.train_rows:
             raise InstructuneError(f"{cfg.data.train or 'training data'}: no examples left after filtering")
+        validation_source = None
         if self.validation_examples is None and cfg.data.validation:
             self.validation_examples = read_examples(cfg.data.validation)
-        self.validation_rows = self._rows(self.validation_examples, None, "validation", None)
+            validation_source = cfg.data.validation
+        self.validation_rows = self._rows(self.validation_examples, None, "validation", None, validation_source)
         # A fixed sample for in-training generation: the first prompt/completion validation examples.
         self.generation_sample = [e for e in (self.validation_examples or []) if "prompt" in e][: cfg.train.generate_samples]
 
@@ -135,20 +132,22 @@ class Trainer:
         except (RuntimeError, TypeError):  # fused needs floating-point params on a supported device
             return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def _rows(self, examples: list[dict] | None, path: str | None, split: str, limit: int | None) -> list[dict]:
+    def _rows(self, examples: list[dict] | None, path: str | None, split: str, limit: int | None,
+              source: str | None = None) -> list[dict]:
+        """Encode (and pack) one split; `source` is the file in-memory examples came from, for file:line."""
         if examples is None:
             if not path:
                 return []
-            examples = read_examples(path, limit)
+            examples, source = read_examples(path, limit), path
         elif limit:
             examples = examples[:limit]
         data = self.config.data
-        encoded, truncated = tokenize_examples(
+        encoded, report = tokenize_examples(
             examples, self.tokenizer, data.max_length, encoder_decoder=self.encoder_decoder,
-            chat_template=self.config.model.chat_template, desc=f"tokenize {split}",
+            chat_template=self.config.model.chat_template, desc=f"tokenize {split}", source=source,
         )
-        if truncated:
-            self._say(f"{split}: {truncated} of {len(examples)} examples truncated to max_length {data.max_length}")
+        self.data_report[split] = report.to_dict()
+        self._say(f"{split}: {describe_report(self.data_report[split])}")
         if data.packing and not self.encoder_decoder and encoded:
             return pack_examples(encoded, data.max_length)
         return encoded
@@ -202,6 +201,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             save_config(cfg, self.run_dir / "config.yaml")
         log = MetricsLog(self.run_dir, resume_from_step=start_step) if self.accelerator.is_main_process else None
+        if log and start_step == 0:  # what tokenizing cut, dropped and skipped, once per run (kept on resume)
+            log.log({"step": 0, "data": self.data_report})
 
         bar = tqdm(total=self.total_steps, initial=start_step, desc="train", disable=not self.progress
                    or not self.accelerator.is_main_process, dynamic_ncols=True)

@@ -7,6 +7,9 @@ Two forms:
 The output is JSON Lines (a path ending in .jsonl) or a `datasets` folder (any other path), and the
 summary is printed and saved beside it as `<out>.summary.json`: examples per task and template,
 length percentiles (tokens with `--tokenizer`, else characters) and how many exceed `--max-length`.
+With `--tokenizer` the examples are encoded by training's own function (`tokenize_examples`), so the
+counts of cut prompts, cut answers and dropped examples, and their rows, are the ones `train` prints.
+Records whose target renders empty are skipped and listed (file:line), or stop the run with `--strict`.
 `prepare()` is the same thing as a Python function, for notebooks.
 
 Leaves out: tokenizing for training and packing (tokenize.py); the examples are text.
@@ -24,10 +27,11 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from instructune.data.mixture import MixtureConfig, MixtureReport, mix
-from instructune.data.sources import load_records
+from instructune.data.sources import load_records, record_locations
 from instructune.data.render import render_records
 from instructune.data.templates import load_task
 from instructune.errors import InstructuneError
+from instructune.tokenize import FIRST_ROWS, describe_report, describe_rows, tokenize_examples
 from instructune.yaml_io import read_yaml_mapping, validation_message
 
 PERCENTILES = (50, 90, 95, 99)
@@ -69,6 +73,7 @@ def build_task_examples(
     seed: int = 0,
     template: str | int = "sample",
     num_fewshot: int = 0,
+    skipped: list[str] | None = None,
 ) -> list[dict]:
     """Load one raw file and render it with one task.
 
@@ -78,6 +83,8 @@ def build_task_examples(
         split: split of a saved DatasetDict or split folder.
         limit: use at most this many raw records (the first ones).
         seed, template, num_fewshot: as in `render_records`.
+        skipped: a list to leave out examples whose completion renders empty; the location of each
+            (`file:LINE`, or `path record N`) is appended.
 
     Returns:
         The rendered examples.
@@ -91,15 +98,23 @@ def build_task_examples(
     if limit is not None:
         records = records.select(range(min(limit, len(records))))
     source = data if Path(data).is_file() else None
-    return render_records(loaded_task, records, seed=seed, template=template, num_fewshot=num_fewshot, source=source)
+    empty: list[int] | None = [] if skipped is not None else None
+    examples = render_records(loaded_task, records, seed=seed, template=template, num_fewshot=num_fewshot,
+                              source=source, skipped=empty)
+    if empty:
+        skipped.extend(record_locations(data, empty))
+    return examples
 
 
-def build_mixture_examples(config: MixtureConfig, base_dir: str | Path | None = None) -> tuple[list[dict], MixtureReport]:
+def build_mixture_examples(
+    config: MixtureConfig, base_dir: str | Path | None = None, skipped: list[str] | None = None,
+) -> tuple[list[dict], MixtureReport]:
     """Render every task of a mixture and mix them.
 
     Args:
         config: the mixture (see `MixtureConfig`).
         base_dir: where relative paths in the config are looked up first (the mixture file's folder).
+        skipped: as in `build_task_examples` (empty completions are left out before mixing).
 
     Returns:
         (examples, report).
@@ -111,35 +126,26 @@ def build_mixture_examples(config: MixtureConfig, base_dir: str | Path | None = 
         per_task[entry.name or entry.task] = build_task_examples(
             _resolve(entry.data, base), task_ref, split=entry.split, limit=entry.limit, seed=config.seed,
             template=entry.template if entry.template is not None else config.template,
-            num_fewshot=entry.num_fewshot if entry.num_fewshot is not None else config.num_fewshot,
+            num_fewshot=entry.num_fewshot if entry.num_fewshot is not None else config.num_fewshot, skipped=skipped,
         )
     return mix(per_task, strategy=config.strategy, cap=config.cap, temperature=config.temperature,
                weights=config.weights, total=config.total, seed=config.seed)
 
 
-def _lengths(examples: list[dict], tokenizer: Any) -> list[int]:
-    """Length of each example as the model sees it (tokens), or in characters without a tokenizer."""
-    if tokenizer is None:
-        return [len(example["prompt"]) + len(example["completion"]) for example in examples]
-    from instructune.tokenize import format_prompt
-
-    lengths: list[int] = []
-    batch_size = 512
-    for start in tqdm(range(0, len(examples), batch_size), desc="measuring tokens", unit="batch"):
-        batch = examples[start:start + batch_size]
-        texts = [format_prompt(tokenizer, example["prompt"]) + example["completion"] for example in batch]
-        # +1: the EOS appended after the completion at training time.
-        lengths.extend(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    return lengths
-
-
-def summarize(examples: list[dict], tokenizer: Any = None, max_length: int | None = None) -> dict[str, Any]:
+def summarize(
+    examples: list[dict], tokenizer: Any = None, max_length: int | None = None, *, encoder_decoder: bool = False,
+    source: str | Path | None = None,
+) -> dict[str, Any]:
     """Counts per task and template, length percentiles, and how many exceed `max_length`.
 
     Args:
         examples: rendered examples.
-        tokenizer: measure in tokens (chat-formatted prompt + completion + EOS); None: characters.
-        max_length: count examples longer than this (same unit).
+        tokenizer: measure in tokens by encoding each example as training does (`tokenize_examples`);
+            None: characters of prompt + completion.
+        max_length: count examples longer than this (same unit); with a tokenizer, the "truncation"
+            entry says which had their prompt or answer cut and which training would drop.
+        encoder_decoder: encode for an encoder-decoder model (lengths are then the longer side).
+        source: the file the examples were written to, so the truncation rows say `file:LINE`.
 
     Example:
         >>> summarize([{"prompt": "ab", "completion": "c", "task": "t", "template": 0}])["length"]
@@ -149,7 +155,15 @@ def summarize(examples: list[dict], tokenizer: Any = None, max_length: int | Non
     per_template: dict[str, dict[str, int]] = {}
     for (task, index), count in sorted(Counter((e["task"], e["template"]) for e in examples).items()):
         per_template.setdefault(task, {})[str(index)] = count
-    lengths = sorted(_lengths(examples, tokenizer))
+    truncation = None
+    if tokenizer is None:
+        lengths = [len(example["prompt"]) + len(example["completion"]) for example in examples]
+    else:
+        # No max_length: measure only (a budget nothing reaches).
+        _, report = tokenize_examples(examples, tokenizer, max_length or 2**62, encoder_decoder=encoder_decoder,
+                                      desc="measuring tokens", source=source)
+        lengths, truncation = report.lengths, report.to_dict()
+    lengths = sorted(lengths)
     length: dict[str, Any] = {"unit": "tokens" if tokenizer is not None else "characters"}
     if lengths:
         for p in PERCENTILES:
@@ -160,6 +174,8 @@ def summarize(examples: list[dict], tokenizer: Any = None, max_length: int | Non
                "length": length, "max_length": max_length}
     if max_length is not None:
         summary["over_max_length"] = sum(value > max_length for value in lengths)
+        if truncation is not None:
+            summary["truncation"] = truncation
     return summary
 
 
@@ -194,6 +210,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"p99 {length['p99']}, max {length['max']}")
     if summary.get("max_length") is not None:
         lines.append(f"  over max_length {summary['max_length']}: {summary['over_max_length']}")
+    if "truncation" in summary:
+        lines.append(f"  as training will cut them: {describe_report(summary['truncation'])}")
+    if summary.get("empty_completion", {}).get("count"):
+        lines.append("  " + describe_rows("skipped with an empty completion", summary["empty_completion"]))
     if "mixture" in summary:
         shares = summary["mixture"]["tasks"].items()
         lines.append("  mixture shares: " + ", ".join(f"{name} {info['proportion']:.1%}" for name, info in shares))
@@ -213,6 +233,8 @@ def prepare(
     num_fewshot: int = 0,
     tokenizer: Any = None,
     max_length: int | None = 1024,
+    strict: bool = False,
+    encoder_decoder: bool | None = None,
 ) -> dict[str, Any]:
     """Render one task (data + task) or a mixture, write the examples and their summary.
 
@@ -223,9 +245,16 @@ def prepare(
         split, limit, seed, template, num_fewshot: for the single-task form (a mixture carries its own).
         tokenizer: a tokenizer object or a local folder, to measure lengths in tokens.
         max_length: count examples longer than this (tokens, or characters without a tokenizer).
+        strict: stop (write nothing) if any record's completion renders empty; by default such
+            examples are skipped and listed in the summary ("empty_completion").
+        encoder_decoder: measure as for an encoder-decoder model; None: from the tokenizer folder's
+            config.json (False for a tokenizer object).
 
     Returns:
         The summary dict (also written as JSON); with a mixture it has a "mixture" report.
+
+    Raises:
+        InstructuneError: bad input, or with `strict` an empty completion, naming its file and line.
 
     Example:
         >>> prepare("runs/piqa.jsonl", data="../shared/data/piqa/validation.jsonl", task="piqa", limit=100)["examples"]
@@ -234,22 +263,34 @@ def prepare(
     if (mixture is None) == (data is None or task is None):
         raise InstructuneError("give either a data file and --task, or --mixture (not both)")
     report = None
+    skipped: list[str] = []
     if mixture is not None:
         base_dir = None
         if not isinstance(mixture, MixtureConfig):
             base_dir = Path(mixture).parent
             mixture = load_mixture(mixture)
-        examples, report = build_mixture_examples(mixture, base_dir)
+        examples, report = build_mixture_examples(mixture, base_dir, skipped=skipped)
     else:
         examples = build_task_examples(data, task, split=split, limit=limit, seed=seed, template=template,
-                                       num_fewshot=num_fewshot)
+                                       num_fewshot=num_fewshot, skipped=skipped)
+    if strict and skipped:
+        raise InstructuneError(f"{skipped[0]}: the completion renders empty ({len(skipped)} such examples in all); "
+                               "fix those records, or leave out --strict to skip them")
+    if skipped and not examples:
+        raise InstructuneError(f"no examples left: every completion renders empty (first at {skipped[0]})")
     if isinstance(tokenizer, (str, Path)):
         from instructune.models import load_tokenizer, resolve_model_path
 
         folder = Path(tokenizer)
-        tokenizer = load_tokenizer(folder if folder.is_dir() else resolve_model_path(tokenizer))
+        folder = folder if folder.is_dir() else resolve_model_path(tokenizer)
+        tokenizer = load_tokenizer(folder)
+        if encoder_decoder is None:
+            config = folder / "config.json"
+            encoder_decoder = config.is_file() and bool(json.loads(config.read_text()).get("is_encoder_decoder"))
     written = write_examples(examples, output)
-    summary = {"output": str(written), **summarize(examples, tokenizer, max_length)}
+    summary = {"output": str(written), **summarize(examples, tokenizer, max_length,
+                                                    encoder_decoder=bool(encoder_decoder), source=written)}
+    summary["empty_completion"] = {"count": len(skipped), "first": list(dict.fromkeys(skipped))[:FIRST_ROWS]}
     if report is not None:
         summary["mixture"] = report.to_dict()
     Path(f"{written}.summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -276,7 +317,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars placed before each prompt (default 0)" + _SINGLE_TASK_ONLY)
     parser.add_argument("--tokenizer", help="local model folder, or 'default' for the default model: report lengths in tokens, not characters")
     parser.add_argument("--max-length", type=int, default=1024,
-                        help="report how many examples exceed this length (tokens, or characters; default 1024)")
+                        help="report how many examples exceed this length (tokens, or characters; default 1024); "
+                             "with --tokenizer, which prompts and answers training will cut and which it will drop")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at a record whose completion renders empty (default: skip and list such records)")
     return parser
 
 
@@ -290,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     template = int(args.template) if args.template.isdigit() else args.template
     summary = prepare(args.output, data=args.data, task=args.task, mixture=args.mixture, split=args.split,
                       limit=args.limit, seed=args.seed, template=template, num_fewshot=args.num_fewshot,
-                      tokenizer=args.tokenizer, max_length=args.max_length)
+                      tokenizer=args.tokenizer, max_length=args.max_length, strict=args.strict)
     print(format_summary(summary))
     print(f"summary: {summary['output']}.summary.json")
     return 0

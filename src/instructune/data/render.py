@@ -245,6 +245,7 @@ def render_records(
     with_options: bool = True,
     options_style: str | None = None,
     source: str | Path | None = None,
+    skipped: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Render many records: one template each (seeded), every applicable template, or a fixed one.
 
@@ -263,6 +264,8 @@ def render_records(
         with_options: render `{options_}`.
         options_style: override the task's options style.
         source: the file the records came from, so row errors say `file:line`.
+        skipped: a list to leave out examples whose completion renders empty or as whitespace (training
+            on them teaches the model to answer nothing); each one's record position is appended.
 
     Returns:
         Examples in record order (for "all": each record's templates in index order).
@@ -301,6 +304,9 @@ def render_records(
                                           options_style=options_style, where="")
             except InstructuneError as error:
                 raise InstructuneError(f"{error}{_where(source, position)}") from None
+            if skipped is not None and not example["completion"].strip():
+                skipped.append(position)
+                continue
             if fewshot is not None:
                 example["prompt"] = fewshot.prefix(position, index) + example["prompt"]
             examples.append(example)

@@ -2,7 +2,9 @@
 
 Reads JSON Lines, a JSON array, CSV, Parquet, a folder saved with `Dataset.save_to_disk`, or a folder
 holding one file per split (`train.jsonl`, `validation.jsonl`, ...). JSON Lines are checked line by
-line first, so a broken line is reported as `path:LINE` rather than as a pyarrow traceback.
+line first, so a broken line is reported as `path:LINE` rather than as a pyarrow traceback. Text files
+are decoded as UTF-8 by one reader (`_decoded_lines`), so bytes that are not UTF-8 are reported as
+`path:LINE` with their byte offset, in JSON Lines, JSON and CSV alike.
 
 Leaves out: downloading from the Hub (pass a local path), streaming, and any knowledge of fields or
 templates (that is templates.py).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import datasets
 
@@ -61,10 +64,14 @@ def _load_file(path: Path) -> datasets.Dataset:
         return _from_rows(path, _read_json(path))
     try:
         if suffix == ".csv":
+            for _ in _decoded_lines(path):  # pandas would only say "could not decode", with no line
+                pass
             # keep_default_na=False: an empty cell is an empty string, not NaN (Alpaca's empty input).
             return datasets.Dataset.from_csv(str(path), keep_default_na=False)
         if suffix == ".parquet":
             return datasets.Dataset.from_parquet(str(path))
+    except InstructuneError:
+        raise
     except Exception as error:  # pandas / pyarrow raise many types; report one line
         raise InstructuneError(f"{path}: could not read {suffix[1:]} ({_first_line(error)})") from error
     raise InstructuneError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(FILE_SUFFIXES)}")
@@ -104,31 +111,50 @@ def read_jsonl(path: str | Path) -> list[dict]:
         The records, in file order.
 
     Raises:
-        InstructuneError: `path:LINE: not valid JSON (...)` or `path:LINE: expected a JSON object`.
+        InstructuneError: `path:LINE: not valid JSON (...)`, `path:LINE: expected a JSON object` or
+            `path:LINE: not UTF-8 text (...)`.
 
     Example:
         >>> read_jsonl("../shared/data/piqa/validation.jsonl")[0]["label"]
         0
     """
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InstructuneError(f"{path}:{line_number}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise InstructuneError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    for line_number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InstructuneError(f"{path}:{line_number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise InstructuneError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
+
+
+def _decoded_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 file; a byte that is not UTF-8 is a one-line error.
+
+    Decoding line by line (instead of letting `open` decode) is what lets the error name the line and
+    the byte offset in the file; a byte-order mark on the first line is dropped.
+    """
+    offset = 0
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                yield line_number, raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise InstructuneError(
+                    f"{path}:{line_number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at byte offset "
+                    f"{offset + error.start}); save the file as UTF-8"
+                ) from None
+            offset += len(raw)
 
 
 def _read_json(path: Path) -> list[dict]:
     """A JSON array of objects, or an object whose one list value holds them ({"data": [...]})."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8") or "[]")
+        data = json.loads("".join(line for _, line in _decoded_lines(path)) or "[]")
     except json.JSONDecodeError as error:
         raise InstructuneError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
     if isinstance(data, dict):
@@ -148,9 +174,42 @@ def _from_rows(path: Path, rows: list[dict]) -> datasets.Dataset:
     if not rows:
         raise InstructuneError(f"{path}: no records (the file is empty)")
     try:
-        return datasets.Dataset.from_list(rows)
+        return _dataset(rows)
     except Exception as error:  # pyarrow type clashes between rows
-        raise InstructuneError(f"{path}: records do not share one schema ({_first_line(error)})") from error
+        index, key = _first_clash(rows)
+        raise InstructuneError(f"{record_location(path, index)}: field {key!r} has another type than in the records "
+                               f"before it ({_first_line(error)})") from error
+
+
+def _dataset(rows: list[dict]) -> datasets.Dataset:
+    """Rows -> Dataset with every key of every row: `Dataset.from_list` keeps only the first row's keys,
+    which would silently drop a column the first record happens to lack."""
+    keys = dict.fromkeys(key for row in rows for key in row)
+    return datasets.Dataset.from_dict({key: [row.get(key) for row in rows] for key in keys})
+
+
+def _first_clash(rows: list[dict]) -> tuple[int, str]:
+    """The first row whose types cannot join those before it, and the field that clashes.
+
+    A clash in a prefix of the rows stays in every longer prefix, so a binary search finds the row.
+    """
+    good, bad = 0, len(rows)  # rows[:good] load; rows[:bad] do not
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if _loads(rows[:middle]):
+            good = middle
+        else:
+            bad = middle
+    keys = [key for key in rows[bad - 1] if not _loads([{key: row.get(key)} for row in rows[:bad]])]
+    return bad - 1, (keys or ["?"])[0]
+
+
+def _loads(rows: list[dict]) -> bool:
+    try:
+        _dataset(rows)
+        return True
+    except Exception:  # the pyarrow type errors `_from_rows` reports
+        return False
 
 
 def _first_line(error: Exception) -> str:
@@ -172,14 +231,26 @@ def record_location(path: str | Path, index: int) -> str:
         >>> record_location("data.jsonl", 0)
         'data.jsonl:1'
     """
-    path = Path(path)
-    if path.suffix.lower() == ".jsonl" and path.is_file():
-        seen = -1
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                seen += bool(line.strip())
-                if seen == index:
-                    return f"{path}:{line_number}"
-    if path.suffix.lower() == ".jsonl":
-        return f"{path}:{index + 1}"
-    return f"{path} record {index + 1}"
+    return record_locations(path, [index])[0]
+
+
+def record_locations(path: str | Path, indices: Iterable[int]) -> list[str]:
+    """`record_location` for several records in one pass over the file (reports name the first few rows).
+
+    Example:
+        >>> record_locations("data.jsonl", [0, 2])   # a file with a blank line 2
+        ['data.jsonl:1', 'data.jsonl:4']
+    """
+    path, indices = Path(path), list(indices)
+    if path.suffix.lower() != ".jsonl":
+        return [f"{path} record {index + 1}" for index in indices]
+    lines = {index: index + 1 for index in indices}  # no file to read: count as if no line were blank
+    if path.is_file() and indices:
+        wanted, seen, last = set(indices), -1, max(indices)
+        for line_number, line in _decoded_lines(path):
+            seen += bool(line.strip())
+            if line.strip() and seen in wanted:
+                lines[seen] = line_number
+            if seen >= last:
+                break
+    return [f"{path}:{lines[index]}" for index in indices]
