@@ -5,7 +5,7 @@ from rouge_score import rouge_scorer
 
 from instructune.errors import InstructuneError
 from instructune.evaluate.metrics import (
-    exact_match, generation_metrics, normalize_answer, rouge_scores, token_f1,
+    exact_match, generation_item_scores, generation_metrics, normalize_answer, rouge_scores, token_f1,
 )
 
 
@@ -106,3 +106,15 @@ class TestGenerationMetrics:
     def test_empty_reference_list_raises(self):
         with pytest.raises(InstructuneError, match="reference 0"):
             generation_metrics(["a"], [[]])
+
+
+class TestGenerationItemScores:
+    def test_one_dict_per_prediction_averaging_to_the_metrics(self):
+        predictions = ["the cat sat", "Paris", "no idea"]
+        references = [["a dog ran", "the cat sat on the mat"], ["paris"], ["London"]]
+        items = generation_item_scores(predictions, references)
+        assert [item["exact_match"] for item in items] == [0.0, 1.0, 0.0]
+        assert items[0]["rouge1"] == pytest.approx(2 / 3) and items[0]["rouge1_first_ref"] == 0.0
+        assert items[0]["rouge1_mean_ref"] == pytest.approx(1 / 3)
+        metrics = generation_metrics(predictions, references)
+        assert {key: sum(item[key] for item in items) / 3 for key in metrics} == pytest.approx(metrics)

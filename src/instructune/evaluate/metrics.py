@@ -132,6 +132,49 @@ def _as_reference_lists(references: list[str] | list[list[str]], n_predictions: 
     return lists
 
 
+def generation_item_scores(
+    predictions: list[str], references: list[str] | list[list[str]]
+) -> list[dict[str, float]]:
+    """Per-example ROUGE-1/2/L/Lsum, exact match and token F1: what `generation_metrics` averages.
+
+    Paired statistics between runs (compare.py) need these per example, so eval keeps them.
+
+    Args:
+        predictions, references: as in `generation_metrics`.
+
+    Returns:
+        One dict per prediction with the keys `generation_metrics` returns, each in [0, 1].
+
+    Example:
+        >>> generation_item_scores(["the cat sat", "no"], ["the cat sat", "yes"])[0]["exact_match"]
+        1.0
+    """
+    if not predictions:
+        raise InstructuneError("generation_metrics: no predictions to score; expected at least one")
+    reference_lists = _as_reference_lists(references, len(predictions))
+    multi_reference = any(len(refs) > 1 for refs in reference_lists)
+    keys = [*ROUGE_TYPES, "exact_match", "f1"]
+    if multi_reference:
+        keys += [f"{key}{suffix}" for suffix in ("_first_ref", "_mean_ref") for key in ROUGE_TYPES]
+    items = []
+    for prediction, refs in zip(predictions, reference_lists):
+        scores = rouge_protocols(prediction, refs)
+        scores["exact_match"] = max(exact_match(prediction, ref) for ref in refs)
+        scores["f1"] = max(token_f1(prediction, ref) for ref in refs)
+        items.append({key: scores[key] for key in keys})
+    return items
+
+
+def mean_scores(items: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's average over per-example score dicts (all with the same keys).
+
+    Example:
+        >>> mean_scores([{"f1": 1.0}, {"f1": 0.5}])
+        {'f1': 0.75}
+    """
+    return {key: sum(item[key] for item in items) / len(items) for key in items[0]}
+
+
 def generation_metrics(
     predictions: list[str], references: list[str] | list[list[str]]
 ) -> dict[str, float]:
@@ -151,17 +194,4 @@ def generation_metrics(
         >>> generation_metrics(["the cat sat"], [["a dog ran", "the cat sat on the mat"]])["rouge1"]
         0.6666666666666666
     """
-    if not predictions:
-        raise InstructuneError("generation_metrics: no predictions to score; expected at least one")
-    reference_lists = _as_reference_lists(references, len(predictions))
-    totals: Counter[str] = Counter()
-    multi_reference = any(len(refs) > 1 for refs in reference_lists)
-    for prediction, refs in zip(predictions, reference_lists):
-        scores = rouge_protocols(prediction, refs)
-        totals.update(scores if multi_reference else {key: scores[key] for key in ROUGE_TYPES})
-        totals["exact_match"] += max(exact_match(prediction, ref) for ref in refs)
-        totals["f1"] += max(token_f1(prediction, ref) for ref in refs)
-    keys = [*ROUGE_TYPES, "exact_match", "f1"]
-    if multi_reference:
-        keys += [f"{key}{suffix}" for suffix in ("_first_ref", "_mean_ref") for key in ROUGE_TYPES]
-    return {key: totals[key] / len(predictions) for key in keys}
+    return mean_scores(generation_item_scores(predictions, references))

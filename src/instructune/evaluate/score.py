@@ -18,7 +18,7 @@ from instructune.data.templates import KINDS, load_task
 from instructune.errors import InstructuneError
 from instructune.evaluate.choice import score_choices
 from instructune.evaluate.generate import generate
-from instructune.evaluate.metrics import generation_metrics
+from instructune.evaluate.metrics import generation_item_scores, mean_scores
 
 
 def evaluate_examples(
@@ -49,13 +49,15 @@ def evaluate_examples(
     Returns:
         (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
         metrics {"acc", "acc_norm"}; one prediction row per example with "prompt", "prediction" and
-        "references" (multiple choice adds "options", "label", "pred", "pred_norm", "logprobs").
+        "references" (multiple choice adds "options", "label", "pred", "pred_norm", "logprobs"), and
+        "scores": the example's own value of every metric (the metrics are their means), which
+        `instructune compare` pairs across runs for confidence intervals.
 
     Example:
         >>> metrics, rows = evaluate_examples(model, tokenizer, [{"prompt": "2+2?", "completion": "4"}],
         ...                                   kind="generation")
-        >>> rows[0]
-        {'prompt': '2+2?', 'prediction': '4', 'references': ['4']}
+        >>> rows[0]["prediction"], rows[0]["scores"]["exact_match"]
+        ('4', 1.0)
     """
     if kind not in KINDS:
         raise InstructuneError(f"evaluate_examples: kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -72,6 +74,7 @@ def evaluate_examples(
                 "references": [example["options"][example["label"]]], "options": example["options"],
                 "label": example["label"], "pred": row["pred"], "pred_norm": row["pred_norm"],
                 "logprobs": row["logprobs"],
+                "scores": {"acc": float(row["correct"]), "acc_norm": float(row["correct_norm"])},
             }
             for example, row in zip(examples, scored)
         ]
@@ -81,11 +84,12 @@ def evaluate_examples(
         model, tokenizer, [example["prompt"] for example in examples], max_new_tokens=max_new_tokens,
         batch_size=batch_size, chat_template=chat_template, progress=progress,
     )
+    item_scores = generation_item_scores(predictions, references)
     rows = [
-        {"prompt": example["prompt"], "prediction": prediction, "references": refs}
-        for example, prediction, refs in zip(examples, predictions, references)
+        {"prompt": example["prompt"], "prediction": prediction, "references": refs, "scores": scores}
+        for example, prediction, refs, scores in zip(examples, predictions, references, item_scores)
     ]
-    return generation_metrics(predictions, references), rows
+    return mean_scores(item_scores), rows
 
 
 def _references_of(example: dict, index: int) -> list[str]:
