@@ -23,6 +23,8 @@ class TestQuickstart:
         assert "exact_match" in saved["after"]["support_intent"]
         report = (run / "report.md").read_text()
         assert "| support_response | rougeL |" in report and "loss.png" in report
+        # The before/after rows pair the same test items, so each change has its interval.
+        assert "no CI" not in report and "95% confidence interval" in report and "support_intent 2" in report
         assert result["train"]["steps"] == 2
 
     def test_test_split_never_overlaps_training_data(self, tmp_path, tiny_llama_dir):

@@ -1,4 +1,4 @@
-"""Before/after comparison: deltas and forgetting flags, the rendered report, and eval -> compare end to end."""
+"""Before/after comparison: deltas, intervals and forgetting flags, the rendered report, and eval -> compare end to end."""
 
 import json
 
@@ -14,10 +14,19 @@ BEFORE = {"dialogsum": {"rouge1": 0.21, "rouge2": 0.05}, "piqa": {"acc": 0.62, "
           "hellaswag": {"acc": 0.30, "acc_norm": 0.35}}
 AFTER = {"dialogsum": {"rouge1": 0.43, "rouge2": 0.18}, "piqa": {"acc": 0.58, "acc_norm": 0.595},
          "hellaswag": {"acc": 0.29, "acc_norm": 0.36}}
+ROW_KEYS = ["task", "metric", "before", "after", "delta", "ci_low", "ci_high", "n", "p_value", "significant", "test",
+            "note", "held_out", "forgetting"]
 
 
 def _row(rows, task, metric):
     return next(r for r in rows if r["task"] == task and r["metric"] == metric)
+
+
+def _accuracy_run(task: str, n_items: int, right: set[int]) -> tuple[dict, list[dict]]:
+    """({task: {"acc": share right}}, prediction rows with per-item scores), items right where listed."""
+    rows = [{"task": task, "prompt": f"{task} question {i}", "prediction": "x", "references": ["x"],
+             "scores": {"acc": float(i in right)}} for i in range(n_items)]
+    return {task: {"acc": len(right) / n_items}}, rows
 
 
 class TestCompare:
@@ -27,21 +36,81 @@ class TestCompare:
         assert _row(rows, "piqa", "acc")["delta"] == pytest.approx(-0.04)
         assert len(rows) == 6
 
-    def test_forgetting_only_on_held_out_drops_beyond_threshold(self):
-        rows = compare(BEFORE, AFTER, held_out={"piqa", "hellaswag"}, threshold=0.01)
-        flagged = {(r["task"], r["metric"]) for r in rows if r["forgetting"]}
-        # piqa acc -0.04: flagged; piqa acc_norm -0.005 and hellaswag acc -0.01: within the threshold.
-        assert flagged == {("piqa", "acc")}
-        assert not _row(rows, "dialogsum", "rouge1")["held_out"]
+    def test_rows_are_flat_with_the_documented_keys(self):
+        before, before_items = _accuracy_run("piqa", 100, set(range(60)))
+        after, after_items = _accuracy_run("piqa", 100, set(range(48)))
+        rows = compare(before, after, held_out={"piqa"}, before_items=before_items, after_items=after_items)
+        assert list(rows[0]) == ROW_KEYS
+        assert all(value is None or isinstance(value, (str, int, float, bool)) for value in rows[0].values())
+        assert json.loads(json.dumps(rows)) == rows
 
-    def test_drop_on_tuned_task_is_not_forgetting(self):
-        rows = compare({"dialogsum": {"rouge1": 0.5}}, {"dialogsum": {"rouge1": 0.1}}, held_out={"piqa"})
-        assert not rows[0]["forgetting"]
+    def test_significant_held_out_drop_is_forgetting(self):
+        # 100 items: 12 lost, none gained. Exact McNemar p = 2 / 2**12.
+        before, before_items = _accuracy_run("piqa", 100, set(range(60)))
+        after, after_items = _accuracy_run("piqa", 100, set(range(48)))
+        row = compare(before, after, held_out={"piqa"}, before_items=before_items, after_items=after_items)[0]
+        assert row["p_value"] == pytest.approx(2 / 2**12) and row["test"] == "exact McNemar"
+        assert row["ci_low"] < row["delta"] < row["ci_high"] < 0 and row["n"] == 100
+        assert row["significant"] and row["forgetting"]
+
+    def test_drop_within_noise_is_not_forgetting(self):
+        # The same -0.04 that a fixed 0.01 threshold flagged: 7 lost, 3 gained of 100 is noise (p = 0.34).
+        before, before_items = _accuracy_run("piqa", 100, set(range(62)))
+        after, after_items = _accuracy_run("piqa", 100, set(range(7, 62)) | {90, 91, 92})
+        row = compare(before, after, held_out={"piqa"}, before_items=before_items, after_items=after_items)[0]
+        assert row["delta"] == pytest.approx(-0.04)
+        assert row["p_value"] == pytest.approx(0.34375) and row["ci_low"] < 0 < row["ci_high"]
+        assert row["significant"] is False and not row["forgetting"]
+
+    def test_threshold_is_a_minimum_effect_size(self):
+        before, before_items = _accuracy_run("piqa", 1000, set(range(600)))
+        after, after_items = _accuracy_run("piqa", 1000, set(range(585)))
+        kwargs = {"held_out": {"piqa"}, "before_items": before_items, "after_items": after_items}
+        assert compare(before, after, **kwargs)[0]["forgetting"]  # -0.015, 15 lost and none gained: significant
+        assert not compare(before, after, threshold=0.02, **kwargs)[0]["forgetting"]
+
+    def test_significant_drop_on_tuned_task_is_not_forgetting(self):
+        before, before_items = _accuracy_run("piqa", 100, set(range(60)))
+        after, after_items = _accuracy_run("piqa", 100, set(range(30)))
+        row = compare(before, after, held_out={"hellaswag"}, before_items=before_items, after_items=after_items)[0]
+        assert row["significant"] and not row["forgetting"]
+
+    def test_continuous_metric_gets_a_bootstrap_interval(self):
+        before_items = [{"task": "dialogsum", "prompt": f"d{i}", "scores": {"rouge1": 0.2 + 0.01 * (i % 5)}}
+                        for i in range(40)]
+        after_items = [{**row, "scores": {"rouge1": row["scores"]["rouge1"] + 0.1 + 0.02 * (i % 3)}}
+                       for i, row in enumerate(before_items)]
+        mean = lambda items: sum(r["scores"]["rouge1"] for r in items) / len(items)  # noqa: E731
+        row = compare({"dialogsum": {"rouge1": mean(before_items)}}, {"dialogsum": {"rouge1": mean(after_items)}},
+                      before_items=before_items, after_items=after_items)[0]
+        assert row["test"] == "paired bootstrap" and row["p_value"] is None
+        assert 0.1 <= row["ci_low"] < row["delta"] < row["ci_high"] <= 0.14 and row["significant"]
+
+    def test_without_per_item_scores_nothing_is_tested(self):
+        # A 0.40 drop on a held-out task, but old eval files: no interval, no verdict, no flag.
+        rows = compare({"piqa": {"acc": 0.6}}, {"piqa": {"acc": 0.2}}, held_out={"piqa"})
+        assert rows[0]["note"] == "no per-item scores" and rows[0]["ci_low"] is None
+        assert rows[0]["significant"] is None and not rows[0]["forgetting"]
+
+    def test_different_items_do_not_pair(self):
+        before, before_items = _accuracy_run("piqa", 100, set(range(60)))
+        after, after_items = _accuracy_run("piqa", 99, set(range(30)))
+        assert compare(before, after, before_items=before_items, after_items=after_items)[0]["note"] == (
+            "runs scored different items")
+        after_items = [{**row, "prompt": row["prompt"] + "?"} for row in before_items]
+        assert compare(before, before, before_items=before_items, after_items=after_items)[0]["note"] == (
+            "runs scored different items")
+
+    def test_scores_that_do_not_match_the_metric_are_not_used(self):
+        before, before_items = _accuracy_run("piqa", 100, set(range(60)))
+        row = compare({"piqa": {"acc": 0.5}}, before, before_items=before_items, after_items=before_items)[0]
+        assert row["ci_low"] is None and "do not average" in row["note"]
 
     def test_missing_metric_has_no_delta(self):
         rows = compare({"piqa": {"acc": 0.6}}, {"hellaswag": {"acc": 0.3}}, held_out={"piqa"})
         assert [(r["task"], r["before"], r["after"], r["delta"], r["forgetting"]) for r in rows] == [
             ("piqa", 0.6, None, None, False), ("hellaswag", None, 0.3, None, False)]
+        assert rows[0]["note"] is None
 
     def test_accepts_eval_json_shape(self):
         result = {"model": "m", "tasks": {"piqa": {"task": "piqa", "metrics": {"acc": 0.5}}}}
@@ -53,17 +122,38 @@ class TestCompare:
 
 
 class TestMarkdown:
-    def test_before_after_table(self):
+    def test_before_after_table_without_items(self):
         text = before_after_markdown(compare({"rouge1": 0.21, "rouge2": 0.05}, {"rouge1": 0.43, "rouge2": 0.0412}))
         assert text.splitlines() == [
             "| metric | before | after | Δ |", "|---|---|---|---|",
-            "| rouge1 | 0.2100 | 0.4300 | +0.2200 |", "| rouge2 | 0.0500 | 0.0412 | -0.0088 |"]
+            "| rouge1 | 0.2100 | 0.4300 | +0.2200 no CI (no per-item scores) |",
+            "| rouge2 | 0.0500 | 0.0412 | -0.0088 no CI (no per-item scores) |",
+            "", "No confidence intervals (no per-item scores), so no change is tested."]
 
-    def test_comparison_marks_forgetting(self):
-        comparisons = {"tuned": compare(BEFORE, AFTER, held_out={"piqa", "hellaswag"})}
+    def test_before_after_table_with_items(self):
+        before, before_items = _accuracy_run("support_intent", 40, set(range(10)))
+        after, after_items = _accuracy_run("support_intent", 40, set(range(9)) | {20})
+        text = before_after_markdown(compare(before, after, before_items=before_items, after_items=after_items))
+        assert "| support_intent | acc | 0.2500 | 0.2500 | +0.0000 [-0.075, +0.075] p=1 within noise |" in text
+        assert "95% confidence interval" in text and "support_intent 40" in text
+
+    def test_comparison_marks_forgetting_and_noise(self):
+        before, before_items = _accuracy_run("piqa", 100, set(range(60)))
+        after_big, big_items = _accuracy_run("piqa", 100, set(range(48)))
+        after_small, small_items = _accuracy_run("piqa", 100, set(range(58)))
+        comparisons = {
+            "big": compare(before, after_big, held_out={"piqa"}, before_items=before_items, after_items=big_items),
+            "small": compare(before, after_small, held_out={"piqa"}, before_items=before_items, after_items=small_items),
+        }
         text = comparison_markdown("base", comparisons)
-        assert "| piqa (held out) | acc | 0.6200 | 0.5800 | **-0.0400 forgetting** |" in text
-        assert "Flagged: piqa acc (tuned)." in text
+        assert ("| piqa (held out) | acc | 0.6000 | 0.4800 | **-0.1200 [-0.190, -0.060] p=0.00049 forgetting** "
+                "| 0.5800 | -0.0200 [-0.050, +0.000] p=0.5 within noise |") in text
+        assert "Flagged: piqa acc (big)." in text
+
+    def test_untested_held_out_drop_is_named(self):
+        text = comparison_markdown("base", {"tuned": compare(BEFORE, AFTER, held_out={"piqa", "hellaswag"})})
+        assert "| piqa (held out) | acc | 0.6200 | 0.5800 | -0.0400 no CI (no per-item scores) |" in text
+        assert "None flagged. Drops not tested: hellaswag acc (tuned: no per-item scores)" in text
 
 
 def _write_run(path, metrics_by_task, predictions):
@@ -74,25 +164,59 @@ def _write_run(path, metrics_by_task, predictions):
 
 
 class TestCompareCommand:
-    def test_writes_table_chart_and_html(self, tmp_path, capsys):
+    def test_writes_intervals_into_table_json_chart_and_html(self, tmp_path, capsys):
         prompt = "Summarize this dialogue:\n\n#Person1#: Hi <there>"
-        before_rows = [{"task": "dialogsum", "prompt": prompt, "prediction": "old answer", "references": ["gold"]}]
-        after_rows = [{"task": "dialogsum", "prompt": prompt, "prediction": "new answer", "references": ["gold"]}]
-        _write_run(tmp_path / "base.json", BEFORE, before_rows)
-        _write_run(tmp_path / "tuned.json", AFTER, after_rows)
+        dialog_before = [{"task": "dialogsum", "prompt": f"{prompt} {i}", "prediction": "old answer",
+                          "references": ["gold"], "scores": {"rouge1": 0.2 + 0.01 * (i % 3)}} for i in range(12)]
+        dialog_after = [{**row, "prediction": "new answer", "scores": {"rouge1": row["scores"]["rouge1"] + 0.2}}
+                        for row in dialog_before]
+        piqa_before, piqa_before_items = _accuracy_run("piqa", 100, set(range(62)))
+        piqa_after, piqa_after_items = _accuracy_run("piqa", 100, set(range(40)))
+        hella_before, hella_before_items = _accuracy_run("hellaswag", 100, set(range(30)))
+        hella_after, hella_after_items = _accuracy_run("hellaswag", 100, set(range(29)))
+        mean = lambda rows: sum(r["scores"]["rouge1"] for r in rows) / len(rows)  # noqa: E731
+        _write_run(tmp_path / "base.json", {"dialogsum": {"rouge1": mean(dialog_before)}, **piqa_before, **hella_before},
+                   dialog_before + piqa_before_items + hella_before_items)
+        _write_run(tmp_path / "tuned.json", {"dialogsum": {"rouge1": mean(dialog_after)}, **piqa_after, **hella_after},
+                   dialog_after + piqa_after_items + hella_after_items)
         loss = tmp_path / "loss.png"
         loss.write_bytes(b"\x89PNG\r\n\x1a\n")
         out = tmp_path / "report"
         code = compare_module.main([str(tmp_path / "base.json"), str(tmp_path / "tuned.json"), "--held-out", "piqa",
                                     "hellaswag", "--loss-png", str(loss), "-o", str(out)])
         assert code == 0
-        assert "**-0.0400 forgetting**" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "| piqa (held out) | acc | 0.6200 | 0.4000 | **-0.2200 [" in printed
+        assert "| hellaswag (held out) | acc | 0.3000 | 0.2900 | -0.0100 [-0.030, +0.000] p=1 within noise |" in printed
+        assert (out / "comparison.md").read_text() in printed
+        saved = json.loads((out / "comparison.json").read_text())
+        assert saved["held_out"] == ["hellaswag", "piqa"] and saved["confidence"] == 0.95 and saved["seed"] == 0
+        rows = {row["task"]: row for row in saved["comparisons"]["tuned"]}
+        assert rows["piqa"]["forgetting"] and rows["piqa"]["n"] == 100
+        assert rows["dialogsum"]["ci_low"] == pytest.approx(0.2) and rows["dialogsum"]["significant"]
+        assert not rows["hellaswag"]["significant"] and not rows["hellaswag"]["forgetting"]
         assert (out / "comparison.png").stat().st_size > 1000
         page = (out / "report.html").read_text()
         assert "old answer" in page and "new answer" in page and "Hi &lt;there&gt;" in page
+        assert '<td class="flag">-0.2200 [' in page and '<td class="noise">-0.0100 [-0.030, +0.000] p=1 within noise' in page
+        assert "95% confidence interval" in page
         assert 'src="loss.png"' in page and (out / "loss.png").is_file()
-        saved = json.loads((out / "comparison.json").read_text())
-        assert saved["held_out"] == ["hellaswag", "piqa"]
+
+    def test_old_eval_files_say_no_ci(self, tmp_path, capsys):
+        rows = [{"task": "piqa", "prompt": "q", "prediction": "a", "references": ["a"]}]
+        _write_run(tmp_path / "base.json", BEFORE, rows)
+        _write_run(tmp_path / "tuned.json", AFTER, rows)
+        assert compare_module.main([str(tmp_path / "base.json"), str(tmp_path / "tuned.json"), "--held-out", "piqa",
+                                    "-o", str(tmp_path / "out")]) == 0
+        text = (tmp_path / "out" / "comparison.md").read_text()
+        assert "-0.0400 no CI (no per-item scores)" in text and "None flagged." in text
+
+    def test_help_documents_the_statistics(self, capsys):
+        with pytest.raises(SystemExit):
+            compare_module.main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "paired bootstrap" in text and "exact McNemar" in text and "within noise" in text
+        assert "--confidence" in text and "--bootstrap-samples" in text
 
     def test_unknown_held_out_task_raises(self, tmp_path):
         _write_run(tmp_path / "a.json", BEFORE, [])
@@ -128,10 +252,18 @@ class TestEvalThenCompare:
         rows = [json.loads(line) for line in (tmp_path / "base.predictions.jsonl").read_text().splitlines()]
         assert len(rows) == 4
         assert rows[0]["references"] == ["They greet.", "Two people say hi 0.", "A greeting."]
+        # Per-item scores: every metric of the task, averaging to the reported value.
+        for task, metrics in ((name, result["tasks"][name]["metrics"]) for name in ("dialogsum", "piqa")):
+            task_rows = [row for row in rows if row["task"] == task]
+            assert set(task_rows[0]["scores"]) == set(metrics)
+            for metric, value in metrics.items():
+                assert sum(row["scores"][metric] for row in task_rows) / len(task_rows) == pytest.approx(value)
 
         report = tmp_path / "report"
         assert compare_module.main([str(out), str(out), "--names", "base", "same", "--held-out", "piqa",
                                     "-o", str(report)]) == 0
+        saved = json.loads((report / "comparison.json").read_text())["comparisons"]["same"]
+        assert all(row["n"] == 2 and row["ci_low"] == row["ci_high"] == 0 for row in saved)
         assert "None flagged." in (report / "comparison.md").read_text()
 
     def test_mismatched_task_and_data_counts_raise(self, tmp_path):

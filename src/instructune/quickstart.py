@@ -108,7 +108,7 @@ def run_quickstart(config: RunConfig, *, eval_limit: int = 40, eval_batch_size: 
     print("[5/5] Evaluating the tuned model on the same test split")
     after, after_rows = evaluate_split(tuned, tokenizer, test, **settings)
 
-    table = before_after_markdown(compare(before, after))
+    table = before_after_markdown(compare(before, after, before_items=before_rows, after_items=after_rows))
     result = {"before": before, "after": after, "train": train_summary, "run_dir": str(run_dir),
               "seconds": time.perf_counter() - started}
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))

@@ -3,7 +3,7 @@
 metrics.py scores text (ROUGE, exact match, token F1); generate.py produces answers in batches;
 choice.py scores options by log-likelihood; score.py turns examples or a task's records into
 metrics (what training, eval and the quickstart call); run.py is the `instructune eval` command; compare.py and report.py
-are `instructune compare` (deltas, forgetting flags, chart, HTML). `compare()` is imported from
+are `instructune compare` (deltas, forgetting flags, chart, HTML), with stats.py's paired confidence intervals and tests. `compare()` is imported from
 `instructune.evaluate.compare`, not re-exported here, so that name stays the module the CLI runs.
 """
 

@@ -1,21 +1,31 @@
 """`instructune compare`: what fine-tuning bought and what it cost, run against run.
 
 Takes the metrics JSON of a baseline (usually the untouched model) and of one or more tuned runs,
-lines up every task and metric, computes the change, and flags held-out tasks (ones the run was
-not tuned for) whose score fell by more than a threshold as forgetting. Writes a markdown table, a
-PNG bar chart and an HTML page (report.py draws them). Significance testing is left out: with a
-few hundred examples per task, read deltas under a point or two as noise.
+lines up every task and metric and computes the change. Where both runs kept per-item scores (the
+"scores" of each row of `<run>.predictions.jsonl`, written by `instructune eval`) and scored the same
+items, each change gets a 95% confidence interval from a paired bootstrap over items, and 0/1 metrics
+(acc, acc_norm, exact_match) an exact McNemar p-value (stats.py). A held-out task (one the run was not
+tuned for) whose score fell significantly is flagged as forgetting; a change the statistics cannot
+tell from zero is called within noise. Writes a markdown table, a PNG chart and an HTML page
+(report.py draws them). Left out: runs on different items (no pairing, so no interval) and
+corrections for testing many metrics at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from instructune.errors import InstructuneError
 from instructune.evaluate import report
+from instructune.evaluate.stats import paired_difference
+
+NO_SCORES = "no per-item scores"
+DIFFERENT_ITEMS = "runs scored different items"
+_UNTESTED = dict.fromkeys(("ci_low", "ci_high", "n", "p_value", "significant", "test", "note"))
 
 
 def task_metrics(result: dict) -> dict[str, dict[str, float]]:
@@ -36,32 +46,109 @@ def task_metrics(result: dict) -> dict[str, dict[str, float]]:
     raise InstructuneError("compare: expected an eval metrics JSON ({'tasks': ...}), {task: metrics} or {metric: value}")
 
 
+def read_predictions(metrics_path: str | Path) -> list[dict]:
+    """The prediction rows beside an eval metrics JSON (its "predictions" file); [] when there are none."""
+    metrics_path = Path(metrics_path)
+    name = json.loads(metrics_path.read_text()).get("predictions")
+    file = metrics_path.parent / name if name else None
+    if file is None or not file.is_file():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def _rows_by_task(rows: list[dict]) -> dict[str, list[dict]]:
+    """{task: its rows in order}: the k-th row of a task is the same item in every run of the same eval."""
+    by_task: dict[str, list[dict]] = {}
+    for row in rows:
+        by_task.setdefault(row.get("task", ""), []).append(row)
+    return by_task
+
+
+def _paired_scores(before_items: list[dict], after_items: list[dict]) -> dict[str, tuple[list, list] | str]:
+    """{task: (before score dicts, after score dicts), item by item} or why that task's items do not pair.
+
+    Items pair by (task, position, prompt): both runs must have scored the same prompts in the same order.
+    """
+    before_by_task, after_by_task = _rows_by_task(before_items), _rows_by_task(after_items)
+    paired: dict[str, tuple[list, list] | str] = {}
+    for task in before_by_task.keys() & after_by_task.keys():
+        old, new = before_by_task[task], after_by_task[task]
+        if not all("scores" in row for row in old + new):
+            paired[task] = NO_SCORES
+        elif len(old) != len(new) or any(a["prompt"] != b["prompt"] for a, b in zip(old, new)):
+            paired[task] = DIFFERENT_ITEMS
+        else:
+            paired[task] = ([row["scores"] for row in old], [row["scores"] for row in new])
+    return paired
+
+
+def _statistics(pair: tuple[list, list] | str | None, metric: str, before: float, after: float,
+                **settings: Any) -> dict[str, Any]:
+    """The statistics fields of one row: paired_difference's, or None everywhere and a note saying why."""
+    if pair is None or isinstance(pair, str):
+        return {**_UNTESTED, "note": pair or NO_SCORES}
+    if not all(metric in scores for scores in pair[0] + pair[1]):
+        return {**_UNTESTED, "note": NO_SCORES}
+    old = [scores[metric] for scores in pair[0]]
+    new = [scores[metric] for scores in pair[1]]
+    # The interval must be of the very delta in the table: per-item scores have to average to the metric.
+    if not (math.isclose(sum(old) / len(old), before, abs_tol=1e-6)
+            and math.isclose(sum(new) / len(new), after, abs_tol=1e-6)):
+        return {**_UNTESTED, "note": "per-item scores do not average to the reported metric"}
+    result = paired_difference(old, new, **settings)
+    note = None
+    if result["significant"] is None:
+        note = f"too few items for a bootstrap verdict (n={result['n']})"
+    return {"ci_low": result["ci_low"], "ci_high": result["ci_high"], "n": result["n"],
+            "p_value": result["p_value"], "significant": result["significant"], "test": result["test"], "note": note}
+
+
 def compare(
     before: dict,
     after: dict,
     *,
     held_out: set[str] | frozenset[str] = frozenset(),
-    threshold: float = 0.01,
+    threshold: float = 0.0,
+    before_items: list[dict] | None = None,
+    after_items: list[dict] | None = None,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per task and metric of either run, with the change and the forgetting flag.
+    """One row per task and metric of either run: the change, its confidence interval and the forgetting flag.
 
     Args:
         before: the baseline run (eval JSON, {task: metrics} or flat metrics).
         after: the run to judge, in the same shape.
-        held_out: tasks the run was not tuned on; a drop there is forgetting.
-        threshold: how far (absolute, in the metric's own units: 0.01 = one point of accuracy)
-            a held-out score may fall before it is flagged.
+        held_out: tasks the run was not tuned on; a significant drop there is forgetting.
+        threshold: the smallest drop (absolute, in the metric's units: 0.01 = one point of accuracy)
+            that counts as forgetting even when significant; 0 = any significant drop.
+        before_items, after_items: the runs' prediction rows (`<run>.predictions.jsonl`, or the rows
+            `evaluate_examples` returns, with "task" set), each with "prompt" and a "scores" dict of
+            per-item metric values. Without them no row gets an interval.
+        confidence: interval coverage and 1 - the test level (0.95: 95% intervals, p < 0.05).
+        n_resamples, seed: the paired bootstrap's resamples and seed (stats.paired_bootstrap_ci).
 
     Returns:
-        Rows {"task", "metric", "before", "after", "delta", "held_out", "forgetting"}, in the order
-        tasks and metrics first appear; "before"/"after"/"delta" are None where a run lacks the metric.
+        Flat rows, in the order tasks and metrics first appear, with keys
+        "task", "metric", "before", "after", "delta" (after - before; None where a run lacks the metric),
+        "ci_low", "ci_high" (the interval of delta), "n" (paired items),
+        "p_value" (exact McNemar, for 0/1 metrics only), "significant" (True/False; None = not tested),
+        "test" ("exact McNemar" or "paired bootstrap": what decided "significant"),
+        "note" (why there is no interval or no verdict, e.g. "no per-item scores"; else None),
+        "held_out", and "forgetting" (held out, significant, and a drop larger than threshold).
 
     Example:
-        >>> compare({"piqa": {"acc": 0.62}}, {"piqa": {"acc": 0.58}}, held_out={"piqa"})
-        [{'task': 'piqa', 'metric': 'acc', 'before': 0.62, 'after': 0.58, 'delta': -0.04, 'held_out': True, 'forgetting': True}]
+        >>> base = [{"task": "piqa", "prompt": f"q{i}", "scores": {"acc": float(i < 60)}} for i in range(100)]
+        >>> tuned = [{**row, "scores": {"acc": float(i < 48)}} for i, row in enumerate(base)]
+        >>> compare({"piqa": {"acc": 0.6}}, {"piqa": {"acc": 0.48}}, held_out={"piqa"},
+        ...         before_items=base, after_items=tuned)
+        [{'task': 'piqa', 'metric': 'acc', 'before': 0.6, 'after': 0.48, 'delta': -0.12, 'ci_low': -0.19, 'ci_high': -0.06, 'n': 100, 'p_value': 0.00048828125, 'significant': True, 'test': 'exact McNemar', 'note': None, 'held_out': True, 'forgetting': True}]
     """
     if threshold < 0:
         raise InstructuneError(f"compare: threshold {threshold}; expected a non-negative number")
+    settings = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+    paired = _paired_scores(before_items or [], after_items or [])
     before_tasks, after_tasks = task_metrics(before), task_metrics(after)
     rows = []
     for task in dict.fromkeys([*before_tasks, *after_tasks]):
@@ -70,12 +157,42 @@ def compare(
             value_before, value_after = old.get(metric), new.get(metric)
             both = value_before is not None and value_after is not None
             delta = round(value_after - value_before, 10) if both else None
+            stats = _statistics(paired.get(task), metric, value_before, value_after, **settings) if both else _UNTESTED
             rows.append({
                 "task": task, "metric": metric, "before": value_before, "after": value_after, "delta": delta,
-                "held_out": task in held_out,
-                "forgetting": task in held_out and delta is not None and delta < -threshold,
+                **stats, "held_out": task in held_out,
+                "forgetting": task in held_out and stats["significant"] is True and delta < -threshold,
             })
     return rows
+
+
+def example_predictions(runs: list[list[dict]], names: list[str], *, per_task: int = 5) -> list[dict[str, Any]]:
+    """The first few generation examples of each task, with every run's answer to the same prompt.
+
+    Args:
+        runs: each run's prediction rows (`read_predictions`), baseline first.
+        names: the runs' names.
+        per_task: examples per task.
+
+    Returns:
+        [{"task", "prompt", "references", "outputs": {run name: prediction}}]; empty when the runs
+        have no predictions files. Multiple-choice rows are left out (their answer is an option).
+    """
+    if not runs or not runs[0]:
+        return []
+    by_task = [_rows_by_task(rows) for rows in runs]
+    examples = []
+    for task, rows in by_task[0].items():
+        generation = [(position, row) for position, row in enumerate(rows) if "options" not in row]
+        for position, row in generation[:per_task]:
+            outputs = {}
+            for name, other_rows in zip(names, by_task):
+                other = other_rows.get(task, [])
+                if position < len(other) and other[position]["prompt"] == row["prompt"]:
+                    outputs[name] = other[position]["prediction"]
+            examples.append({"task": task, "prompt": row["prompt"], "references": row["references"],
+                             "outputs": outputs})
+    return examples
 
 
 def _load_result(path: str) -> dict:
@@ -91,15 +208,29 @@ def _load_result(path: str) -> dict:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instructune compare",
-        description="Compare eval runs against a baseline: deltas, forgetting flags, chart and HTML report.",
+        description="Compare eval runs against a baseline: deltas with confidence intervals, forgetting flags, "
+                    "chart and HTML report.",
+        epilog="Statistics: each change gets a confidence interval (95%% by default) from a paired bootstrap over "
+               "the items both runs scored, read from the per-item \"scores\" in each run's predictions JSONL "
+               "(`instructune eval` writes them). For 0/1 metrics (acc, acc_norm, exact_match) the exact McNemar "
+               "test decides significance and its p-value is shown; for the others, whether the interval excludes "
+               "0. A change that is not significant is marked \"within noise\"; forgetting = a significant drop "
+               "on a --held-out task (larger than --threshold). Runs without per-item scores (older eval files) "
+               "or scored on different items get \"no CI\" and no verdict.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN.json",
                         help="metrics JSON files from `instructune eval`; the first is the baseline")
     parser.add_argument("--names", nargs="+", default=None, help="display names of the runs (default: file names)")
     parser.add_argument("--held-out", nargs="+", default=[], metavar="TASK",
-                        help="tasks the runs were not tuned on; drops there are flagged as forgetting")
-    parser.add_argument("--threshold", type=float, default=0.01,
-                        help="absolute drop on a held-out task that counts as forgetting (default 0.01)")
+                        help="tasks the runs were not tuned on; significant drops there are flagged as forgetting")
+    parser.add_argument("--threshold", type=float, default=0.0,
+                        help="smallest absolute drop on a held-out task that counts as forgetting even when "
+                             "significant (default 0: any significant drop)")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="confidence level of the intervals; the tests run at 1 - this (default 0.95)")
+    parser.add_argument("--bootstrap-samples", type=int, default=2000,
+                        help="paired bootstrap resamples per interval (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed; the same inputs give the same intervals")
     parser.add_argument("--loss-png", default=None, help="training loss plot to put on the HTML page")
     parser.add_argument("--examples", type=int, default=5, help="example predictions per generation task on the page")
     parser.add_argument("-o", "--output", required=True, help="output folder for comparison.md/.json/.png and report.html")
@@ -116,29 +247,34 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(names)) != len(names):
         raise InstructuneError(f"compare: run names {names} repeat; pass distinct --names")
     results = [_load_result(path) for path in args.runs]
+    predictions = [read_predictions(path) for path in args.runs]
     held_out = set(args.held_out)
     known = {task for result in results for task in task_metrics(result)}
     if held_out - known:
         raise InstructuneError(
             f"compare: --held-out {', '.join(sorted(held_out - known))} not in any run (tasks: {', '.join(sorted(known))})"
         )
+    settings = {"confidence": args.confidence, "n_resamples": args.bootstrap_samples, "seed": args.seed}
     comparisons = {
-        name: compare(results[0], result, held_out=held_out, threshold=args.threshold)
-        for name, result in zip(names[1:], results[1:])
+        name: compare(results[0], result, held_out=held_out, threshold=args.threshold,
+                      before_items=predictions[0], after_items=items, **settings)
+        for name, result, items in zip(names[1:], results[1:], predictions[1:])
     }
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = report.comparison_markdown(names[0], comparisons, threshold=args.threshold)
+    markdown = report.comparison_markdown(names[0], comparisons, threshold=args.threshold, confidence=args.confidence)
     print(markdown)
     (out_dir / "comparison.md").write_text(markdown)
     (out_dir / "comparison.json").write_text(json.dumps(
         {"baseline": names[0], "runs": dict(zip(names, args.runs)), "held_out": sorted(held_out),
-         "threshold": args.threshold, "comparisons": comparisons}, indent=2) + "\n")
-    chart = report.plot_comparison(names, [task_metrics(result) for result in results], out_dir / "comparison.png")
-    examples = report.example_predictions(args.runs, names, per_task=args.examples)
+         "threshold": args.threshold, "confidence": args.confidence, "bootstrap_samples": args.bootstrap_samples,
+         "seed": args.seed, "comparisons": comparisons}, indent=2) + "\n")
+    chart = report.plot_comparison(names, [task_metrics(result) for result in results], out_dir / "comparison.png",
+                                   comparisons=comparisons, confidence=args.confidence)
+    examples = example_predictions(predictions, names, per_task=args.examples)
     page = report.write_html_report(
-        out_dir / "report.html", baseline=names[0], comparisons=comparisons,
-        chart=chart, loss_png=args.loss_png, examples=examples, threshold=args.threshold,
+        out_dir / "report.html", baseline=names[0], comparisons=comparisons, chart=chart, loss_png=args.loss_png,
+        examples=examples, threshold=args.threshold, confidence=args.confidence,
     )
     print(f"wrote {out_dir / 'comparison.md'}, {chart}, {page}")
     return 0

@@ -1,18 +1,18 @@
 """Render comparisons for people: markdown tables, a PNG bar chart and a one-page HTML report.
 
-compare.py decides what changed; this file only draws it. The HTML page is static and needs no
-server or JavaScript: tables, the bar chart, an optional training loss plot and a handful of
-example predictions (prompt, reference, each run's answer) side by side. Interactive dashboards
-are left out.
+compare.py decides what changed and whether it is more than noise; this file only draws it. Each
+change is shown with its confidence interval and verdict ("within noise", "forgetting", or why it
+was not tested). The HTML page is static and needs no server or JavaScript: tables, the bar chart
+(scores, and changes with their intervals as error bars), an optional training loss plot and a
+handful of example predictions (prompt, reference, each run's answer) side by side. Interactive
+dashboards are left out.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 from instructune.errors import InstructuneError
 
@@ -26,10 +26,20 @@ def _number(value: float | None) -> str:
 
 
 def _delta(row: dict) -> str:
+    """The change, its interval and verdict: "-0.0400 [-0.090, +0.010] p=0.23 within noise"."""
     if row["delta"] is None:
         return "–"
     text = f"{row['delta']:+.4f}"
-    return f"**{text} forgetting**" if row["forgetting"] else text
+    if row["ci_low"] is None:
+        return f"{text} no CI ({row['note']})"
+    text += f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+    if row["p_value"] is not None:
+        text += f" p={row['p_value']:.2g}"
+    if row["forgetting"]:
+        return f"**{text} forgetting**"
+    if row["significant"] is None:
+        return f"{text} untested ({row['note']})"
+    return text if row["significant"] else f"{text} within noise"
 
 
 def _task_label(task: str, held_out: bool) -> str:
@@ -55,50 +65,79 @@ def _comparison_cells(baseline: str, comparisons: dict[str, list[dict]]) -> tupl
     return header, body
 
 
-def _footnote(comparisons: dict[str, list[dict]], threshold: float) -> str:
-    held_out = sorted({row["task"] for rows in comparisons.values() for row in rows if row["held_out"]})
+def _statistics_note(rows: list[dict], confidence: float) -> str:
+    """What the intervals and verdicts mean, and over how many items; or why there are none."""
+    tested = [row for row in rows if row["ci_low"] is not None]
+    if not tested:
+        reasons = sorted({row["note"] for row in rows if row["delta"] is not None and row["note"]})
+        return f"No confidence intervals ({'; '.join(reasons) or 'no changes'}), so no change is tested."
+    items = ", ".join(f"{task or 'all'} {n}" for task, n in dict.fromkeys((r["task"], r["n"]) for r in tested))
+    return (f"Δ [low, high]: the {confidence:.0%} confidence interval of the change, paired bootstrap over the "
+            f"items both runs scored (items: {items}). p: exact McNemar test, for 0/1 metrics, which decides their "
+            f"verdict; the other metrics are significant when the interval excludes 0. "
+            f"Within noise: not significant at the {1 - confidence:.0%} level.")
+
+
+def _footnote(comparisons: dict[str, list[dict]], threshold: float, confidence: float) -> str:
+    rows = [row for rows in comparisons.values() for row in rows]
+    held_out = sorted({row["task"] for row in rows if row["held_out"]})
     flagged = sorted({f"{row['task']} {row['metric']} ({name})" for name, rows in comparisons.items()
                       for row in rows if row["forgetting"]})
+    untested = sorted({f"{row['task']} {row['metric']} ({name}: {row['note']})" for name, rows in comparisons.items()
+                       for row in rows if row["held_out"] and row["delta"] is not None and row["delta"] < 0
+                       and row["significant"] is None})
+    statistics = _statistics_note(rows, confidence)
     if not held_out:
-        return "No held-out tasks given (--held-out), so nothing is checked for forgetting."
+        return f"{statistics} No held-out tasks given (--held-out), so nothing is checked for forgetting."
+    size = f" larger than {threshold:g}" if threshold > 0 else ""
     verdict = f"Flagged: {'; '.join(flagged)}." if flagged else "None flagged."
-    return f"Held-out tasks: {', '.join(held_out)}. Forgetting: a held-out score fell by more than {threshold:g}. {verdict}"
+    if untested:
+        verdict += f" Drops not tested: {'; '.join(untested)}."
+    return (f"{statistics} Held-out tasks: {', '.join(held_out)}. Forgetting: a significant drop{size} "
+            f"on a held-out task. {verdict}")
 
 
-def comparison_markdown(baseline: str, comparisons: dict[str, list[dict]], *, threshold: float = 0.01) -> str:
-    """A markdown table: each task and metric, the baseline, and every run with its change.
+def comparison_markdown(baseline: str, comparisons: dict[str, list[dict]], *, threshold: float = 0.0,
+                        confidence: float = 0.95) -> str:
+    """A markdown table: each task and metric, the baseline, and every run with its change and interval.
 
     Args:
         baseline: the baseline run's name.
         comparisons: {run name: rows from `compare(baseline, run)`}.
         threshold: the forgetting threshold the rows were flagged with (for the footnote).
+        confidence: the confidence level the rows' intervals were computed at (for the footnote).
 
     Returns:
-        The table and a footnote naming the held-out tasks and any forgetting.
+        The table and a footnote: what the intervals mean, the held-out tasks and any forgetting.
 
     Example:
-        >>> print(comparison_markdown("base", {"tuned": compare({"piqa": {"acc": 0.62}}, {"piqa": {"acc": 0.58}},
-        ...                                                     held_out={"piqa"})}))
+        >>> base = [{"task": "piqa", "prompt": f"q{i}", "scores": {"acc": float(i < 60)}} for i in range(100)]
+        >>> tuned = [{**row, "scores": {"acc": float(i < 48)}} for i, row in enumerate(base)]
+        >>> rows = compare({"piqa": {"acc": 0.6}}, {"piqa": {"acc": 0.48}}, held_out={"piqa"},
+        ...                before_items=base, after_items=tuned)
+        >>> print(comparison_markdown("base", {"tuned": rows}))
         | task | metric | base | tuned | Δ tuned |
         |---|---|---|---|---|
-        | piqa (held out) | acc | 0.6200 | 0.5800 | **-0.0400 forgetting** |
+        | piqa (held out) | acc | 0.6000 | 0.4800 | **-0.1200 [-0.190, -0.060] p=0.00049 forgetting** |
         <BLANKLINE>
-        Held-out tasks: piqa. Forgetting: a held-out score fell by more than 0.01. Flagged: piqa acc (tuned).
+        Δ [low, high]: the 95% confidence interval of the change, paired bootstrap over the items both runs scored (items: piqa 100). p: exact McNemar test, for 0/1 metrics, which decides their verdict; the other metrics are significant when the interval excludes 0. Within noise: not significant at the 5% level. Held-out tasks: piqa. Forgetting: a significant drop on a held-out task. Flagged: piqa acc (tuned).
     """
     header, body = _comparison_cells(baseline, comparisons)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines + ["", _footnote(comparisons, threshold)]) + "\n"
+    return "\n".join(lines + ["", _footnote(comparisons, threshold, confidence)]) + "\n"
 
 
-def before_after_markdown(rows: list[dict]) -> str:
+def before_after_markdown(rows: list[dict], *, confidence: float = 0.95) -> str:
     """A before/after markdown table of the rows `compare(before, after)` returns.
 
     Example:
         >>> print(before_after_markdown(compare({"rouge1": 0.21}, {"rouge1": 0.43})))
         | metric | before | after | Δ |
         |---|---|---|---|
-        | rouge1 | 0.2100 | 0.4300 | +0.2200 |
+        | rouge1 | 0.2100 | 0.4300 | +0.2200 no CI (no per-item scores) |
+        <BLANKLINE>
+        No confidence intervals (no per-item scores), so no change is tested.
     """
     with_task = any(row["task"] for row in rows)
     header = (["task"] if with_task else []) + ["metric", "before", "after", "Δ"]
@@ -107,16 +146,23 @@ def before_after_markdown(rows: list[dict]) -> str:
         cells = ([row["task"]] if with_task else []) + [row["metric"], _number(row["before"]),
                                                          _number(row["after"]), _delta(row)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", _statistics_note(rows, confidence)]) + "\n"
 
 
-def plot_comparison(names: list[str], runs: list[dict[str, dict[str, float]]], path: str | Path) -> Path:
-    """Grouped bar chart: one group per task and headline metric, one bar per run.
+def plot_comparison(names: list[str], runs: list[dict[str, dict[str, float]]], path: str | Path, *,
+                    comparisons: dict[str, list[dict]] | None = None, confidence: float = 0.95) -> Path:
+    """Grouped bar chart: one group per task and headline metric, one bar per run; below it, the changes.
+
+    The lower panel (drawn when `comparisons` carry intervals) shows each run's change from the
+    baseline with error bars = the confidence interval of that change (paired over items), which is
+    what decides significance; bars of changes within noise or untested are faded.
 
     Args:
         names: run names, baseline first.
         runs: per run, {task: {metric: value}} (see `compare.task_metrics`).
         path: the PNG to write.
+        comparisons: {run name: rows from `compare(baseline, run)`} for the lower panel.
+        confidence: the level of the rows' intervals (for the label).
 
     Returns:
         The PNG path.
@@ -131,19 +177,25 @@ def plot_comparison(names: list[str], runs: list[dict[str, dict[str, float]]], p
         for task, metrics in run.items():
             headline = [m for m in CHART_METRICS if m in metrics] or list(metrics)
             groups.extend((task, metric) for metric in headline if (task, metric) not in groups)
+    with_changes = bool(comparisons) and any(row["ci_low"] is not None for rows in comparisons.values() for row in rows)
     width = 0.8 / max(len(runs), 1)
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(groups)), 4.2))
+    figure, panels = plt.subplots(2 if with_changes else 1, 1, squeeze=False, sharex=True,
+                                  figsize=(max(6.0, 1.0 + 0.9 * len(groups)), 7.4 if with_changes else 4.2))
+    axes = panels[0, 0]
     for i, (name, run) in enumerate(zip(names, runs)):
         values = [run.get(task, {}).get(metric, 0.0) for task, metric in groups]
         xs = [g + (i - (len(runs) - 1) / 2) * width for g in range(len(groups))]
-        axes.bar(xs, values, width=width, label=name)
+        axes.bar(xs, values, width=width, label=name, color=f"C{i}")
     axes.set_xticks(range(len(groups)))
     axes.set_xticklabels([f"{task}\n{metric}" if task else metric for task, metric in groups], fontsize=8)
+    axes.tick_params(labelbottom=True)
     axes.set_ylabel("score")
     axes.set_ylim(0, 1)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=8)
     axes.set_title("Scores by task and metric")
+    if with_changes:
+        _plot_changes(panels[1, 0], names, groups, comparisons, width, confidence)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)
@@ -151,60 +203,44 @@ def plot_comparison(names: list[str], runs: list[dict[str, dict[str, float]]], p
     return path
 
 
-def _read_predictions(metrics_path: Path) -> list[dict]:
-    result = json.loads(metrics_path.read_text())
-    name = result.get("predictions")
-    file = metrics_path.parent / name if name else None
-    if file is None or not file.is_file():
-        return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+def _plot_changes(axes, names: list[str], groups: list[tuple[str, str]], comparisons: dict[str, list[dict]],
+                  width: float, confidence: float) -> None:
+    """Each run's change from the baseline per group, error bars = the change's interval."""
+    for i, name in enumerate(names[1:], start=1):
+        by_key = {(row["task"], row["metric"]): row for row in comparisons.get(name, [])}
+        for g, key in enumerate(groups):
+            row = by_key.get(key)
+            if row is None or row["delta"] is None:
+                continue
+            x = g + (i - (len(names) - 1) / 2) * width
+            error = None
+            if row["ci_low"] is not None:
+                error = [[max(0.0, row["delta"] - row["ci_low"])], [max(0.0, row["ci_high"] - row["delta"])]]
+            axes.bar(x, row["delta"], width=width, color=f"C{i}", alpha=1.0 if row["significant"] else 0.35,
+                     yerr=error, capsize=3, edgecolor="red" if row["forgetting"] else None)
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_ylabel("change from " + names[0])
+    axes.grid(axis="y", alpha=0.3)
+    axes.tick_params(axis="x", labelsize=8)
+    axes.set_title(f"Change from {names[0]}; error bars: {confidence:.0%} CI of the change (paired over items)\n"
+                   "faded: within noise or untested; red edge: forgetting", fontsize=9)
 
 
-def example_predictions(run_paths: list[str | Path], names: list[str], *, per_task: int = 5) -> list[dict[str, Any]]:
-    """The first few generation examples of each task, with every run's answer to the same prompt.
-
-    Returns:
-        [{"task", "prompt", "references", "outputs": {run name: prediction}}]; empty when the runs
-        have no predictions files. Multiple-choice rows are left out (their answer is an option).
-    """
-    per_run = [_read_predictions(Path(path)) for path in run_paths]
-    if not per_run or not per_run[0]:
-        return []
-    indexed = [_keyed_by_task_position(rows) for rows in per_run]
-    examples, shown = [], {}
-    for (task, position), row in indexed[0].items():
-        if "options" in row or shown.get(task, 0) >= per_task:
-            continue
-        outputs = {}
-        for name, rows in zip(names, indexed):
-            other = rows.get((task, position))
-            if other is not None and other["prompt"] == row["prompt"]:
-                outputs[name] = other["prediction"]
-        shown[task] = shown.get(task, 0) + 1
-        examples.append({"task": task, "prompt": row["prompt"], "references": row["references"], "outputs": outputs})
-    return examples
+def _cell_class(cell: str) -> str:
+    if "forgetting" in cell:
+        return ' class="flag"'
+    return ' class="noise"' if "within noise" in cell or "no CI" in cell or "untested" in cell else ""
 
 
-def _keyed_by_task_position(rows: list[dict]) -> dict[tuple[str, int], dict]:
-    """{(task, k): the k-th row of that task}, so that the same example lines up across runs."""
-    counters: dict[str, int] = {}
-    keyed = {}
-    for row in rows:
-        position = counters.get(row["task"], 0)
-        counters[row["task"]] = position + 1
-        keyed[(row["task"], position)] = row
-    return keyed
-
-
-def _html_table(baseline: str, comparisons: dict[str, list[dict]], threshold: float) -> str:
+def _html_table(baseline: str, comparisons: dict[str, list[dict]], threshold: float, confidence: float) -> str:
     header, body = _comparison_cells(baseline, comparisons)
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
     rows = []
     for cells in body:
-        tds = [f'<td class="flag">{html.escape(c.replace("**", ""))}</td>' if "forgetting" in c
-               else f"<td>{html.escape(c)}</td>" for c in cells]
+        tds = [f"<td{_cell_class(c)}>{html.escape(c.replace('**', ''))}</td>" for c in cells]
         rows.append("<tr>" + "".join(tds) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table><p>{html.escape(_footnote(comparisons, threshold))}</p>"
+    footnote = html.escape(_footnote(comparisons, threshold, confidence))
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table><p>{footnote}</p>"
 
 
 def write_html_report(
@@ -215,7 +251,8 @@ def write_html_report(
     chart: str | Path | None = None,
     loss_png: str | Path | None = None,
     examples: list[dict] | None = None,
-    threshold: float = 0.01,
+    threshold: float = 0.0,
+    confidence: float = 0.95,
     title: str = "instructune: before / after",
 ) -> Path:
     """One static HTML page: comparison table, bar chart, loss curve and example predictions.
@@ -226,7 +263,8 @@ def write_html_report(
         The HTML path.
     """
     path = Path(path)
-    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Scores</h2>", _html_table(baseline, comparisons, threshold)]
+    parts = [f"<h1>{html.escape(title)}</h1>", "<h2>Scores</h2>",
+             _html_table(baseline, comparisons, threshold, confidence)]
     for label, image in (("Scores chart", chart), ("Training loss", loss_png)):
         if image is None:
             continue
@@ -247,7 +285,8 @@ def write_html_report(
             parts.append(f"<h3>{html.escape(example['task'])}</h3><pre>{html.escape(prompt)}</pre><table>{cells}</table>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
-             "vertical-align:top}td.flag{background:#fdd;font-weight:bold}pre{white-space:pre-wrap;background:#f6f6f6;"
+             "vertical-align:top}td.flag{background:#fdd;font-weight:bold}td.noise{color:#777}"
+             "pre{white-space:pre-wrap;background:#f6f6f6;"
              "padding:8px}img{max-width:100%}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
