@@ -164,10 +164,21 @@ def quantization_kwargs(compute_dtype: Any = None, device: Any = None) -> dict:
 
 
 def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
-    """Wrap `model` with a saved LoRA adapter (inference mode)."""
+    """Wrap `model` with a saved LoRA adapter (inference mode); its tensors must match the model exactly."""
     from peft import PeftModel
+
+    from peft import get_peft_model_state_dict
+
+    from .checkpoint import ADAPTER_FILE, check_weights_match, saved_shapes
 
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise InstructuneError(f"{path}: no adapter_config.json (expected a LoRA adapter folder)")
-    return PeftModel.from_pretrained(model, path, is_trainable=False)
+    if not (path / ADAPTER_FILE).is_file():
+        raise InstructuneError(f"{path}: no {ADAPTER_FILE} (expected a LoRA adapter folder)")
+    # peft skips unexpected tensors with a warning and stops at the first wrong shape with a bare
+    # RuntimeError; load what fits, then refuse anything but an exact match.
+    wrapped = PeftModel.from_pretrained(model, path, is_trainable=False, ignore_mismatched_sizes=True)
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
+    check_weights_match(path, saved_shapes([path / ADAPTER_FILE]), expected, "adapter")
+    return wrapped
