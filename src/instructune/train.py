@@ -254,6 +254,8 @@ class Trainer:
             elif step != self._saved_step:
                 where = self._save(step, state, rng_state=rng_state)
                 self._say(f"interrupted: checkpoint saved at {where}; continue with --resume")
+            elif step:
+                self._say(f"interrupted: step {step} was already saved; continue with --resume")
             raise
         finally:
             for signum, handler in previous_handlers.items():
