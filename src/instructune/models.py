@@ -165,9 +165,7 @@ def quantization_kwargs(compute_dtype: Any = None, device: Any = None) -> dict:
 
 def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
     """Wrap `model` with a saved LoRA adapter (inference mode); its tensors must match the model exactly."""
-    from peft import PeftModel
-
-    from peft import get_peft_model_state_dict
+    from peft import PeftModel, get_peft_model_state_dict
 
     from .checkpoint import ADAPTER_FILE, check_weights_match, saved_shapes
 
