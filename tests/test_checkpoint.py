@@ -1,11 +1,16 @@
-"""Checkpoints: atomic folders, a kill during a save leaves the last good one, keep-last-K, exact round trip."""
+"""Checkpoints: atomic folders, a kill during a save leaves the last good one, keep-last-K, exact round trip,
+strict loading (another model or LoRA shape is a one-line error), fsync before the rename."""
 
 import json
+import os
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 
 import tiny
+from instructune.errors import InstructuneError
 from instructune.checkpoint import (
     STATE_FILE,
     checkpoint_dir,
@@ -92,11 +97,94 @@ class TestSaveCheckpoint:
         assert list((folder / "weights").glob("*.safetensors"))
         assert not list((folder / "weights").glob("*.bin"))
 
-    def test_wrong_model_is_refused(self, tmp_path, tokenizer):
+    def test_resave_of_the_same_step_killed_before_the_new_folder_lands_keeps_a_complete_one(
+            self, tmp_path, tokenizer, monkeypatch):
         model, optimizer, scheduler = parts(tokenizer)
-        folder = save(tmp_path, 1, model, optimizer, scheduler)
+        save(tmp_path, 6, model, optimizer, scheduler, note="first")
+        replace = os.replace
+
+        def die_before_the_new_folder_lands(src, dst):
+            if os.path.basename(src).startswith(".tmp-"):
+                raise KeyboardInterrupt  # stands in for SIGKILL at that instant
+            return replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", die_before_the_new_folder_lands)
+        with pytest.raises(KeyboardInterrupt):
+            save(tmp_path, 6, model, optimizer, scheduler, note="second")
+        monkeypatch.setattr(os, "replace", replace)
+        survivor = latest_checkpoint(tmp_path)
+        assert survivor is not None and json.loads((survivor / STATE_FILE).read_text())["note"] == "first"
+        fresh, fresh_optimizer, fresh_scheduler = parts(tokenizer, seed=7)
+        assert load_checkpoint(survivor, model=fresh, optimizer=fresh_optimizer, scheduler=fresh_scheduler)["step"] == 6
+        # The next save of that step puts a complete folder back under its own name and tidies up.
+        save(tmp_path, 6, model, optimizer, scheduler, note="third")
+        assert sorted(p.name for p in checkpoint_dir(tmp_path).iterdir()) == ["step-0000006"]
+        assert json.loads((latest_checkpoint(tmp_path) / STATE_FILE).read_text())["note"] == "third"
+
+    def test_every_file_and_folder_is_fsynced_before_the_rename(self, tmp_path, tokenizer, monkeypatch):
+        model, optimizer, scheduler = parts(tokenizer)
+        synced, unsynced_at_rename = set(), []
+        fsync, replace = os.fsync, os.replace
+
+        def recording_fsync(fd):
+            synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+            return fsync(fd)
+
+        def checking_replace(src, dst):
+            if os.path.basename(src).startswith(".tmp-"):
+                for root, dirs, files in os.walk(src):
+                    unsynced_at_rename.extend(p for p in [root, *(os.path.join(root, f) for f in files)]
+                                              if os.path.realpath(p) not in synced)
+            return replace(src, dst)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        monkeypatch.setattr(os, "replace", checking_replace)
+        save(tmp_path, 1, model, optimizer, scheduler)
+        assert unsynced_at_rename == []
+        assert os.path.realpath(checkpoint_dir(tmp_path)) in synced  # the rename itself is made durable
+
+
+def lora_parts(tokenizer, r):
+    model = get_peft_model(tiny.make_llama(tokenizer), LoraConfig(r=r, target_modules="all-linear"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def load_into(folder, model, optimizer, scheduler):
+    return load_checkpoint(folder, model=model, optimizer=optimizer, scheduler=scheduler)
+
+
+class TestStrictLoading:
+    def test_wrong_model_is_a_one_line_error_naming_the_checkpoint(self, tmp_path, tokenizer):
+        folder = save(tmp_path, 1, *parts(tokenizer))
         other = torch.nn.Linear(2, 2)
         other_optimizer = torch.optim.AdamW(other.parameters())
-        with pytest.raises(RuntimeError, match="does not match the model"):
-            load_checkpoint(folder, model=other, optimizer=other_optimizer,
-                            scheduler=torch.optim.lr_scheduler.LambdaLR(other_optimizer, lambda s: 1.0))
+        with pytest.raises(InstructuneError, match="does not match the model") as error:
+            load_into(folder, other, other_optimizer, torch.optim.lr_scheduler.LambdaLR(other_optimizer, lambda s: 1.0))
+        assert str(error.value).startswith(str(folder)) and "\n" not in str(error.value)
+
+    def test_other_lora_rank_names_the_tensor_and_both_shapes(self, tmp_path, tokenizer):
+        folder = save(tmp_path, 1, *lora_parts(tokenizer, r=4))
+        with pytest.raises(InstructuneError, match=r"another shape \(.*lora_A.*saved \(4, 32\), model needs \(8, 32\)"):
+            load_into(folder, *lora_parts(tokenizer, r=8))
+
+    def test_adapter_with_an_unexpected_tensor_is_refused(self, tmp_path, tokenizer):
+        folder = save(tmp_path, 1, *lora_parts(tokenizer, r=4))
+        file = folder / "weights" / "adapter_model.safetensors"
+        save_file({**load_file(file), "base_model.model.extra.lora_A.weight": torch.zeros(4, 32)}, file)
+        with pytest.raises(InstructuneError, match="1 unexpected .*extra"):
+            load_into(folder, *lora_parts(tokenizer, r=4))
+
+    def test_adapter_missing_a_tensor_is_refused(self, tmp_path, tokenizer):
+        folder = save(tmp_path, 1, *lora_parts(tokenizer, r=4))
+        file = folder / "weights" / "adapter_model.safetensors"
+        tensors = load_file(file)
+        dropped = sorted(tensors)[0]
+        save_file({k: v for k, v in tensors.items() if k != dropped}, file)
+        with pytest.raises(InstructuneError, match="1 missing"):
+            load_into(folder, *lora_parts(tokenizer, r=4))
+
+    def test_full_checkpoint_into_a_lora_run_says_which_is_which(self, tmp_path, tokenizer):
+        folder = save(tmp_path, 1, *parts(tokenizer))
+        with pytest.raises(InstructuneError, match="holds full model weights, but this run trains a LoRA adapter"):
+            load_into(folder, *lora_parts(tokenizer, r=4))

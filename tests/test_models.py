@@ -38,6 +38,37 @@ class TestLoadModel:
         assert models.cache_dir() == tmp_path
 
 
+def _save_adapter(base_dir, folder, r=4):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_model(base_dir)
+    get_peft_model(model, LoraConfig(r=r, target_modules="all-linear")).save_pretrained(folder)
+    return folder
+
+
+class TestLoadAdapter:
+    def test_adapter_of_another_rank_is_a_one_line_error(self, tiny_llama_dir, tmp_path):
+        adapter = _save_adapter(tiny_llama_dir, tmp_path / "adapter", r=4)
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))
+        with pytest.raises(InstructuneError, match=r"adapter does not match the model: \d+ of another shape") as error:
+            load_model(tiny_llama_dir, adapter=adapter)
+        assert str(error.value).startswith(str(adapter)) and "\n" not in str(error.value)
+
+    def test_unexpected_or_missing_tensors_are_errors_not_warnings(self, tiny_llama_dir, tmp_path):
+        from safetensors.torch import load_file, save_file
+
+        adapter = _save_adapter(tiny_llama_dir, tmp_path / "adapter")
+        file = adapter / "adapter_model.safetensors"
+        tensors = load_file(file)
+        save_file({**tensors, "base_model.model.lm_head.lora_A.weight": torch.zeros(4, 32)}, file)
+        with pytest.raises(InstructuneError, match="1 unexpected .*lm_head"):
+            load_model(tiny_llama_dir, adapter=adapter)
+        save_file({k: v for k, v in tensors.items() if k != sorted(tensors)[0]}, file)
+        with pytest.raises(InstructuneError, match="1 missing"):
+            load_model(tiny_llama_dir, adapter=adapter)
+
+
 @pytest.fixture(scope="module")
 def converted_default(tmp_path_factory):
     """The default model converted once from the installed wheel into a fresh cache (~20 s)."""

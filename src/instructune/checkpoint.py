@@ -1,7 +1,9 @@
 """Atomic, resumable checkpoints: weights (safetensors), optimizer, scheduler, RNG and data position.
 
-A checkpoint is written into a temporary folder and renamed into place only when complete, so a kill
-during a save never damages the last good one; `latest_checkpoint` only sees complete folders.
+A checkpoint folder is written through `atomic.atomic_folder` (temp folder, fsync, rename), so a
+kill or a power loss during a save never damages the last good one, not even a re-save of the same
+step; `latest_checkpoint` only sees complete folders. Loading is strict: weights of another model,
+LoRA shape or training mode are a one-line error naming the checkpoint and the mismatch.
 The data position is the optimizer step: the trainer's batch order is a pure function of
 (seed, step), so restoring the step restores the data stream exactly.
 """
@@ -9,27 +11,46 @@ The data position is the optimizer step: the trainer's batch order is a pure fun
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
+
+from .atomic import OLD_PREFIX, TMP_PREFIX, atomic_folder, complete_copy
+from .errors import InstructuneError
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step-"
+ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def _step_of(name: str) -> int:
+    return int(name.removeprefix(OLD_PREFIX)[len(PREFIX):])
+
+
+def _complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first; a step parked by a killed re-save counts as complete."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    steps = {p.name.removeprefix(OLD_PREFIX) for p in folder.glob(PREFIX + "*")}
+    steps |= {p.name.removeprefix(OLD_PREFIX) for p in folder.glob(OLD_PREFIX + PREFIX + "*")}
+    found = [complete_copy(folder / name) for name in steps]
+    done = [p for p in found if p is not None and (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: _step_of(p.name))
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
-    folder = checkpoint_dir(run_dir)
-    done = [p for p in folder.glob(PREFIX + "*") if (p / STATE_FILE).is_file()] if folder.is_dir() else []
-    return max(done, key=lambda p: int(p.name[len(PREFIX):]), default=None)
+    done = _complete_checkpoints(run_dir)
+    return done[-1] if done else None
 
 
 def save_weights(model: Any, folder: Path) -> None:
@@ -37,53 +58,119 @@ def save_weights(model: Any, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
 
 
-def load_weights(model: Any, folder: Path) -> None:
-    """Load weights saved by `save_weights` into the same (possibly PEFT-wrapped) model, in place."""
-    adapter = folder / "adapter_model.safetensors"
-    if adapter.is_file():
-        from peft import set_peft_model_state_dict
+def saved_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of safetensors files, read from their headers without loading the tensors."""
+    shapes = {}
+    for path in files:
+        with safe_open(path, framework="pt") as handle:
+            shapes.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})
+    return shapes
 
-        set_peft_model_state_dict(model, load_file(adapter))
+
+def check_weights_match(where: Path, saved: Mapping[str, tuple], expected: Mapping[str, tuple], what: str) -> None:
+    """Raise a one-line InstructuneError unless the saved tensor names and shapes are exactly the expected ones.
+
+    Args:
+        where: the checkpoint or adapter folder, named in the message.
+        saved: {tensor name: shape} read from its safetensors files.
+        expected: {tensor name: shape} the model needs.
+        what: what the folder holds, for the message ("checkpoint", "adapter").
+
+    Example:
+        >>> check_weights_match(Path("ckpt"), {"a": (4, 2)}, {"a": (8, 2)}, "checkpoint")
+        Traceback (most recent call last):
+        instructune.errors.InstructuneError: ckpt: checkpoint does not match the model: 1 of another shape (a: saved (4, 2), model needs (8, 2))
+    """
+    missing = [k for k in expected if k not in saved]
+    unexpected = [k for k in saved if k not in expected]
+    reshaped = [k for k in expected if k in saved and tuple(saved[k]) != tuple(expected[k])]
+    problems = []
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} of another shape ({k}: saved {tuple(saved[k])}, model needs {tuple(expected[k])})")
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if problems:
+        raise InstructuneError(f"{where}: {what} does not match the model: " + "; ".join(problems))
+
+
+def load_weights(model: Any, folder: Path) -> None:
+    """Load weights saved by `save_weights` into the same (possibly PEFT-wrapped) model, in place.
+
+    Every tensor the model trains must be in the folder with its shape, and nothing else may be.
+    """
+    folder = Path(folder)
+    checkpoint = folder.parent if folder.name == "weights" else folder
+    is_adapter, is_peft = (folder / ADAPTER_FILE).is_file(), hasattr(model, "peft_config")
+    if is_adapter != is_peft:
+        held = "a LoRA adapter" if is_adapter else "full model weights"
+        trains = "a LoRA adapter" if is_peft else "all weights"
+        raise InstructuneError(f"{checkpoint}: checkpoint holds {held}, but this run trains {trains} (config key lora.enabled)")
+    if is_adapter:
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        check_weights_match(checkpoint, saved_shapes([folder / ADAPTER_FILE]), expected, "checkpoint")
+        set_peft_model_state_dict(model, load_file(folder / ADAPTER_FILE))
         return
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(shard))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied weights (Llama's lm_head, T5's embed_tokens) are saved once, under the name they share
-    # storage with; anything else missing means a wrong checkpoint.
+    shards = sorted(folder.glob("*.safetensors"))
+    saved = saved_shapes(shards)
     tensors = model.state_dict()
-    loaded = {tensors[k].data_ptr() for k in state if k in tensors}
-    missing = [k for k in missing if tensors[k].data_ptr() not in loaded]
-    if missing or unexpected:
-        raise RuntimeError(f"{folder}: checkpoint does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    # Tied weights (Llama's lm_head, T5's embed_tokens) are saved once, under the name they share
+    # storage with; they count as present when their twin is.
+    stored = {tensors[k].data_ptr() for k in saved if k in tensors}
+    expected = {k: tuple(v.shape) for k, v in tensors.items() if k in saved or v.data_ptr() not in stored}
+    check_weights_match(checkpoint, saved, expected, "checkpoint")
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(shard))
+    model.load_state_dict(state, strict=False)
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any, state: dict, keep_last: int
+    run_dir: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any, state: dict, keep_last: int,
+    rng_state: torch.Tensor | None = None,
 ) -> Path:
-    """Write checkpoint `step-N` atomically and delete all but the newest `keep_last`."""
+    """Write checkpoint `step-N` atomically and delete all but the newest `keep_last`.
+
+    `rng_state` is the torch RNG state that belongs to `step` (default: the current one).
+    """
     folder = checkpoint_dir(run_dir)
     final = folder / f"{PREFIX}{step:07d}"
-    tmp = folder / f".tmp-{PREFIX}{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights(model, tmp / "weights")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(folder.glob(PREFIX + "*"))[:-keep_last]:
+    _remove_leftovers(folder)
+    with atomic_folder(final) as tmp:
+        save_weights(model, tmp / "weights")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state() if rng_state is None else rng_state}, tmp / "rng.pt")
+        # The state file goes last: a folder without it is never taken for a checkpoint.
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+    for old in _complete_checkpoints(run_dir)[:-keep_last]:
+        (old / STATE_FILE).unlink()  # first, so a kill during the removal leaves no folder that looks complete
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temp folders of killed saves, and parked copies whose replacement made it into place."""
+    if not folder.is_dir():
+        return
+    for path in folder.glob(TMP_PREFIX + "*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in folder.glob(OLD_PREFIX + "*"):
+        if (folder / path.name.removeprefix(OLD_PREFIX)).is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def load_checkpoint(folder: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict:
     """Restore weights, optimizer, scheduler and RNG from `folder`; returns the saved trainer state."""
     load_weights(model, folder / "weights")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    try:
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    except (ValueError, KeyError) as error:
+        raise InstructuneError(f"{folder}: optimizer state does not match this run's parameters ({error})") from None
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
     return json.loads((folder / STATE_FILE).read_text())

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_folder
 from .errors import InstructuneError
 
 
@@ -44,16 +43,9 @@ def export_merged(adapter: str | Path, output: str | Path, *, model: str | None 
         raise InstructuneError(f"{output}: output folder exists and is not empty; choose a new path")
     wrapped, tokenizer = load_model(model or adapter_base_model(adapter), adapter=adapter)
     merged = wrapped.merge_and_unload()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_folder(output) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if output.exists():
-            output.rmdir()
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output
 
 

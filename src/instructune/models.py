@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_folder
 from .errors import InstructuneError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -62,17 +61,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_folder(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -173,10 +164,19 @@ def quantization_kwargs(compute_dtype: Any = None, device: Any = None) -> dict:
 
 
 def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
-    """Wrap `model` with a saved LoRA adapter (inference mode)."""
-    from peft import PeftModel
+    """Wrap `model` with a saved LoRA adapter (inference mode); its tensors must match the model exactly."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    from .checkpoint import ADAPTER_FILE, check_weights_match, saved_shapes
 
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise InstructuneError(f"{path}: no adapter_config.json (expected a LoRA adapter folder)")
-    return PeftModel.from_pretrained(model, path, is_trainable=False)
+    if not (path / ADAPTER_FILE).is_file():
+        raise InstructuneError(f"{path}: no {ADAPTER_FILE} (expected a LoRA adapter folder)")
+    # peft skips unexpected tensors with a warning and stops at the first wrong shape with a bare
+    # RuntimeError; load what fits, then refuse anything but an exact match.
+    wrapped = PeftModel.from_pretrained(model, path, is_trainable=False, ignore_mismatched_sizes=True)
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
+    check_weights_match(path, saved_shapes([path / ADAPTER_FILE]), expected, "adapter")
+    return wrapped

@@ -10,9 +10,11 @@ What this file leaves out: tokenization (tokenize.py) and the order of batches (
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 import torch
 
+from .errors import InstructuneError
 from .tokenize import IGNORE_INDEX
 
 
@@ -94,3 +96,23 @@ def collate_seq2seq(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tens
         attention_mask[b, : len(row["input_ids"])] = 1
         labels[b, : len(row["labels"])] = torch.tensor(row["labels"])
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def refuse_packed_flash_attention(model: Any, rows_per_batch: int) -> None:
+    """Refuse packed batches of several rows under FlashAttention, where packed examples would attend to each other.
+
+    transformers builds a block-diagonal mask from the restarting position_ids for SDPA, eager and flex
+    attention, but its FlashAttention path does so only for a batch of one row (`_is_packed_sequence`).
+
+    Example:
+        >>> model.config._attn_implementation = "flash_attention_2"
+        >>> refuse_packed_flash_attention(model, rows_per_batch=8)
+        Traceback (most recent call last):
+        instructune.errors.InstructuneError: config key 'data.packing': packed rows with attn_implementation=...
+    """
+    attention = str(getattr(model.config, "_attn_implementation", None) or "")
+    if "flash" in attention and rows_per_batch > 1:
+        raise InstructuneError(
+            f"config key 'data.packing': packed rows with attn_implementation={attention} need train.batch_size=1 "
+            f"(got {rows_per_batch}; raise train.grad_accum_steps instead), or set data.packing=false"
+        )

@@ -6,8 +6,12 @@ What this file leaves out: computing the metrics (train.py) and evaluation repor
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
+
+from .errors import InstructuneError
 
 
 class MetricsLog:
@@ -16,9 +20,13 @@ class MetricsLog:
     def __init__(self, run_dir: Path, *, resume_from_step: int | None = None, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # On resume, drop records past the checkpoint so the curve continues without duplicates.
-        kept = [r for r in self.read(self.path) if resume_from_step is not None and r.get("step", 0) <= resume_from_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        # On resume, drop records past the checkpoint so the curve continues without duplicates (and a
+        # line torn by a kill goes with them). The new file replaces the old in one rename.
+        records = self.read(self.path) if resume_from_step else []
+        kept = [r for r in records if r.get("step", 0) <= resume_from_step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
         self.writer = None
         if tensorboard:
             try:
@@ -42,10 +50,29 @@ class MetricsLog:
 
     @staticmethod
     def read(path: Path) -> list[dict]:
+        """The records of a metrics file; a last line torn by a kill mid-write is skipped with a warning.
+
+        Example:
+            >>> MetricsLog.read("runs/quickstart/metrics.jsonl")[0]["step"]
+            1
+        """
         path = Path(path)
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = path.read_text().splitlines()
+        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+        records = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i != last:
+                    raise InstructuneError(f"{path}:{i + 1}: expected one JSON record per line") from None
+                warnings.warn(f"{path}:{i + 1}: skipping a half-written last line (the run was killed while "
+                              "writing it)", stacklevel=2)
+        return records
 
 
 def smooth(values: Sequence[float], weight: float = 0.95) -> list[float]:

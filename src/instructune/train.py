@@ -15,6 +15,7 @@ import math
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from contextlib import nullcontext
@@ -26,21 +27,14 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .adapters import native_bf16, prepare_for_training
 from .config import RunConfig, config_keys_help, load_config, save_config
+from .data.sources import read_examples
 from .errors import InstructuneError
 from .evaluate.score import evaluate_examples
 from .loss import causal_lm_loss_sum, seq2seq_loss_sum
 from .models import is_encoder_decoder, load_model
-from .pack import collate, collate_seq2seq, pack_examples
+from .pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
 from .runlog import MetricsLog, plot_losses
 from .tokenize import describe_report, tokenize_examples
-
-
-def read_examples(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Instruction examples from a file: rows with prompt + completion, or messages (checked, with their
-    file:line, by `tokenize_examples`)."""
-    from .data.sources import load_records
-
-    return load_records(path).to_list()[:limit]
 
 
 class Trainer:
@@ -84,6 +78,8 @@ class Trainer:
                 device=self.accelerator.device,
             )
         self.encoder_decoder = is_encoder_decoder(self.model)
+        if cfg.data.packing and not self.encoder_decoder:
+            refuse_packed_flash_attention(self.model, cfg.train.batch_size)
         self.model = prepare_for_training(self.model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
 
         self.data_report: dict[str, dict] = {}  # per split: examples cut, dropped, skipped (to metrics.jsonl)
@@ -208,14 +204,21 @@ class Trainer:
                    or not self.accelerator.is_main_process, dynamic_ncols=True)
         step, started, tokens_seen, stopped_early = start_step, time.perf_counter(), 0, False
         train_seconds = 0.0  # optimizer steps only: validation and generation do not count against tokens/s
-        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Ctrl-C and SIGTERM only ask to stop; the loop stops between steps, where weights, optimizer,
+        # RNG and step counter agree (issue 12, item 7).
+        self._stop_signal, self._updating, self._saved_step = None, False, start_step
+        previous_handlers = _install_handlers(self._request_stop)
         self.model.train()
         try:
             while step < self.total_steps:
+                rng_state = torch.get_rng_state()  # the RNG that belongs to `step`, for a save if a step is cut short
+                if self._stop_requested():
+                    raise KeyboardInterrupt
                 step_started = time.perf_counter()
                 loss, grad_norm, tokens = self._optimizer_step(step)
                 train_seconds += time.perf_counter() - step_started
                 step += 1
+                self._updating = False  # the weights are those of `step` again
                 tokens_seen += tokens
                 record = {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                           "tokens_per_s": tokens_seen / train_seconds, "elapsed_s": time.perf_counter() - started}
@@ -239,12 +242,18 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             bar.close()
-            if step > start_step:
-                where = self._save(step, state)
+            if self._updating:  # cut short inside the weight update: the weights are of no step
+                self._say(f"interrupted during the weight update of step {step + 1}: not saved; --resume "
+                          f"continues from {ckpt.latest_checkpoint(self.run_dir) or 'the start'}")
+            elif step != self._saved_step:
+                where = self._save(step, state, rng_state=rng_state)
                 self._say(f"interrupted: checkpoint saved at {where}; continue with --resume")
+            elif step:
+                self._say(f"interrupted: step {step} was already saved; continue with --resume")
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             bar.close()
             if log:
                 log.close()
@@ -274,6 +283,7 @@ class Trainer:
             raise InstructuneError(f"loss became {loss} at step {step + 1}; training stopped ({kept}). "
                                    "Try a lower train.lr or precision=fp32")
         grad_norm = 0.0
+        self._updating = True  # from here until the loop counts the step, no checkpoint may be written
         if self.config.train.max_grad_norm:
             grad_norm = float(self.accelerator.clip_grad_norm_(self.params, self.config.train.max_grad_norm))
         self.optimizer.step()
@@ -281,6 +291,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(b["num_tokens"] for b in batches)
         return loss, grad_norm, tokens
+
+    def _request_stop(self, signum, frame) -> None:
+        """Signal handler: stop after the step in flight; a second signal stops at once, but never mid-update."""
+        if self._stop_signal is not None and not self._updating:
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        self._say(f"signal {signum}: stopping after this step (once more to stop now)")
+
+    def _stop_requested(self) -> bool:  # any process signalled: all stop at the same step, to save together
+        asked = torch.tensor(float(self._stop_signal is not None), device=self.accelerator.device)
+        return bool((self.accelerator.reduce(asked, "sum") if self.world > 1 else asked) > 0)
 
     def validation_loss(self) -> float:
         """Mean loss over every label token of the validation rows."""
@@ -330,18 +351,21 @@ class Trainer:
     def _due(step: int, every: int | None) -> bool:
         return bool(every) and step % every == 0
 
-    def _save(self, step: int, state: dict) -> Path | None:
+    def _save(self, step: int, state: dict, rng_state: torch.Tensor | None = None) -> Path | None:
         self.accelerator.wait_for_everyone()
+        self._saved_step = step
         if not self.accelerator.is_main_process:
             return None
         return ckpt.save_checkpoint(
             self.run_dir, step, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
             scheduler=self.scheduler, state=state, keep_last=self.config.train.keep_last_n_checkpoints,
+            rng_state=rng_state,
         )
 
     def _finish(self, step: int, state: dict, tokens: int, seconds: float) -> dict:
         """Save the final weights (adapter/ or model/) with the tokenizer, the loss plot and a summary."""
-        self._save(step, state)
+        if step != self._saved_step:  # a run resumed from its last step has nothing new to save
+            self._save(step, state)
         summary = {"steps": step, "train_tokens": tokens, "train_seconds": seconds,
                    "tokens_per_s": tokens / max(seconds, 1e-9), "best_val_loss": state.get("best_val_loss"),
                    "best_metric": state.get("best_metric"), "best_value": state.get("best_value"),
@@ -374,8 +398,11 @@ def _label_count(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
     return int((labels != -100).sum())
 
 
-def _raise_interrupt(signum, frame):  # SIGTERM: save like Ctrl-C
-    raise KeyboardInterrupt
+def _install_handlers(handler) -> dict:
+    """Route Ctrl-C and SIGTERM to `handler` (main thread only); returns the handlers to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def train(config: RunConfig, **kwargs: Any) -> dict:

@@ -254,3 +254,16 @@ def record_locations(path: str | Path, indices: Iterable[int]) -> list[str]:
             if seen >= last:
                 break
     return [f"{path}:{lines[index]}" for index in indices]
+
+
+def read_examples(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Instruction examples from a file (JSONL, JSON, CSV, Parquet, datasets folder), the first `limit`.
+
+    Rows hold prompt + completion, or messages; their shape is checked, with file:line, where they are
+    encoded (`tokenize.tokenize_examples`).
+
+    Example:
+        >>> read_examples("train.jsonl", limit=1)
+        [{'prompt': 'Summarize: ...', 'completion': '...'}]
+    """
+    return load_records(path).to_list()[:limit]

@@ -1,0 +1,111 @@
+"""Write a folder so that a kill or a power loss never leaves it half-written: the one owner of that pattern.
+
+`atomic_folder(final)` hands out a temporary folder beside `final`; when the caller's block ends
+without an error, every file and folder in it is fsynced, and it is swapped into place:
+
+    final -> .old-<name>    (only when final exists: a re-save of the same checkpoint step)
+    tmp   -> final
+    remove .old-<name>
+
+At every moment one complete copy exists under `final` or `.old-<name>`; `complete_copy` finds it.
+What this file leaves out: what goes into the folder (checkpoint.py, export.py, models.py) and
+which copies to keep (checkpoint.py prunes old steps).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+TMP_PREFIX = ".tmp-"
+OLD_PREFIX = ".old-"
+
+
+def old_copy(final: Path) -> Path:
+    """Where `final` is parked while its replacement is renamed into place."""
+    return final.parent / f"{OLD_PREFIX}{final.name}"
+
+
+def complete_copy(final: Path) -> Path | None:
+    """`final` if it exists, else its parked copy when a kill came between the two renames, else None."""
+    final = Path(final)
+    for candidate in (final, old_copy(final)):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@contextmanager
+def atomic_folder(final: str | Path) -> Iterator[Path]:
+    """A temporary folder to fill; renamed to `final` (replacing it) only when the block succeeds.
+
+    Args:
+        final: the folder to create or replace. Its parent is created when missing.
+
+    Returns:
+        (as a context manager) the temporary folder, beside `final`, named `.tmp-<name>.<random>`.
+
+    Example:
+        >>> with atomic_folder("runs/x/checkpoints/step-0000010") as tmp:
+        ...     (tmp / "trainer_state.json").write_text("{}")
+        >>> sorted(p.name for p in Path("runs/x/checkpoints").iterdir())
+        ['step-0000010']
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=final.parent))
+    # mkdtemp makes the folder private (0700); the result should get the permissions any new folder gets.
+    tmp.chmod(0o777 & ~_umask())
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        _swap_into_place(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    old = old_copy(final)
+    if final.exists():
+        # `final` only ever appears by a rename of a complete folder, so a parked copy beside it is stale.
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)  # make both renames durable before the old copy goes
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then every folder bottom-up, so a rename publishes only durable data."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
