@@ -69,6 +69,12 @@ class TestImports:
             if name not in state:
                 visit(name, [name])
 
+    def test_package_imports_sit_at_the_top_of_each_file(self):
+        # Lazy imports are for heavy third-party libraries only; a lazy import of our own code hides a circle.
+        lazy = [f"{path.relative_to(PACKAGE)}:{line} {target}" for path in MODULES.values()
+                for target, line, top in _internal_imports(path) if not top]
+        assert not lazy, lazy
+
     def test_report_only_draws(self):
         imported = {target for target, _, _ in _internal_imports(MODULES["instructune.evaluate.report"])}
         assert "instructune.evaluate.compare" not in imported

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .atomic import atomic_folder
 from .errors import InstructuneError
+from .models import load_model
 
 
 def adapter_base_model(adapter: str | Path) -> str | None:
@@ -36,8 +37,6 @@ def export_merged(adapter: str | Path, output: str | Path, *, model: str | None 
         >>> export_merged("runs/quickstart/adapter", "exported/smollm2-support")
         PosixPath('exported/smollm2-support')
     """
-    from .models import load_model
-
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise InstructuneError(f"{output}: output folder exists and is not empty; choose a new path")

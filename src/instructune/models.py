@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_folder
+from .checkpoint import ADAPTER_FILE, check_weights_match, saved_shapes
 from .errors import InstructuneError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -166,8 +167,6 @@ def quantization_kwargs(compute_dtype: Any = None, device: Any = None) -> dict:
 def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
     """Wrap `model` with a saved LoRA adapter (inference mode); its tensors must match the model exactly."""
     from peft import PeftModel, get_peft_model_state_dict
-
-    from .checkpoint import ADAPTER_FILE, check_weights_match, saved_shapes
 
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").is_file():

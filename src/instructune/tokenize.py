@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .data.sources import record_locations
 from .errors import InstructuneError
 
 IGNORE_INDEX = -100
@@ -316,8 +317,6 @@ def describe_rows(label: str, rows: dict[str, Any]) -> str:
 def _locations(source: str | Path | None, indices: list[int]) -> list[str]:
     if source is None:
         return [f"example {index}" for index in indices]
-    from .data.sources import record_locations
-
     return record_locations(source, indices)
 
 

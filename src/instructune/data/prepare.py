@@ -31,6 +31,7 @@ from instructune.data.sources import load_records, record_locations
 from instructune.data.render import render_records
 from instructune.data.templates import load_task
 from instructune.errors import InstructuneError
+from instructune.models import load_tokenizer, resolve_model_path
 from instructune.tokenize import FIRST_ROWS, describe_report, describe_rows, tokenize_examples
 from instructune.yaml_io import read_yaml_mapping, validation_message
 
@@ -279,8 +280,6 @@ def prepare(
     if skipped and not examples:
         raise InstructuneError(f"no examples left: every completion renders empty (first at {skipped[0]})")
     if isinstance(tokenizer, (str, Path)):
-        from instructune.models import load_tokenizer, resolve_model_path
-
         folder = Path(tokenizer)
         folder = folder if folder.is_dir() else resolve_model_path(tokenizer)
         tokenizer = load_tokenizer(folder)

@@ -19,6 +19,7 @@ from instructune.data.render import parse_template_choice
 from instructune.errors import InstructuneError
 from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
+from instructune.models import load_model
 
 _PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score")
 
@@ -98,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.limit is not None and args.limit < 1:
         raise InstructuneError(f"eval: --limit {args.limit}; expected a positive number of examples")
-    from instructune.models import load_model
-
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     model, tokenizer = load_model(args.model, args.adapter)
     output = Path(args.output)
