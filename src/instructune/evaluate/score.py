@@ -135,6 +135,10 @@ def evaluate_task(
         seed: seeds template sampling and few-shot draws.
         with_options: render the task's `{options_}` list into the prompt. Log-likelihood scoring of
             the untouched default model on HellaSwag is at chance with the list, ~0.39 acc_norm without.
+            Ignored in "lm-eval" mode (options are never listed there).
+        mode: "instruct" or "lm-eval"; None = the task's own `eval_mode` (hellaswag_lmeval and
+            piqa_lmeval: "lm-eval"; the other built-in tasks: "instruct"). lm-eval parity is zero-shot:
+            few-shot exemplars are instructune's own draw and separator, not the harness's.
         Other arguments as in `evaluate_examples`.
 
     Returns:
