@@ -37,8 +37,9 @@ SHARED := ../shared/data
 EVAL_SET := --task dialogsum --data $(SHARED)/dialogsum/test.jsonl \
 	--task hellaswag --data $(SHARED)/hellaswag/validation.jsonl \
 	--task piqa --data $(SHARED)/piqa/validation.jsonl
-# Multiple choice is scored lm-eval style (plain text, no options listed); see docs/forgetting.md.
-EVAL_FLAGS := --limit 100 --template 6 --no-options --max-new-tokens 64 --no-progress
+# Multiple choice in instruct mode (template 6 without its options, chat template), not lm-eval's
+# protocol (that is --task hellaswag_lmeval / piqa_lmeval); see docs/forgetting.md.
+EVAL_FLAGS := --mode instruct --limit 100 --template 6 --no-options --max-new-tokens 64 --no-progress
 .PHONY: forgetting
 forgetting: $(STAMP)
 	$(VENV)/bin/instructune prepare --mixture configs/forgetting/dialogsum.mixture.yaml -o $(FORGET)/data/dialogsum.jsonl

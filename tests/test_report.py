@@ -265,6 +265,23 @@ class TestEvalThenCompare:
         saved = json.loads((report / "comparison.json").read_text())["comparisons"]["same"]
         assert all(row["n"] == 2 and row["ci_low"] == row["ci_high"] == 0 for row in saved)
         assert "None flagged." in (report / "comparison.md").read_text()
+        assert result["tasks"]["piqa"]["mode"] == "instruct" and {row["mode"] for row in rows} == {"instruct"}
+        assert "Scoring mode (`instructune eval --mode`): dialogsum instruct; piqa instruct." in (
+            report / "comparison.md").read_text()
+
+    def test_lm_eval_mode_is_recorded_and_refuses_the_chat_template(self, tmp_path, tiny_llama_dir):
+        piqa = tmp_path / "piqa.jsonl"
+        piqa.write_text(json.dumps({"goal": "Open a jar", "sol1": "Twist the lid", "sol2": "Bite", "label": 0}) + "\n")
+        out = tmp_path / "lm.json"
+        assert run_module.main(["--model", str(tiny_llama_dir), "--task", "piqa_lmeval", "--data", str(piqa),
+                                "--task", "piqa", "--data", str(piqa), "--mode", "lm-eval",
+                                "--no-progress", "-o", str(out)]) == 0
+        tasks = json.loads(out.read_text())["tasks"]
+        assert {name: (t["mode"], t["chat_template"], t["with_options"]) for name, t in tasks.items()} == {
+            "piqa_lmeval": ("lm-eval", False, False), "piqa": ("lm-eval", False, False)}
+        with pytest.raises(InstructuneError, match="lm-eval.*chat-template"):
+            run_module.main(["--model", str(tiny_llama_dir), "--task", "piqa_lmeval", "--data", str(piqa),
+                             "--chat-template", "--no-progress", "-o", str(out)])
 
     def test_mismatched_task_and_data_counts_raise(self, tmp_path):
         with pytest.raises(InstructuneError, match="one --data per --task"):

@@ -71,7 +71,8 @@ class TestLibrary:
     def test_every_task_validates_with_enough_templates(self, name):
         task = load_task(name)
         assert task.name == name and task.metric in METRICS and task.description
-        assert len(task.templates) >= 8
+        # Instruction tasks carry many phrasings; an lm-eval benchmark task carries the harness's one prompt.
+        assert len(task.templates) >= 8 or (task.eval_mode == "lm-eval" and len(task.templates) == 1)
 
     def test_every_yaml_is_listed(self):
         assert sorted(path.stem for path in Path(TASKS_DIR).rglob("*.yaml")) == list_tasks()

@@ -277,3 +277,46 @@ def test_list_tasks_has_the_library():
     assert {"hellaswag", "piqa", "dialogsum", "dialogsum_reverse", "alpaca", "dolly", "support_response",
             "support_intent", "boolq"} <= set(list_tasks())
     assert all(set(name) <= set(string.ascii_lowercase + "_") for name in list_tasks())
+
+
+class TestLmEvalTasks:
+    """hellaswag_lmeval and piqa_lmeval: lm-evaluation-harness 0.4's prompts and HellaSwag clean-up."""
+
+    def test_hellaswag_cleanup_as_the_harness(self):
+        from instructune.data.render import clean_hellaswag_text
+
+        # The harness's rule (tasks/hellaswag/utils.py): strip, " [title]" -> ". ", drop [tags], fold "  " once.
+        assert clean_hellaswag_text(" Wash hands [title] Use soap. [step] Rub  well. ") == "Wash hands. Use soap. Rub well."
+        assert clean_hellaswag_text("a   b") == "a  b"  # one pass, as str.replace
+        assert clean_hellaswag_text("[header] Do it [substeps] now") == " Do it  now".replace("  ", " ")
+
+    def test_every_named_preprocess_has_a_cleanup(self):
+        from instructune.data import render
+        from instructune.data.templates import PREPROCESSORS
+
+        assert set(render._CLEANUPS) == set(PREPROCESSORS)
+
+    def test_hellaswag_prompt_is_activity_label_and_cleaned_context(self):
+        task = load_task("hellaswag_lmeval")
+        record = {"activity_label": "Roof shingle removal", "ctx": "A man is on a roof [title] he",
+                  "endings": ["falls [step] down.", "pulls  shingles."], "label": 1}
+        example = render_example(task, record, 0)
+        assert task.eval_mode == "lm-eval" and len(task.templates) == 1
+        assert example["prompt"] == "Roof shingle removal: A man is on a roof. he"
+        assert example["options"] == ["falls  down.".replace("  ", " "), "pulls shingles."]
+
+    def test_piqa_prompt_is_the_harness_question_answer(self):
+        example = render_example(load_task("piqa_lmeval"), {"goal": "Open a jar", "sol1": "Twist ", "sol2": "Bite",
+                                                            "label": 0}, 0)
+        assert example["prompt"] == "Question: Open a jar\nAnswer:"
+        assert example["options"] == ["Twist ", "Bite"]  # options are not stripped: the harness scores them as given
+
+    def test_instruction_tasks_default_to_instruct_mode(self):
+        assert load_task("hellaswag").eval_mode == "instruct" and load_task("hellaswag").preprocess is None
+
+    def test_bad_eval_mode_names_the_modes(self, tmp_path):
+        path = tmp_path / "t.yaml"
+        path.write_text("kind: generation\nfields: [q]\nmetric: rouge\neval_mode: harness\n"
+                        "templates: [{input: '{q}', target: '{q}'}]\n")
+        with pytest.raises(InstructuneError, match="eval_mode"):
+            load_task(path)

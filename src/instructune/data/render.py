@@ -29,6 +29,25 @@ _NUMBERED_COLUMN = re.compile(r"^(.*?)(\d+)$")
 # `{options_}` together with the line break that joins it to the text, so a template renders cleanly
 # without its options: "...{context}\n{options_}\nA:" -> "...{context}\nA:".
 _OPTIONS_SLOT = re.compile(r"\n\{options_\}|\{options_\}\n?")
+_BRACKETED = re.compile(r"\[.*?\]")
+
+
+def clean_hellaswag_text(text: str) -> str:
+    """HellaSwag's clean-up as lm-evaluation-harness 0.4 applies it to the query and to every ending.
+
+    Strips the ends, turns WikiHow's " [title]" into ". ", drops other bracketed tags ("[header]",
+    "[step]", ...) and folds double spaces once (one pass, as the harness does).
+
+    Example:
+        >>> clean_hellaswag_text("Wash hands [title] Use soap. [step] Rub  well. ")
+        'Wash hands. Use soap. Rub well.'
+    """
+    text = text.strip().replace(" [title]", ". ")
+    return _BRACKETED.sub("", text).replace("  ", " ")
+
+
+# One function per name in templates.PREPROCESSORS (tests/test_templates.py checks they match).
+_CLEANUPS = {"hellaswag": clean_hellaswag_text}
 
 
 def parse_template_choice(value: str | int) -> str | int:
@@ -101,6 +120,7 @@ class _CompiledTask:
         self.used = [t.placeholders() for t in task.templates]
         self.conditional = [i for i, t in enumerate(task.templates) if t.when]
         self.unconditional = [i for i, t in enumerate(task.templates) if not t.when]
+        self.cleanup = _CLEANUPS[task.preprocess] if task.preprocess else None
 
     def field_values(self, record: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
         """The record's values by field name, and the names of required fields it lacks."""
@@ -156,14 +176,17 @@ class _CompiledTask:
         options = label = None
         if task.options is not None:
             options, label = self.options_and_label(values, f"task {task.name!r} template {index}{where}")
+            if self.cleanup is not None:
+                options = [self.cleanup(option) for option in options]
             spec = task.options
             example_values = dict(values)
             example_values["options_"] = format_options(options, options_style or spec.style, spec.header)
             example_values["answer"] = options[label]
         show = with_options and self.show_options[index]
         prompt_format = self.inputs[index] if show else self.inputs_without_options[index]
+        prompt = prompt_format.format_map(example_values)
         example = {
-            "prompt": prompt_format.format_map(example_values),
+            "prompt": self.cleanup(prompt) if self.cleanup is not None else prompt,
             "completion": self.targets[index].format_map(example_values),
             "task": task.name,
             "template": index,

@@ -25,6 +25,11 @@ from instructune.yaml_io import read_yaml_mapping, validation_message
 KINDS = ("generation", "multiple_choice", "classification")
 METRICS = ("rouge", "exact_match", "accuracy")
 OPTION_STYLES = ("dash", "letters", "numbers")
+# How `instructune eval` scores a task: "instruct" = the prompt as training renders it (chat template,
+# options listed, option after a newline); "lm-eval" = lm-evaluation-harness 0.4's plain-text rules.
+EVAL_MODES = ("instruct", "lm-eval")
+# Named text clean-ups a task may apply to its rendered prompt and options (render.py holds them).
+PREPROCESSORS = ("hellaswag",)
 SPECIAL_PLACEHOLDERS = ("options_", "answer")
 TASKS_DIR = Path(__file__).parent / "tasks"
 
@@ -101,6 +106,8 @@ class Task:
         optional: fields that render as "" when a record lacks them.
         options: where options and gold label live (required for multiple_choice).
         description: one line for `list_tasks` and docs.
+        eval_mode: how `instructune eval` scores it by default: "instruct" or "lm-eval" (EVAL_MODES).
+        preprocess: a named clean-up of the rendered prompt and options (PREPROCESSORS), or None.
     """
 
     name: str
@@ -112,6 +119,8 @@ class Task:
     optional: Sequence[str] = ()
     options: Options | None = None
     description: str = ""
+    eval_mode: str = "instruct"
+    preprocess: str | None = None
     # Lookups that render.py builds on first use, so rendering a record stays a few dict reads.
     _compiled: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -154,6 +163,8 @@ class _TaskSpec(BaseModel):
     mapping: dict[str, str] = Field(default_factory=dict)
     options: _OptionsSpec | None = None
     metric: Literal["rouge", "exact_match", "accuracy"]
+    eval_mode: Literal["instruct", "lm-eval"] = Field("instruct", description="default scoring mode of `instructune eval`")
+    preprocess: Literal["hellaswag"] | None = Field(None, description="named clean-up of prompt and options")
     templates: list[_TemplateSpec]
 
 
@@ -212,7 +223,7 @@ def _load_task_file(path: Path, mtime_ns: int) -> Task:
     return Task(
         name=spec.name or path.stem, kind=spec.kind, fields=spec.fields, templates=templates,
         metric=spec.metric, mapping=spec.mapping, optional=spec.optional, options=options,
-        description=spec.description,
+        description=spec.description, eval_mode=spec.eval_mode, preprocess=spec.preprocess,
     )
 
 
@@ -236,6 +247,10 @@ def _validate_task(task: Task) -> None:
         raise InstructuneError(f"{where}: kind {task.kind!r} is not one of {', '.join(KINDS)}")
     if task.metric not in METRICS:
         raise InstructuneError(f"{where}: metric {task.metric!r} is not one of {', '.join(METRICS)}")
+    if task.eval_mode not in EVAL_MODES:
+        raise InstructuneError(f"{where}: eval_mode {task.eval_mode!r} is not one of {', '.join(EVAL_MODES)}")
+    if task.preprocess is not None and task.preprocess not in PREPROCESSORS:
+        raise InstructuneError(f"{where}: preprocess {task.preprocess!r} is not one of {', '.join(PREPROCESSORS)}")
     if not task.fields or len(set(task.fields)) != len(task.fields):
         raise InstructuneError(f"{where}: fields must be a non-empty list of distinct names")
     if not task.templates:

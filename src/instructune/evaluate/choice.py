@@ -1,11 +1,17 @@
-"""Multiple-choice scoring by log-likelihood, with acc and acc_norm as lm-evaluation-harness defines them.
+"""Multiple-choice scoring by log-likelihood, in two named modes, with acc and acc_norm.
 
 Each option is scored as the summed log-probability of its continuation tokens given the prompt:
 acc takes the argmax of that sum, acc_norm the argmax of the sum divided by the option's length in
-characters. Context and continuation are tokenized as training tokenizes prompt and completion
-(`prompt_token_ids`, then the option alone), so a tuned model is scored on the very tokens it
-learned. The continuation is the option text with no leading space after a context that ends in
-whitespace (the chat template's "assistant\n"), one space otherwise (the harness's target delimiter).
+characters. The modes differ in how prompt and option become tokens:
+
+- "instruct": context and continuation are tokenized as training tokenizes prompt and completion
+  (`prompt_token_ids`, usually through the chat template, then the option alone), so a tuned model
+  is scored on the very tokens it learned. The continuation is the option text with no leading space
+  after a context that ends in whitespace (a plain prompt gets "\n"), one space otherwise.
+- "lm-eval": lm-evaluation-harness 0.4's rules. No chat template; the continuation is " " + option
+  (its target delimiter), trailing whitespace of the context moves into the continuation, and
+  context + continuation are tokenized whole and split after the context's own tokens; acc_norm
+  divides by the option's characters without the delimiter.
 
 The prompt is computed once per example: a batch of left-padded prompts runs through the decoder
 with the KV cache, the cache is repeated once per option, and all options of the batch run in a
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
 from instructune.evaluate.generate import pad_rows
 from instructune.models import is_encoder_decoder
@@ -57,6 +64,49 @@ def _encode_encoder_decoder(tokenizer: Any, example: dict):
     return context_ids, continuations, continuation_ids
 
 
+def encode_lm_eval(tokenizer: Any, context: str, option: str, *, encoder_decoder: bool = False):
+    """One (context, option) pair tokenized by lm-evaluation-harness 0.4's rule for multiple choice.
+
+    The continuation is " " + option; whitespace that ends the context moves to the continuation's
+    start; a decoder-only model's tokens are those of context + continuation encoded whole, split
+    after as many tokens as the context alone encodes to (an encoder-decoder's are encoded apart).
+    An empty context is the end-of-text token.
+
+    Args:
+        tokenizer: a transformers tokenizer (its own special-token default applies, as in the harness).
+        context: the rendered prompt, no chat template.
+        option: the option text, as it is (not stripped).
+        encoder_decoder: encode the continuation apart from the context.
+
+    Returns:
+        (context_ids, continuation_ids).
+
+    Example:
+        >>> encode_lm_eval(tok, "Question: Open a jar\nAnswer:", "Twist the lid")   # SmolLM2
+        ([17872, 42, 7115, 253, 19244, 198, 21350, 42], [44947, 260, 19033])
+    """
+    continuation = " " + option
+    moved = len(context) - len(context.rstrip())
+    if moved:
+        context, continuation = context[:-moved], context[-moved:] + continuation
+    if not context:
+        eot = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        return ([eot], ids) if ids[:1] != [eot] else (ids[:1], ids[1:])
+    context_ids = tokenizer(context)["input_ids"]
+    if encoder_decoder:
+        return context_ids, tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    return context_ids, tokenizer(context + continuation)["input_ids"][len(context_ids):]
+
+
+def _encode_lm_eval_example(tokenizer: Any, example: dict, encoder_decoder: bool):
+    """Shared context ids, the option texts (acc_norm's lengths) and each option's continuation ids."""
+    pairs = [encode_lm_eval(tokenizer, example["prompt"], option, encoder_decoder=encoder_decoder)
+             for option in example["options"]]
+    # The context's tokens do not depend on the option, so every option shares one prompt forward.
+    return pairs[0][0], list(example["options"]), [continuation for _, continuation in pairs]
+
+
 def _target_logprob_sums(logits, targets, target_mask):
     """Sum over unmasked positions of log p(targets[r, t]). Shapes (R, T, V), (R, T) -> (R,)."""
     logits = logits.float()
@@ -86,14 +136,21 @@ def _score_batch_decoder_only(model, contexts, continuations, pad_id):
     if cont_ids.shape[1] == 1:
         return sums
 
-    # One cache row per option, then every option's tokens in one forward after its prompt.
+    # One cache row per option, then every option's tokens but the last (it predicts nothing scored)
+    # in one forward after its prompt. Logits only where a real token is predicted: the vocabulary
+    # projection skips the padding of shorter options.
     cache = out.cache
     cache.reorder_cache(row_example)
-    attention_mask = torch.cat([context_mask[row_example], cont_mask], dim=1)  # (R, P + C)
-    positions = context_mask.sum(-1)[row_example, None] + torch.arange(cont_ids.shape[1], device=device)
-    out = model(input_ids=cont_ids, attention_mask=attention_mask, position_ids=positions, cache=cache)
-    # Logits at column j predict continuation token j + 1: (R, C-1, V)
-    return sums + _target_logprob_sums(out.logits[:, :-1], cont_ids[:, 1:], cont_mask[:, 1:])
+    inputs, targets, keep = cont_ids[:, :-1], cont_ids[:, 1:], cont_mask[:, 1:].bool()  # (R, C-1)
+    attention_mask = torch.cat([context_mask[row_example], cont_mask[:, :-1]], dim=1)  # (R, P + C-1)
+    positions = context_mask.sum(-1)[row_example, None] + torch.arange(inputs.shape[1], device=device)
+    out = model(input_ids=inputs, attention_mask=attention_mask, position_ids=positions, cache=cache,
+                logits_to_keep=keep)
+    logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (N, V): one row per kept position
+    # gather - logsumexp: the log-softmax of the target only, without a second (N, V) tensor.
+    picked = logits.gather(-1, targets[keep][:, None]).squeeze(-1) - logits.logsumexp(-1)  # (N,)
+    row_of_kept = torch.arange(len(rows), device=device)[:, None].expand_as(keep)[keep]  # (N,)
+    return sums.index_add(0, row_of_kept, picked)
 
 
 def _score_batch_encoder_decoder(model, contexts, continuations, pad_id):
@@ -123,6 +180,7 @@ def score_choices(
     *,
     batch_size: int = 8,
     chat_template: bool | None = None,
+    mode: str = "instruct",
     progress: bool = True,
 ) -> tuple[dict[str, float], list[dict]]:
     """Score multiple-choice examples by the log-likelihood of each option.
@@ -132,8 +190,11 @@ def score_choices(
         tokenizer: its tokenizer.
         examples: dicts with "prompt" (str), "options" (list[str]) and "label" (gold option index).
         batch_size: examples per forward pass (all their options run together).
-        chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
-        progress: show a tqdm bar over batches.
+        chat_template: wrap prompts in the tokenizer's chat template; None = when it has one
+            ("instruct" mode only: "lm-eval" never uses it, and True is an error there).
+        mode: "instruct" (training's tokenization) or "lm-eval" (lm-evaluation-harness 0.4's rules);
+            see the module docstring.
+        progress: show a tqdm bar with items/s and the time left.
 
     Returns:
         (metrics, per_example): metrics {"acc", "acc_norm"} as fractions; per example, in input order,
@@ -151,22 +212,29 @@ def score_choices(
 
     if batch_size < 1:
         raise InstructuneError(f"score_choices: batch_size must be >= 1, got {batch_size}")
+    if mode not in EVAL_MODES:
+        raise InstructuneError(f"score_choices: mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
+    if mode == "lm-eval" and chat_template:
+        raise InstructuneError("score_choices: mode 'lm-eval' scores plain text; drop chat_template=True (or use mode 'instruct')")
     if not examples:
         raise InstructuneError("score_choices: no examples to score; expected at least one")
     for index, example in enumerate(examples):
         _check_example(example, index)
     encoder_decoder = is_encoder_decoder(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [
-        _encode_encoder_decoder(tokenizer, ex) if encoder_decoder else _encode_decoder_only(tokenizer, ex, chat_template)
-        for ex in examples
-    ]
+    if mode == "lm-eval":
+        encoded = [_encode_lm_eval_example(tokenizer, ex, encoder_decoder) for ex in examples]
+    elif encoder_decoder:
+        encoded = [_encode_encoder_decoder(tokenizer, ex) for ex in examples]
+    else:
+        encoded = [_encode_decoder_only(tokenizer, ex, chat_template) for ex in examples]
     score_batch = _score_batch_encoder_decoder if encoder_decoder else _score_batch_decoder_only
     # Similar prompt lengths share a batch, so little compute goes to padding.
     order = sorted(range(len(examples)), key=lambda i: -len(encoded[i][0]))
     per_example: list[dict] = [{} for _ in examples]
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="score choices", unit="batch", disable=not progress):
+    bar = tqdm(total=len(examples), desc=f"score choices ({mode})", unit="item", disable=not progress)
+    for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         with torch.inference_mode():
             sums = score_batch(model, [encoded[i][0] for i in indices], [encoded[i][2] for i in indices], pad_id)
@@ -182,6 +250,8 @@ def score_choices(
                 "logprobs": logprobs, "pred": pred, "pred_norm": pred_norm, "label": label,
                 "correct": pred == label, "correct_norm": pred_norm == label,
             }
+        bar.update(len(indices))
+    bar.close()
     metrics = {
         "acc": sum(row["correct"] for row in per_example) / len(examples),
         "acc_norm": sum(row["correct_norm"] for row in per_example) / len(examples),

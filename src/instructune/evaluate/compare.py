@@ -237,6 +237,23 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def scoring_modes(results: list[dict], names: list[str]) -> dict[str, str]:
+    """{task: the mode its scores came from}, or "<mode> (<run>), ..." where runs used different modes.
+
+    Example:
+        >>> scoring_modes([{"tasks": {"piqa": {"mode": "lm-eval"}}}] * 2, ["base", "tuned"])
+        {'piqa': 'lm-eval'}
+    """
+    seen: dict[str, dict[str, str]] = {}
+    for name, result in zip(names, results):
+        for task, summary in (result.get("tasks") or {}).items():
+            if isinstance(summary, dict) and summary.get("mode"):
+                seen.setdefault(task, {})[name] = summary["mode"]
+    return {task: (next(iter(by_run.values())) if len(set(by_run.values())) == 1 else
+                   "MIXED, not comparable: " + ", ".join(f"{mode} ({run})" for run, mode in by_run.items()))
+            for task, by_run in seen.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if len(args.runs) < 2:
@@ -263,12 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = report.comparison_markdown(names[0], comparisons, threshold=args.threshold, confidence=args.confidence)
+    modes = scoring_modes(results, names)
+    if modes:
+        markdown += "\nScoring mode (`instructune eval --mode`): " + "; ".join(
+            f"{task} {mode}" for task, mode in modes.items()) + ".\n"
     print(markdown)
     (out_dir / "comparison.md").write_text(markdown)
     (out_dir / "comparison.json").write_text(json.dumps(
         {"baseline": names[0], "runs": dict(zip(names, args.runs)), "held_out": sorted(held_out),
          "threshold": args.threshold, "confidence": args.confidence, "bootstrap_samples": args.bootstrap_samples,
-         "seed": args.seed, "comparisons": comparisons}, indent=2) + "\n")
+         "seed": args.seed, "modes": modes, "comparisons": comparisons}, indent=2) + "\n")
     chart = report.plot_comparison(names, [task_metrics(result) for result in results], out_dir / "comparison.png",
                                    comparisons=comparisons, confidence=args.confidence)
     examples = example_predictions(predictions, names, per_task=args.examples)

@@ -1,8 +1,9 @@
 """`instructune eval`: score a model (base, base + LoRA adapter, or merged folder) on tasks with ground truth.
 
 For each --task/--data pair the raw records are rendered with the task's templates (zero- or
-few-shot, a fixed template or a seeded sample) and scored by score.py. Writes one metrics JSON
-(model, adapter, task, split, template, limit, seed, package versions, timestamps) and the
+few-shot, a fixed template or a seeded sample) and scored by score.py in a named mode ("instruct" or
+"lm-eval", each task's own unless --mode says). Writes one metrics JSON (model, adapter, and per task
+its mode, split, template, limit, seed; package versions, timestamps) and the
 predictions JSONL beside it. Comparing runs is compare.py's job.
 """
 
@@ -16,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from instructune.data.render import parse_template_choice
+from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
 from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
@@ -83,6 +85,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="leave the options list out of multiple-choice prompts (score the endings alone)")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass / generate call")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap for generation tasks")
+    parser.add_argument("--mode", choices=EVAL_MODES, default=None,
+                        help="'lm-eval': lm-evaluation-harness 0.4's rules (plain prompt, ' ' + option, no chat "
+                             "template, no options listed); 'instruct': prompts as training renders them "
+                             "(default: each task's eval_mode; hellaswag_lmeval and piqa_lmeval are lm-eval)")
     parser.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap prompts in the tokenizer's chat template (default: when it has one)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -109,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         summary, rows = evaluate_task(
             model, tokenizer, task_name, data, split=args.split, limit=args.limit, num_fewshot=args.num_fewshot,
             template=parse_template_choice(args.template), seed=args.seed, with_options=not args.no_options, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-            chat_template=args.chat_template, progress=not args.no_progress,
+            chat_template=args.chat_template, mode=args.mode, progress=not args.no_progress,
         )
         key = summary["task"] if summary["task"] not in tasks else f"{summary['task']}:{Path(data).stem}"
         tasks[key] = summary
         all_rows.extend({**row, "task": key} for row in rows)
-        print(format_metrics(key, summary["metrics"]))
+        print(format_metrics(f"{key} ({summary['mode']})", summary["metrics"]))
     result = {
         "model": args.model or "default", "adapter": args.adapter, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": package_versions(),

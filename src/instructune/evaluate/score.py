@@ -2,7 +2,8 @@
 
 Generation tasks are scored by ROUGE, exact match and token F1 on greedy answers (generate.py,
 metrics.py); multiple-choice tasks (and classification tasks with options) by option log-likelihood
-(choice.py). Training's in-training checks, `instructune eval`, the quickstart and the benchmarks all
+(choice.py), in one of two named modes: "instruct" (prompts as training renders them, chat template)
+or "lm-eval" (lm-evaluation-harness 0.4's plain-text rules). Training's in-training checks, `instructune eval`, the quickstart and the benchmarks all
 call this file. Leaves out: the `eval` command and its files (run.py), comparing runs (compare.py).
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from instructune.data.render import extra_references, render_records
 from instructune.data.sources import load_records
-from instructune.data.templates import KINDS, load_task
+from instructune.data.templates import EVAL_MODES, KINDS, load_task
 from instructune.errors import InstructuneError
 from instructune.evaluate.choice import score_choices
 from instructune.evaluate.generate import generate
@@ -30,6 +31,7 @@ def evaluate_examples(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     chat_template: bool | None = None,
+    mode: str = "instruct",
     progress: bool = True,
 ) -> tuple[dict[str, float], list[dict]]:
     """Score rendered examples with the method their kind calls for.
@@ -44,7 +46,9 @@ def evaluate_examples(
         batch_size: examples per forward pass / generate call.
         max_new_tokens: answer length cap for generation.
         chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
-        progress: show tqdm bars.
+        mode: "instruct" or "lm-eval" (multiple choice by lm-evaluation-harness's rules; generation
+            then runs without the chat template).
+        progress: show tqdm bars (items/s and the time left).
 
     Returns:
         (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
@@ -63,10 +67,16 @@ def evaluate_examples(
         raise InstructuneError(f"evaluate_examples: kind {kind!r}; expected one of {', '.join(KINDS)}")
     if not examples:
         raise InstructuneError("evaluate_examples: no examples to evaluate; expected at least one")
+    if mode not in EVAL_MODES:
+        raise InstructuneError(f"evaluate_examples: mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
+    if mode == "lm-eval":
+        if chat_template:
+            raise InstructuneError("evaluate: mode 'lm-eval' scores plain text; drop --chat-template (or use --mode instruct)")
+        chat_template = False
     multiple_choice = kind == "multiple_choice" or (kind == "classification" and "options" in examples[0])
     if multiple_choice:
         metrics, scored = score_choices(
-            model, tokenizer, examples, batch_size=batch_size, chat_template=chat_template, progress=progress
+            model, tokenizer, examples, batch_size=batch_size, chat_template=chat_template, mode=mode, progress=progress
         )
         rows = [
             {
@@ -114,6 +124,7 @@ def evaluate_task(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     chat_template: bool | None = None,
+    mode: str | None = None,
     progress: bool = True,
 ) -> tuple[dict, list[dict]]:
     """Render a task's records and evaluate them: the run summary and the prediction rows.
@@ -128,14 +139,21 @@ def evaluate_task(
         seed: seeds template sampling and few-shot draws.
         with_options: render the task's `{options_}` list into the prompt. Log-likelihood scoring of
             the untouched default model on HellaSwag is at chance with the list, ~0.39 acc_norm without.
+            Ignored in "lm-eval" mode (options are never listed there).
+        mode: "instruct" or "lm-eval"; None = the task's own `eval_mode` (hellaswag_lmeval and
+            piqa_lmeval: "lm-eval"; the other built-in tasks: "instruct"). lm-eval parity is zero-shot:
+            few-shot exemplars are instructune's own draw and separator, not the harness's.
         Other arguments as in `evaluate_examples`.
 
     Returns:
-        ({"task", "kind", "metric", "data", "split", "template", "num_fewshot", "limit", "seed",
-          "chat_template", "max_new_tokens", "n_examples", "seconds", "metrics"}, prediction rows with
-          "task" and "template" added).
+        ({"task", "kind", "mode", "metric", "data", "split", "template", "num_fewshot", "limit", "seed",
+          "with_options", "chat_template", "max_new_tokens", "n_examples", "seconds", "metrics"},
+          prediction rows with "task", "template" and "mode" added).
     """
     task = load_task(task_name)
+    mode = mode or task.eval_mode
+    if mode == "lm-eval":
+        with_options = False  # the harness scores each option after the bare context
     records = load_records(data, split=split).to_list()
     examples = render_records(task, records, seed=seed, template=template, num_fewshot=num_fewshot,
                               with_options=with_options, source=data)
@@ -145,19 +163,20 @@ def evaluate_task(
     if task.kind == "generation":
         for example, record in zip(examples, example_records):
             example["references"] = extra_references(task, record, example["template"]) or [example["completion"]]
-    print(f"eval {task.name}: {len(examples)} {task.kind} examples from {data}")
+    print(f"eval {task.name}: {len(examples)} {task.kind} examples from {data}, mode {mode}")
     started = time.perf_counter()
     metrics, rows = evaluate_examples(
         model, tokenizer, examples, kind=task.kind, batch_size=batch_size, max_new_tokens=max_new_tokens,
-        chat_template=chat_template, progress=progress,
+        chat_template=chat_template, mode=mode, progress=progress,
     )
     seconds = time.perf_counter() - started
     for row, example in zip(rows, examples):
-        row.update(task=task.name, template=example["template"])
+        row.update(task=task.name, template=example["template"], mode=mode)
     summary = {
-        "task": task.name, "kind": task.kind, "metric": task.metric, "data": str(data), "split": split,
+        "task": task.name, "kind": task.kind, "mode": mode, "metric": task.metric, "data": str(data), "split": split,
         "template": template, "num_fewshot": num_fewshot, "limit": limit, "seed": seed,
-        "with_options": with_options, "chat_template": chat_template, "max_new_tokens": max_new_tokens if task.kind == "generation" else None,
+        "with_options": with_options,
+        "chat_template": False if mode == "lm-eval" else chat_template, "max_new_tokens": max_new_tokens if task.kind == "generation" else None,
         "n_examples": len(examples), "seconds": round(seconds, 2), "metrics": metrics,
     }
     return summary, rows
