@@ -11,8 +11,10 @@ from instructune.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
+    run_weights,
     save_checkpoint,
 )
+from instructune.errors import InstructuneError
 
 
 def parts(tokenizer, seed=0):
@@ -100,3 +102,18 @@ class TestSaveCheckpoint:
         with pytest.raises(RuntimeError, match="does not match the model"):
             load_checkpoint(folder, model=other, optimizer=other_optimizer,
                             scheduler=torch.optim.lr_scheduler.LambdaLR(other_optimizer, lambda s: 1.0))
+
+
+class TestRunWeights:
+    def test_full_run_loads_from_its_model_folder(self, tmp_path):
+        (tmp_path / "config.yaml").write_text("model: {name: null}\nlora: {enabled: false}\n")
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "config.json").write_text("{}")
+        assert run_weights(tmp_path) == (str(tmp_path / "model"), None)
+
+    def test_unfinished_or_foreign_folders_say_what_is_missing(self, tmp_path):
+        with pytest.raises(InstructuneError, match="no config.yaml"):
+            run_weights(tmp_path)
+        (tmp_path / "config.yaml").write_text("run_name: r\n")
+        with pytest.raises(InstructuneError, match="has not finished"):
+            run_weights(tmp_path)

@@ -9,6 +9,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+# Record keys that place a record (x axis, run length) rather than measure anything.
+_NOT_CURVES = ("step", "total_steps")
+
 
 class MetricsLog:
     """Appends metric records to `metrics.jsonl` and mirrors numbers to TensorBoard when available."""
@@ -33,7 +36,7 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key not in _NOT_CURVES and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, record.get("step", 0))
 
     def close(self) -> None:

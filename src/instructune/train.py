@@ -216,7 +216,8 @@ class Trainer:
                 train_seconds += time.perf_counter() - step_started
                 step += 1
                 tokens_seen += tokens
-                record = {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                record = {"step": step, "total_steps": self.total_steps, "loss": loss,
+                          "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                           "tokens_per_s": tokens_seen / train_seconds, "elapsed_s": time.perf_counter() - started}
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
