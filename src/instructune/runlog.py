@@ -45,10 +45,19 @@ class MetricsLog:
 
     @staticmethod
     def read(path: Path) -> list[dict]:
+        """The records of a metrics.jsonl ([] when absent).
+
+        A live reader (the board) may catch the trainer mid-write: a last line without its newline
+        is left for the next read rather than failing this one.
+        """
         path = Path(path)
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines = lines[:-1]
+        return [json.loads(line) for line in lines if line.strip()]
 
 
 def smooth(values: Sequence[float], weight: float = 0.95) -> list[float]:
