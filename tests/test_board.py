@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from instructune import checkpoint as ckpt
 from instructune.board import chat_tab, data_tab, eval_tab, export_tab
 from instructune.board.form import form_fields, form_overrides, form_values, yaml_text
 from instructune.board.metrics import curve_points, format_progress, read_run, run_progress
@@ -257,14 +258,31 @@ class TestTrainingProcess:
         assert process.state() == "instructune train: error: bad.yaml: unknown config key 'train.lrr'"
         assert "$ instructune train bad.yaml run_name=x" in process.log_tail()
 
-    def test_one_run_at_a_time_and_stop_ends_it(self, tmp_path):
+    def test_stop_saves_a_checkpoint_and_resume_continues_the_curve(self, tmp_path, tiny_llama_dir):
+        (tmp_path / "train.jsonl").write_text("".join(
+            json.dumps({"prompt": f"Where is order {i}?", "completion": f"Order {i} has shipped."}) + "\n"
+            for i in range(16)))
+        overrides = [f"model.name={tiny_llama_dir}", "data.train=train.jsonl", "run_name=r", "train.max_steps=400",
+                     "train.batch_size=2", "train.num_threads=1", "train.precision=fp32", "lora.r=4"]
+        run_dir = tmp_path / "runs" / "r"
         process = TrainingProcess(tmp_path, tmp_path)
-        process.start(None, [], tmp_path / "runs" / "y")
+        process.start(None, overrides, run_dir)
         with pytest.raises(InstructuneError, match="already going"):
-            process.start(None, [], tmp_path / "runs" / "z")
+            process.start(None, overrides, run_dir)
+        deadline = time.monotonic() + 240
+        while not read_run(run_dir)[1]["step"] and time.monotonic() < deadline and process.running():
+            time.sleep(0.2)
         assert process.stop()
-        process.wait(120)
-        assert not process.running() and not process.stop()
+        assert process.wait(120) == 130 and "stopped" in process.state()
+        logged = read_run(run_dir)[1]["step"]
+        stopped_at = int(ckpt.latest_checkpoint(run_dir).name.split("-")[1])
+        assert 0 < stopped_at < 400 and stopped_at in (logged, logged + 1)  # SIGTERM may land before the log line
+        process.start(None, [*overrides[:-4], "train.max_steps=" + str(stopped_at + 2), *overrides[-3:]], run_dir,
+                      resume=True)
+        assert process.wait(240) == 0, process.log_tail()
+        records, progress = read_run(run_dir)
+        assert [r["step"] for r in records] == list(range(1, stopped_at + 3))
+        assert progress["total_steps"] == stopped_at + 2 and not process.stop()
 
 
 def test_board_command_with_a_missing_folder_is_one_line(tmp_path):

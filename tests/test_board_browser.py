@@ -47,6 +47,8 @@ def test_a_new_user_goes_through_every_tab(browser_ready, tmp_path):
         process.terminate()
         process.wait(30)
 
+    # No handler failed on the server side either (a failing timer tick shows nothing in the page).
+    assert "Traceback" not in (work / "board.log").read_text()
     # Data: the preview shows a real row rendered, the mixture is the quickstart's 1:1.
     first = json.loads((work / "data/raw/train.jsonl").read_text().splitlines()[0])
     assert first["instruction"] in seen["preview"] and "template 8" in seen["preview"]

@@ -237,7 +237,7 @@ def build(board: Board) -> dict[str, Any]:
     @guarded(status)
     def on_upload(file):
         if not file:
-            return {}
+            return {status: ""}
         target = board.work.board_dir("uploads") / Path(file).name
         target.write_bytes(Path(file).read_bytes())
         return {raw: board.work.show(target), status: f"uploaded to {board.work.show(target)}"}

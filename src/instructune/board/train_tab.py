@@ -165,7 +165,7 @@ def build(board: Board) -> dict[str, Any]:
         return {status: "stopping: the run saves a checkpoint, then exits"}
 
     def on_tick(run_shown, last):
-        updates: dict = {}
+        updates: dict = {seen: last}  # never empty: Gradio reads {} as one value, not as "no updates"
         if board.training.process is not None and board.training.run_dir is not None \
                 and board.work.show(board.training.run_dir) == run_shown:
             updates[status] = board.training.state()
