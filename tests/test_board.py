@@ -114,6 +114,12 @@ class TestWorkdir:
         with pytest.raises(InstructuneError, match="data file not found"):
             work.path("missing.jsonl", must_exist=True, what="data file")
 
+    def test_file_search_skips_hidden_and_deep_folders(self, tmp_path):
+        for name in ("runs/a/config.yaml", ".board/x/config.yaml", ".venv/config.yaml", "a/b/c/d/config.yaml"):
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text("{}")
+        assert Workdir(tmp_path).files("config.yaml") == [tmp_path.resolve() / "runs/a/config.yaml"]
+
     def test_a_symlink_out_of_the_folder_is_refused(self, tmp_path):
         (tmp_path / "work").mkdir()
         (tmp_path / "work" / "link").symlink_to(tmp_path)

@@ -7,11 +7,14 @@ words its errors. Leaves out: what the paths are used for (the tabs) and reading
 
 from __future__ import annotations
 
+import fnmatch
+import os
 from pathlib import Path
 
 from instructune.errors import InstructuneError
 
 BOARD_DIR = ".board"  # the board's own files (uploads, eval results, edited tasks), inside the working folder
+_SKIPPED = ("node_modules", "__pycache__", "site-packages", "venv")
 
 
 class Workdir:
@@ -70,18 +73,18 @@ class Workdir:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def files(self, pattern: str, *, under: str = ".", limit: int = 200) -> list[str]:
-        """Files matching a glob under a folder of the working folder, as the page shows them, sorted.
+    def files(self, pattern: str, *, max_depth: int = 3, limit: int = 200) -> list[Path]:
+        """Files matching a name pattern at most `max_depth` folders down, sorted.
 
-        The board's own folder, hidden folders and virtual environments are left out.
+        Hidden folders (the board's own `.board/`, `.venv`, `.git`) and package folders are not
+        searched, so a large working folder still answers at once.
         """
-        base = self.path(under, what="folder")
-        found = []
-        for path in sorted(base.rglob(pattern)):
-            parts = path.relative_to(self.root).parts
-            if any(part.startswith(".") or part in ("node_modules", "__pycache__") for part in parts[:-1]):
-                continue
-            found.append(self.show(path))
+        found: list[Path] = []
+        for folder, subfolders, names in os.walk(self.root):
+            depth = len(Path(folder).relative_to(self.root).parts)
+            subfolders[:] = sorted(name for name in subfolders if depth < max_depth and not name.startswith(".")
+                                   and name not in _SKIPPED)
+            found += [Path(folder) / name for name in sorted(names) if fnmatch.fnmatch(name, pattern)]
             if len(found) >= limit:
                 break
-        return found
+        return sorted(found)[:limit]

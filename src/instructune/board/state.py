@@ -40,9 +40,9 @@ class Board:
     def runs(self, *, finished: bool = False) -> list[str]:
         """Run folders in the working folder (any folder holding a config.yaml and metrics or weights)."""
         found = []
-        for config in self.work.root.rglob("config.yaml"):
+        for config in self.work.files("config.yaml"):
             folder = config.parent
-            if ".board" in folder.parts or not ((folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists()):
+            if not ((folder / "metrics.jsonl").exists() or (folder / "checkpoints").exists()):
                 continue
             if finished and not ((folder / "adapter").is_dir() or (folder / "model").is_dir()):
                 continue

@@ -100,7 +100,7 @@ def build(board: Board) -> dict[str, Any]:
     import gradio as gr
 
     fields = form_fields()
-    yaml_files = [BUILTIN_CONFIG] + board.work.files("*.yaml")
+    yaml_files = [BUILTIN_CONFIG] + [board.work.show(path) for path in board.work.files("*.y*ml")]
     with gr.Row():
         choice = gr.Dropdown(yaml_files, value=BUILTIN_CONFIG, label="Start from a run config",
                              allow_custom_value=True, elem_id="train-config", scale=3)
