@@ -200,6 +200,8 @@ class TestEvalTab:
         argv = eval_tab.eval_arguments(board, table, "5", "16")
         assert argv == ["--task", "support_intent", "--data", str(board.work.root / "data/raw/test.jsonl"),
                         "--limit", "5", "--max-new-tokens", "16"]
+        with pytest.raises(InstructuneError, match="evaluation: --limit: 'five' is not a whole number"):
+            eval_tab.eval_arguments(board, table, "five", "")
         with pytest.raises(InstructuneError, match="evaluation: no task rows"):
             eval_tab.eval_arguments(board, table.iloc[1:], "", "")
 

@@ -86,7 +86,8 @@ def write_task_jsonl(board: Board, raw: str, name: str, text: str, output: str, 
     """`instructune prepare RAW --task TASK -o OUTPUT`; returns its summary lines."""
     summary = prepare(
         board.work.path(output, what="output file"), data=board.work.path(raw, must_exist=True, what="data file"),
-        task=task_reference(board, name, text), limit=_int_or_none(limit, "limit"), seed=_int_or_none(seed, "seed") or 0,
+        task=task_reference(board, name, text), limit=whole_number_or_none(limit, "limit"),
+        seed=whole_number_or_none(seed, "seed") or 0,
         template=parse_template_choice(str(template or "sample").strip()),
     )
     summary["output"] = board.work.show(summary["output"])
@@ -99,16 +100,16 @@ def mixture_config(board: Board, table: pd.DataFrame, strategy: str, cap: Any, t
     tasks, weights = [], {}
     for number, row, task, data in task_data_rows(board, table, MIX_COLUMNS, "mixture"):
         entry = {"task": task, "data": data}
-        if _int_or_none(row.get("limit"), f"mixture row {number}: limit") is not None:
-            entry["limit"] = _int_or_none(row.get("limit"), "limit")
+        if whole_number_or_none(row.get("limit"), f"mixture row {number}: limit") is not None:
+            entry["limit"] = whole_number_or_none(row.get("limit"), "limit")
         if str(row.get("weight") or "").strip():
             weights[Path(task).stem] = _number(row["weight"], f"mixture row {number}: weight")
         tasks.append(entry)
-    raw = {"tasks": tasks, "strategy": strategy, "seed": _int_or_none(seed, "seed") or 0,
+    raw = {"tasks": tasks, "strategy": strategy, "seed": whole_number_or_none(seed, "seed") or 0,
            "temperature": _number(temperature or 1.0, "temperature")}
     for key, value in (("cap", cap), ("total", total)):
-        if _int_or_none(value, key) is not None:
-            raw[key] = _int_or_none(value, key)
+        if whole_number_or_none(value, key) is not None:
+            raw[key] = whole_number_or_none(value, key)
     if strategy == "weights":
         raw["weights"] = weights
     try:
@@ -164,7 +165,8 @@ def task_data_rows(board: Board, table: Any, columns: list[str], where: str) -> 
     return filled
 
 
-def _int_or_none(value: Any, what: str) -> int | None:
+def whole_number_or_none(value: Any, what: str) -> int | None:
+    """A number typed in the page: None when blank, else a whole number or a one-line error naming `what`."""
     if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
         return None
     try:

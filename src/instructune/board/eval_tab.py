@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from instructune.board.data_tab import task_data_rows
+from instructune.board.data_tab import task_data_rows, whole_number_or_none
 from instructune.board.state import Board, guarded
 from instructune.errors import InstructuneError
 from instructune.evaluate import compare as compare_command
@@ -38,8 +38,9 @@ def eval_arguments(board: Board, table: Any, limit: Any, max_new_tokens: Any) ->
     if not argv:
         raise InstructuneError("evaluation: no task rows; add a task and its data file")
     for flag, value in (("--limit", limit), ("--max-new-tokens", max_new_tokens)):
-        if str(value or "").strip():
-            argv += [flag, str(int(float(value)))]
+        number = whole_number_or_none(value, f"evaluation: {flag}")
+        if number is not None:
+            argv += [flag, str(number)]
     return argv
 
 
