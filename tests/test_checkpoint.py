@@ -10,14 +10,15 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 import tiny
-from instructune.errors import InstructuneError
 from instructune.checkpoint import (
     STATE_FILE,
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
+    run_weights,
     save_checkpoint,
 )
+from instructune.errors import InstructuneError
 
 
 def parts(tokenizer, seed=0):
@@ -188,3 +189,18 @@ class TestStrictLoading:
         folder = save(tmp_path, 1, *parts(tokenizer))
         with pytest.raises(InstructuneError, match="holds full model weights, but this run trains a LoRA adapter"):
             load_into(folder, *lora_parts(tokenizer, r=4))
+
+
+class TestRunWeights:
+    def test_full_run_loads_from_its_model_folder(self, tmp_path):
+        (tmp_path / "config.yaml").write_text("model: {name: null}\nlora: {enabled: false}\n")
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "config.json").write_text("{}")
+        assert run_weights(tmp_path) == (str(tmp_path / "model"), None)
+
+    def test_unfinished_or_foreign_folders_say_what_is_missing(self, tmp_path):
+        with pytest.raises(InstructuneError, match="no config.yaml"):
+            run_weights(tmp_path)
+        (tmp_path / "config.yaml").write_text("run_name: r\n")
+        with pytest.raises(InstructuneError, match="has not finished"):
+            run_weights(tmp_path)

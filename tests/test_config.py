@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from instructune.config import RunConfig, apply_overrides, load_config, save_config
+from instructune.config import RunConfig, apply_overrides, config_fields, load_config, save_config
 from instructune.errors import InstructuneError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +100,19 @@ class TestOverrides:
             load_config(None, ["train.lr"])
         with pytest.raises(InstructuneError, match="lr is not a section"):
             apply_overrides({"train": {"lr": 0.1}}, ["train.lr.x=1"])
+
+
+class TestConfigFields:
+    def test_literal_fields_list_their_choices(self):
+        fields = {field["key"]: field for field in config_fields()}
+        assert fields["train.precision"]["choices"] == ["auto", "fp32", "bf16"]
+        assert fields["train.lr"]["choices"] is None
+        assert fields["train.lr"]["default"] == RunConfig().train.lr
+
+    def test_every_key_sets_a_value_load_config_accepts(self):
+        overrides = [f"{field['key']}={field['choices'][-1]}" for field in config_fields() if field["choices"]]
+        config = load_config(None, overrides)
+        assert config.train.select_best_by == "f1" and config.train.schedule == "constant"
 
 
 class TestShippedConfigs:

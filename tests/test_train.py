@@ -264,7 +264,9 @@ class TestRunFolder:
         assert data["step"] == 0 and data["data"]["train"]["examples"] == len(EXAMPLES)
         assert data["data"]["validation"]["examples"] == 3
         assert [r["step"] for r in records] == [1, 2, 3]
+        assert {r["total_steps"] for r in records} == {3}
         assert math.isfinite(records[-1]["val_loss"])
+        assert ckpt.run_weights(run) == (str(tiny_llama_dir), str(run / "adapter"))
         model, tokenizer = load_model(tiny_llama_dir, adapter=run / "adapter")
         assert type(model).__name__.startswith("Peft") and tokenizer.eos_token == "<|im_end|>"
 

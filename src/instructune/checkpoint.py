@@ -53,6 +53,33 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def run_weights(run_dir: str | Path) -> tuple[str | None, str | None]:
+    """What loads a finished run: (model folder or None for the default model, adapter folder or None).
+
+    A LoRA run leaves `adapter/` over the base its config.yaml names; a full run leaves `model/`.
+
+    Raises:
+        InstructuneError: the folder holds no config.yaml, or no final weights yet.
+
+    Example:
+        >>> run_weights("runs/quickstart")
+        (None, 'runs/quickstart/adapter')
+    """
+    import yaml
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise InstructuneError(f"{run_dir}: no config.yaml (expected a run folder written by instructune train)")
+    config = yaml.safe_load(config_file.read_text()) or {}
+    adapter, model = run_dir / "adapter", run_dir / "model"
+    if (adapter / "adapter_config.json").is_file():
+        return (config.get("model") or {}).get("name"), str(adapter)
+    if (model / "config.json").is_file():
+        return str(model), None
+    raise InstructuneError(f"{run_dir}: no adapter/ or model/ yet (the run has not finished)")
+
+
 def save_weights(model: Any, folder: Path) -> None:
     """An adapter (PEFT) or a full model, as safetensors via save_pretrained."""
     model.save_pretrained(folder, safe_serialization=True)

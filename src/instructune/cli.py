@@ -21,6 +21,7 @@ COMMANDS = {
     "compare": ("instructune.evaluate.compare", "Before/after table, forgetting flags, charts and an HTML report."),
     "chat": ("instructune.chat", "Talk with a model (optionally with an adapter) in the terminal."),
     "export": ("instructune.export", "Merge a LoRA adapter into its base and save a plain model folder."),
+    "board": ("instructune.board.app", "A local web page over every stage (needs the board extra: gradio)."),
 }
 
 

@@ -8,7 +8,7 @@ What this file leaves out: mixture and task configs, which belong to the data st
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -100,9 +100,15 @@ def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[
     The one source for `instructune train --help` and any form built over the config, so neither drifts
     from the config model.
 
+    Returns:
+        One dict per key: "key", "default", "description", "annotation" (the type as text) and
+        "choices" (the allowed values of a Literal field, else None).
+
     Example:
         >>> config_fields()[0]
-        {'key': 'run_name', 'default': 'run', 'description': 'Name of the run folder under output_dir.', 'annotation': 'str'}
+        {'key': 'run_name', 'default': 'run', 'description': 'Name of the run folder under output_dir.', 'annotation': 'str', 'choices': None}
+        >>> [f["choices"] for f in config_fields() if f["key"] == "train.schedule"]
+        [['cosine', 'linear', 'constant']]
     """
     fields = []
     for name, field in model.model_fields.items():
@@ -112,7 +118,8 @@ def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[
             continue
         default = field.get_default(call_default_factory=True)
         fields.append({"key": prefix + name, "default": default, "description": field.description or "",
-                       "annotation": getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")})
+                       "annotation": getattr(annotation, "__name__", None) or str(annotation).replace("typing.", ""),
+                       "choices": list(get_args(annotation)) if get_origin(annotation) is Literal else None})
     return fields
 
 

@@ -13,6 +13,9 @@ from typing import Any, Sequence
 
 from .errors import InstructuneError
 
+# Record keys that place a record (x axis, run length) rather than measure anything.
+_NOT_CURVES = ("step", "total_steps")
+
 
 class MetricsLog:
     """Appends metric records to `metrics.jsonl` and mirrors numbers to TensorBoard when available."""
@@ -41,7 +44,7 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key not in _NOT_CURVES and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, record.get("step", 0))
 
     def close(self) -> None:
@@ -50,7 +53,8 @@ class MetricsLog:
 
     @staticmethod
     def read(path: Path) -> list[dict]:
-        """The records of a metrics file; a last line torn by a kill mid-write is skipped with a warning.
+        """The records of a metrics file ([] when absent); a last line torn by a kill mid-write, or caught
+        mid-write by a live reader (the board), is skipped with a warning.
 
         Example:
             >>> MetricsLog.read("runs/quickstart/metrics.jsonl")[0]["step"]
@@ -70,8 +74,8 @@ class MetricsLog:
             except json.JSONDecodeError:
                 if i != last:
                     raise InstructuneError(f"{path}:{i + 1}: expected one JSON record per line") from None
-                warnings.warn(f"{path}:{i + 1}: skipping a half-written last line (the run was killed while "
-                              "writing it)", stacklevel=2)
+                warnings.warn(f"{path}:{i + 1}: skipping a half-written last line (cut by a kill, or still being "
+                              "written)", stacklevel=2)
         return records
 
 

@@ -220,7 +220,8 @@ class Trainer:
                 step += 1
                 self._updating = False  # the weights are those of `step` again
                 tokens_seen += tokens
-                record = {"step": step, "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                record = {"step": step, "total_steps": self.total_steps, "loss": loss,
+                          "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                           "tokens_per_s": tokens_seen / train_seconds, "elapsed_s": time.perf_counter() - started}
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
