@@ -1,4 +1,10 @@
-"""The Ollama Modelfile: its TEMPLATE reproduces the model's own Jinja chat template turn by turn."""
+"""The Ollama Modelfile: its TEMPLATE reproduces the model's own Jinja chat template turn by turn
+(and, where the Go toolchain is installed, Go's text/template, Ollama's engine, renders it the same)."""
+
+import json
+import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -63,3 +69,51 @@ class TestWriteModelfile:
         tokenizer.chat_template = "{% for m in messages %}{{ m['content'] | upper }}{% endfor %}"
         text = write_modelfile(tmp_path / "x.Modelfile", tmp_path / "x.gguf", tokenizer).read_text()
         assert "TEMPLATE" not in text and "no TEMPLATE" in capsys.readouterr().out
+
+
+GO_RENDER = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"text/template"
+)
+
+func main() {
+	src, _ := os.ReadFile(os.Args[1])
+	var conversations [][]map[string]string
+	data, _ := os.ReadFile(os.Args[2])
+	if err := json.Unmarshal(data, &conversations); err != nil {
+		panic(err)
+	}
+	tpl := template.Must(template.New("t").Parse(string(src)))
+	var outputs []string
+	for _, conversation := range conversations {
+		var messages []map[string]string
+		for _, m := range conversation {
+			messages = append(messages, map[string]string{"Role": m["role"], "Content": m["content"]})
+		}
+		var out strings.Builder
+		if err := tpl.Execute(&out, map[string]any{"Messages": messages}); err != nil {
+			panic(err)
+		}
+		outputs = append(outputs, out.String())
+	}
+	json.NewEncoder(os.Stdout).Encode(outputs)
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (Ollama's template engine)")
+class TestGoTemplate:
+    def test_go_text_template_renders_like_the_jinja_template(self, tokenizer, tmp_path):
+        # Ollama executes TEMPLATE with Go's text/template over .Messages (Role, Content).
+        (tmp_path / "main.go").write_text(GO_RENDER)
+        (tmp_path / "t.tmpl").write_text(go_template(chat_pieces(tokenizer)))
+        (tmp_path / "c.json").write_text(json.dumps(CONVERSATIONS))
+        done = subprocess.run(["go", "run", "main.go", "t.tmpl", "c.json"], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "GO111MODULE": "off"}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        expected = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in CONVERSATIONS]
+        assert json.loads(done.stdout) == expected
