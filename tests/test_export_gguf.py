@@ -68,7 +68,7 @@ class TestWriteGguf:
     def test_q8_0_file_keeps_the_top1_token_except_at_near_ties(self, merged, tmp_path):
         # A random tiny model's logits are flat (std ~0.1): some positions have their top two within
         # 1e-3, which any rounding may swap. Measured: 52 of 54 positions keep top-1, the two that
-        # do not lead by 2e-4 and 1e-3. bench/gguf.py compares the real model's greedy summaries in llama.cpp.
+        # do not lead by 2e-4 and 1e-3. bench/gguf_bench.py compares the real model's greedy summaries in llama.cpp.
         model, tokenizer = merged
         path = write_gguf(model, tokenizer, tmp_path / "m.q8_0.gguf", "q8_0")
         kept, positions = 0, 0

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.adapter is None and args.model is None:
             raise InstructuneError("--gguf needs --adapter DIR or --model DIR (the model to export)")
         path, modelfile = export_gguf(args.output, args.gguf, adapter=args.adapter, model=args.model)
-        print(f"GGUF ({args.gguf}) saved to {path} ({path.stat().st_size / 2**20:.1f} MiB); Ollama Modelfile: {modelfile}")
+        size_mib = path.stat().st_size / 2**20
+        print(f"GGUF ({args.gguf}) saved to {path} ({size_mib:.1f} MiB); Ollama Modelfile: {modelfile}")
         print(f"run it: llama-cli -m {path} -cnv   |   ollama create NAME -f {modelfile} && ollama run NAME")
         return 0
     if args.adapter is None:

@@ -1,4 +1,4 @@
-"""Run exported GGUF files in llama.cpp (llama-cpp-python) on DialogSum test prompts, beside instructune's own evaluation.
+"""Run exported GGUF files in llama.cpp on DialogSum test prompts, beside instructune's own evaluation.
 
 Issue 17 asks for one real llama.cpp run: load the file `instructune export --gguf` wrote, summarize
 DialogSum test dialogues greedily, and report tokens/s and ROUGE next to instructune's evaluation of
@@ -10,11 +10,12 @@ against the original on every prompt text, and counts summaries that come out id
 llama-cpp-python compiles llama.cpp (cmake and a C++ compiler) when installed: either into the
 project's environment (`pip install 'instructune[bench-gguf]'`) or, to keep the build apart, into its own
 virtual environment named by --llama-python; the generation then runs there as a worker (`--worker`,
-which imports only llama_cpp) and everything else in the project's.
+which imports only llama_cpp) and everything else in the project's. (Not named gguf.py or llama_cpp.py:
+a script's folder comes first on sys.path, and those names would hide the packages.)
 
 Run from the project root (the default model; export the files first):
     instructune export --model default --gguf q8_0 -o runs/gguf/smollm2.q8_0.gguf
-    .venv/bin/python bench/gguf.py --llama-python /work/llamavenv/bin/python \\
+    .venv/bin/python bench/gguf_bench.py --llama-python /work/llamavenv/bin/python \\
         runs/gguf/smollm2.f16.gguf runs/gguf/smollm2.q8_0.gguf --append bench/RESULTS.md
 """
 
@@ -73,6 +74,9 @@ def main() -> int:
     parser.add_argument("--hf-batch-sizes", type=int, nargs="*", default=[1, 8], help="instructune eval batch sizes")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for both engines")
     parser.add_argument("--append", default=None, help="append a results section to this markdown file")
+    parser.add_argument("--logit-prompts", type=int, default=8,
+                        help="prompts whose logits are compared through transformers' GGUF reader (0: skip)")
+    parser.add_argument("--no-llama-cpp", action="store_true", help="only the logit comparison, no generation")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -103,8 +107,10 @@ def main() -> int:
     def count(predictions: list[str]) -> int:
         return sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in predictions)
 
+    logit_rows = [logit_agreement(model, path, prompt_ids[: args.logit_prompts]) for path in args.gguf
+                  if args.logit_prompts]
     rows, reference_predictions, version = [], None, "not run"
-    for batch_size in args.hf_batch_sizes:
+    for batch_size in ([] if args.no_llama_cpp else args.hf_batch_sizes):
         started = time.perf_counter()
         metrics, predicted = evaluate_examples(model, tokenizer, examples, kind="generation", batch_size=batch_size,
                                                max_new_tokens=args.max_new_tokens, progress=False)
@@ -114,7 +120,7 @@ def main() -> int:
         rows.append((f"instructune eval (transformers fp32, batch {batch_size})", metrics, count(predictions) / seconds,
                      seconds, "", ""))
 
-    for gguf_path in args.gguf:
+    for gguf_path in ([] if args.no_llama_cpp else args.gguf):
         job = Path(gguf_path).with_suffix(".job.json")
         job.write_text(json.dumps({"gguf": str(gguf_path), "texts": texts, "prompt_ids": prompt_ids,
                                    "stop_ids": stop_ids, "max_new_tokens": args.max_new_tokens,
@@ -134,17 +140,63 @@ def main() -> int:
                      sum(map(len, result["outputs"])) / result["seconds"], result["seconds"],
                      f"{same_tokens}/{len(texts)}", f"{same_text}/{len(texts)}"))
 
+    lines = header(args, version, torch.__version__) + (generation_table(args, rows) if rows else [])
+    if logit_rows:
+        lines += [
+            f"### The same files read back by transformers (`from_pretrained(gguf_file=...)`), logits against the "
+            f"fp32 model on {min(args.logit_prompts, args.n)} chat-formatted DialogSum prompts",
+            "",
+            "| file | top-1 equal, all prompt positions | top-1 equal, next token | max abs logit difference |",
+            "|---|---|---|---:|",
+            *[f"| `{name}` | {all_equal} | {next_equal} | {largest:.4f} |"
+              for name, all_equal, next_equal, largest in logit_rows],
+            "",
+        ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.append:
+        with open(args.append, "a") as handle:
+            handle.write("\n" + report)
+    return 0
+
+
+def logit_agreement(model, gguf_path: str, prompt_ids: list[list[int]]) -> tuple[str, str, str, float]:
+    """(file, top-1 equal over all positions, top-1 equal at the last position, max |logit difference|)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(gguf_path)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    equal = positions = next_equal = 0
+    largest = 0.0
+    with torch.no_grad():
+        for ids in prompt_ids:
+            got, want = (m(torch.tensor([ids])).logits[0] for m in (loaded, model))  # (T, vocab)
+            same = got.argmax(-1) == want.argmax(-1)
+            equal, positions, next_equal = equal + int(same.sum()), positions + len(ids), next_equal + int(same[-1])
+            largest = max(largest, float((got - want).abs().max()))
+    return path.name, f"{equal}/{positions}", f"{next_equal}/{len(prompt_ids)}", largest
+
+
+def header(args, version: str, torch_version: str) -> list[str]:
     load_average = os.getloadavg()[1]  # 5-minute: other jobs on the same 2 cores slow every row
-    command = "python bench/gguf.py " + " ".join(sys.argv[1:])
-    lines = [
-        f"## GGUF export in llama.cpp: {args.n} DialogSum test dialogues (issue 17)",
+    command = "python bench/gguf_bench.py " + " ".join(sys.argv[1:])
+    return [
+        "## GGUF export read back by llama.cpp and transformers: DialogSum test prompts (issue 17)",
         "",
         f"- command: `{command.strip()}`",
         f"- model: {args.model or 'default (SmolLM2-135M-Instruct)'}; template 0 through the chat template, greedy, "
-        f"at most {args.max_new_tokens} new tokens, {args.threads} threads; llama-cpp-python {version} "
-        f"(built here from source, CPU), torch {torch.__version__}",
+        f"at most {args.max_new_tokens} new tokens, {args.threads} threads; llama-cpp-python {version}, "
+        f"torch {torch_version}",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; 5-min load average at the end "
         f"{load_average:.2f} on {os.cpu_count()} cores (shared, busy machine: timings are approximate)",
+        "",
+    ]
+
+
+def generation_table(args, rows: list) -> list[str]:
+    lines = [
+        f"### Generation on {args.n} dialogues",
         "",
         "| engine | ROUGE-1 / 2 / L (best of 3 refs) | ROUGE-1 first ref | new tokens/s | seconds | "
         "llama.cpp tokenizer = original | summary = instructune's |",
@@ -156,12 +208,7 @@ def main() -> int:
             f"{metrics.get('rouge1_first_ref', metrics['rouge1']):.4f} | {speed:.1f} | {seconds:.1f} | "
             f"{same_tokens} | {same_text} |"
         )
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.append:
-        with open(args.append, "a") as handle:
-            handle.write("\n" + report)
-    return 0
+    return lines + [""]
 
 
 if __name__ == "__main__":
