@@ -20,7 +20,7 @@ COMMANDS = {
     "eval": ("instructune.evaluate.run", "Evaluate a model (optionally with an adapter) on tasks -> metrics JSON."),
     "compare": ("instructune.evaluate.compare", "Before/after table, forgetting flags, charts and an HTML report."),
     "chat": ("instructune.chat", "Talk with a model (optionally with an adapter) in the terminal."),
-    "export": ("instructune.export", "Merge a LoRA adapter into its base and save a plain model folder."),
+    "export": ("instructune.export", "Merge a LoRA adapter into its base: a plain model folder, or a GGUF file (--gguf)."),
     "board": ("instructune.board.app", "A local web page over every stage (needs the board extra: gradio)."),
 }
 

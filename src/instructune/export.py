@@ -1,5 +1,8 @@
 """`instructune export`: merge a LoRA adapter into its base model and save a plain transformers folder.
 
+With `--gguf TYPE` the merged (or a full fine-tuned) model goes to one GGUF file instead; the
+writing lives in export_gguf.py, the merge (models.merge_adapter) is shared by both.
+
 The result (safetensors weights, tokenizer with its chat template, generation config) loads with
 `AutoModelForCausalLM.from_pretrained` (or `AutoModelForSeq2SeqLM`) and needs neither peft nor
 instructune. What this file leaves out: training (train.py) and loading (models.py).
@@ -8,21 +11,12 @@ instructune. What this file leaves out: training (train.py) and loading (models.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .atomic import atomic_folder
 from .errors import InstructuneError
-from .models import load_model
-
-
-def adapter_base_model(adapter: str | Path) -> str | None:
-    """The base model folder recorded in an adapter's config, when it exists on this machine."""
-    config = Path(adapter) / "adapter_config.json"
-    if not config.is_file():
-        raise InstructuneError(f"{adapter}: no adapter_config.json (expected a LoRA adapter folder)")
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
-    return base if base and Path(base).is_dir() else None
+from .export_gguf import export_gguf
+from .models import is_encoder_decoder, merge_adapter
 
 
 def export_merged(adapter: str | Path, output: str | Path, *, model: str | None = None) -> Path:
@@ -40,8 +34,7 @@ def export_merged(adapter: str | Path, output: str | Path, *, model: str | None 
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise InstructuneError(f"{output}: output folder exists and is not empty; choose a new path")
-    wrapped, tokenizer = load_model(model or adapter_base_model(adapter), adapter=adapter)
-    merged = wrapped.merge_and_unload()
+    merged, tokenizer = merge_adapter(adapter, model=model)
     with atomic_folder(output) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -51,19 +44,40 @@ def export_merged(adapter: str | Path, output: str | Path, *, model: str | None 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instructune export",
-        description="Merge a LoRA adapter into its base model; save a plain Hugging Face model folder.",
-        epilog="Example: instructune export --adapter runs/quickstart/adapter -o exported/support-bot",
+        description="Merge a LoRA adapter into its base model; save a plain Hugging Face model folder, "
+        "or (--gguf TYPE) one GGUF file for llama.cpp / Ollama / LM Studio plus an Ollama Modelfile.",
+        epilog="Examples: instructune export --adapter runs/quickstart/adapter -o exported/support-bot\n"
+        "          instructune export --adapter runs/quickstart/adapter --gguf q8_0 -o exported/support-bot.gguf\n"
+        "          instructune export --model runs/dialogsum-full/best --gguf q4_1 -o exported/dialogsum.gguf",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--adapter", required=True, help="LoRA adapter folder (e.g. runs/NAME/adapter).")
-    parser.add_argument("--model", default=None, help="Base model folder; default: the default model.")
-    parser.add_argument("-o", "--output", required=True, help="New folder for the merged model.")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder (e.g. runs/NAME/adapter).")
+    parser.add_argument("--model", default=None,
+                        help="With --adapter: its base model folder (default: the one recorded in the adapter, else "
+                        "the default model). Without: the model to export (a merged or full fine-tuned folder; "
+                        "'default' for the default model), --gguf only.")
+    parser.add_argument("--gguf", default=None, metavar="TYPE",
+                        help="Write a GGUF file instead of a folder; TYPE is one of f32, f16, bf16, q8_0, q4_0, q4_1.")
+    parser.add_argument("-o", "--output", required=True, help="New folder for the merged model, or the .gguf file.")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.gguf is not None:
+        if args.adapter is None and args.model is None:
+            raise InstructuneError("--gguf needs --adapter DIR or --model DIR (the model to export)")
+        path, modelfile = export_gguf(args.output, args.gguf, adapter=args.adapter, model=args.model)
+        size_mib = path.stat().st_size / 2**20
+        print(f"GGUF ({args.gguf}) saved to {path} ({size_mib:.1f} MiB); Ollama Modelfile: {modelfile}")
+        print(f"run it: llama-cli -m {path} -cnv   |   ollama create NAME -f {modelfile} && ollama run NAME")
+        return 0
+    if args.adapter is None:
+        raise InstructuneError("--adapter is required (without --gguf, export merges an adapter into its base)")
     out = export_merged(args.adapter, args.output, model=args.model)
-    seq2seq = json.loads((out / "config.json").read_text()).get("is_encoder_decoder", False)
+    from transformers import AutoConfig
+
+    seq2seq = is_encoder_decoder(AutoConfig.from_pretrained(out))
     print(f"merged model saved to {out} (load it with {'AutoModelForSeq2SeqLM' if seq2seq else 'AutoModelForCausalLM'}"
           ".from_pretrained)")
     return 0

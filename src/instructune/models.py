@@ -10,6 +10,7 @@ What this file leaves out: training-time wrapping (train.py) and merging for exp
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,22 @@ def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
     expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
     check_weights_match(path, saved_shapes([path / ADAPTER_FILE]), expected, "adapter")
     return wrapped
+
+
+def adapter_base_model(adapter: str | Path) -> str | None:
+    """The base model folder recorded in an adapter's config, when it exists on this machine."""
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        raise InstructuneError(f"{adapter}: no adapter_config.json (expected a LoRA adapter folder)")
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    return base if base and Path(base).is_dir() else None
+
+
+def merge_adapter(adapter: str | Path, *, model: str | None = None) -> tuple:
+    """Load `adapter` over its base and fold the LoRA weights in: (plain transformers model, tokenizer).
+
+    The base is `model`, else the folder named in the adapter's config, else the default model.
+    Both exports (export.py's folder and export_gguf.py's file) merge through here.
+    """
+    wrapped, tokenizer = load_model(model or adapter_base_model(adapter), adapter=adapter)
+    return wrapped.merge_and_unload(), tokenizer
