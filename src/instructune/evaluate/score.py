@@ -31,6 +31,7 @@ def evaluate_examples(
     max_new_tokens: int = 128,
     chat_template: bool | None = None,
     progress: bool = True,
+    generate_options: dict | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Score rendered examples with the method their kind calls for.
 
@@ -45,6 +46,7 @@ def evaluate_examples(
         max_new_tokens: answer length cap for generation.
         chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
         progress: show tqdm bars.
+        generate_options: more keywords for `generate` (engine, compute_type, cache_engine).
 
     Returns:
         (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
@@ -79,7 +81,7 @@ def evaluate_examples(
     references = [_references_of(example, index) for index, example in enumerate(examples)]
     predictions = generate(
         model, tokenizer, [example["prompt"] for example in examples], max_new_tokens=max_new_tokens,
-        batch_size=batch_size, chat_template=chat_template, progress=progress,
+        batch_size=batch_size, chat_template=chat_template, progress=progress, **(generate_options or {}),
     )
     rows = [
         {"prompt": example["prompt"], "prediction": prediction, "references": refs}
@@ -111,6 +113,7 @@ def evaluate_task(
     max_new_tokens: int = 128,
     chat_template: bool | None = None,
     progress: bool = True,
+    generate_options: dict | None = None,
 ) -> tuple[dict, list[dict]]:
     """Render a task's records and evaluate them: the run summary and the prediction rows.
 
@@ -145,7 +148,7 @@ def evaluate_task(
     started = time.perf_counter()
     metrics, rows = evaluate_examples(
         model, tokenizer, examples, kind=task.kind, batch_size=batch_size, max_new_tokens=max_new_tokens,
-        chat_template=chat_template, progress=progress,
+        chat_template=chat_template, progress=progress, generate_options=generate_options,
     )
     seconds = time.perf_counter() - started
     for row, example in zip(rows, examples):
