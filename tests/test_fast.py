@@ -67,29 +67,34 @@ class TestGreedyEquality:
 
 
 class TestEngineCache:
-    def test_folder_model_is_cached_by_weights_and_rebuilt_when_they_change(self, tiny_llama_dir, tmp_path,
+    def test_cached_model_is_kept_by_weights_and_rebuilt_when_they_change(self, tiny_llama_dir, tmp_path,
+                                                                          monkeypatch):
+        import shutil
+
+        from instructune.models import load_model
+
+        # A model folder inside instructune's cache, as the converted default model is.
+        monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path))
+        source = shutil.copytree(tiny_llama_dir, tmp_path / "models" / "tiny")
+        model, tokenizer = load_model(source)
+        first = fast.load_engine(model, tokenizer)
+        assert fast.load_engine(model, tokenizer) is first  # same weights: the loaded engine again
+        converted = sorted(p.name for p in (tmp_path / "models").glob("tiny.ct2-*"))
+        assert len(converted) == 1 and (tmp_path / "models" / converted[0] / "model.bin").is_file()
+        with torch.no_grad():
+            model.lm_head.weight.add_(1.0)
+        assert fast.load_engine(model, tokenizer) is not first
+        assert len(list((tmp_path / "models").glob("tiny.ct2-*"))) == 2
+
+    def test_users_folders_and_in_training_conversions_leave_nothing_behind(self, tiny_llama_dir, tmp_path,
                                                                            monkeypatch):
         from instructune.models import load_model
 
         monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path))
         model, tokenizer = load_model(tiny_llama_dir)
-        first = fast.load_engine(model, tokenizer)
-        assert fast.load_engine(model, tokenizer) is first  # same weights: the loaded engine again
-        converted = sorted(p.name for p in (tmp_path / "models").iterdir())
-        assert len(converted) == 1 and converted[0].startswith(tiny_llama_dir.name + ".ct2-")
-        with torch.no_grad():
-            model.lm_head.weight.add_(1.0)
-        assert fast.load_engine(model, tokenizer) is not first
-        assert len(list((tmp_path / "models").iterdir())) == 2
-
-    def test_in_training_conversion_leaves_nothing_behind(self, tiny_llama_dir, tmp_path, monkeypatch):
-        from instructune.models import load_model
-
-        monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path))
-        model, tokenizer = load_model(tiny_llama_dir)
+        fast.load_engine(model, tokenizer)
         fast.load_engine(model, tokenizer, cache=False)
         assert not (tmp_path / "models").exists()
-
 
 class TestFallback:
     def test_unsupported_models_and_sampling_use_hf(self, tokenizer, llama):
@@ -108,3 +113,23 @@ class TestFallback:
             generate(llama, tokenizer, ["Hi"], engine="vllm", progress=False)
         with pytest.raises(InstructuneError, match="compute_type 'fp8'"):
             generate(llama, tokenizer, ["Hi"], compute_type="fp8", progress=False)
+
+
+class TestEvalCommand:
+    def test_eval_engines_write_the_same_predictions_and_name_the_engine(self, tmp_path, tiny_llama_dir):
+        import json
+
+        from instructune.evaluate import run as run_module
+
+        dialogs = tmp_path / "dialogsum.jsonl"
+        dialogs.write_text("\n".join(json.dumps(
+            {"dialogue": f"#Person1#: Hi {i}. #Person2#: Hello.", "summary1": "They greet."}) for i in range(3)) + "\n")
+        predictions = {}
+        for engine in ("hf", "ct2"):
+            out = tmp_path / f"{engine}.json"
+            assert run_module.main(["--model", str(tiny_llama_dir), "--task", "dialogsum", "--data", str(dialogs),
+                                    "--max-new-tokens", "6", "--engine", engine, "--no-progress", "-o", str(out)]) == 0
+            assert json.loads(out.read_text())["engine"] == engine
+            lines = (tmp_path / f"{engine}.predictions.jsonl").read_text().splitlines()
+            predictions[engine] = [json.loads(line)["prediction"] for line in lines]
+        assert predictions["ct2"] == predictions["hf"]

@@ -4,9 +4,9 @@ CTranslate2 (C++, CPU int8/float32 kernels) decodes a batch without Python in th
 finished rows from it; its float32 answers equal Hugging Face `generate`'s greedy ones token for token
 (tests/test_fast.py), and int8 trades a little ROUGE for more speed (bench/RESULTS.md). The model is
 converted from the `torch` weights the caller holds, never re-read from disk, so a LoRA-wrapped
-model in the middle of training converts as it is (adapters merged into a copy). A conversion keyed
-by a hash of the weights is cached beside the converted models (`cache_dir()/models`), so evaluating
-an unchanged model again loads in seconds. This file leaves out sampling, encoder-decoder models,
+model in the middle of training converts as it is (adapters merged into a copy). The default model's
+conversion is cached beside it (`cache_dir()/models`), keyed by a hash of the weights, so evaluating
+it again loads in seconds. This file leaves out sampling, encoder-decoder models,
 quantized (bitsandbytes) and GPU models: `unsupported_reason` names them and generate.py falls back
 to Hugging Face `generate` for them.
 """
@@ -130,8 +130,8 @@ def load_engine(model: Any, tokenizer: Any, *, compute_type: str = "float32", ca
         tokenizer: its tokenizer.
         compute_type: "float32" (answers equal Hugging Face greedy ones) or "int8" (weights quantized
             at load time; faster, ROUGE within 0.005 on DialogSum, see bench/RESULTS.md).
-        cache: keep the conversion under `cache_dir()/models`, keyed by a hash of the weights, and the
-            loaded engine in this process. Off for weights that change between calls (in-training
+        cache: keep the loaded engine in this process while the weights stay the same, and the
+            default model's conversion under `cache_dir()/models`, keyed by a hash of the weights. Off for weights that change between calls (in-training
             checks): then the conversion goes to a temporary folder and nothing is hashed.
 
     Returns:
@@ -175,14 +175,14 @@ def _weights_state(model: Any) -> tuple:
 def _converted_folder(model: Any, tokenizer: Any, *, persist: bool) -> Path:
     """Where the conversion of these weights lives, converting (atomically) when missing.
 
-    Models read from a folder (the default model, a user's folder, a merged run) are cached beside the
-    default model's conversion. Models built in memory (tests), LoRA-wrapped models (a new 0.5 GB folder
-    per adapter would pile up) and `persist=False` (in-training checks) go to a temporary folder that
-    `load_engine` removes once loaded.
+    Models read from instructune's cache (the default model) are cached beside it. Everything else goes
+    to a temporary folder that `load_engine` removes once loaded: a user's own folders (their runs are
+    evaluated once or twice; a 0.5 GB copy each would pile up), LoRA-wrapped models (one per adapter),
+    models built in memory (tests) and `persist=False` (in-training checks).
     """
     source = Path(str(getattr(_base_model(model).config, "_name_or_path", "") or ""))
     wrapped = hasattr(model, "merge_and_unload")
-    cached = persist and not wrapped and bool(source.name) and source.is_dir()
+    cached = persist and not wrapped and source.is_dir() and cache_dir().resolve() in source.resolve().parents
     folder = cache_dir() / "models" / f"{source.name}.ct2-{weights_digest(model)[:16]}" if cached else None
     if folder is not None and (folder / "model.bin").is_file():
         return folder

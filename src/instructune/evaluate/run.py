@@ -19,7 +19,7 @@ from instructune.data.render import parse_template_choice
 from instructune.errors import InstructuneError
 from instructune.evaluate.score import evaluate_task
 
-_PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score")
+_PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score", "ctranslate2")
 
 
 def package_versions() -> dict[str, str]:
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         all_rows.extend({**row, "task": key} for row in rows)
         print(f"  {key}: " + ", ".join(f"{name} {value:.4f}" for name, value in summary["metrics"].items()))
     result = {
-        "model": args.model or "default", "adapter": args.adapter, "started": started,
+        "model": args.model or "default", "adapter": args.adapter, "engine": args.engine,
+        "compute_type": args.compute_type, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": package_versions(),
         "predictions": predictions_path(output).name, "tasks": tasks,
     }
