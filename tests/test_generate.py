@@ -38,7 +38,8 @@ class TestGenerate:
             return torch.cat([input_ids, tail], dim=1)
 
         monkeypatch.setattr(model, "generate", fake_generate)
-        out = generate(model, tokenizer, ["Hi", "a much longer prompt than the first"], batch_size=2, progress=False)
+        out = generate(model, tokenizer, ["Hi", "a much longer prompt than the first"], batch_size=2, progress=False,
+                       engine="hf")
         assert out == ["Hello there", "Hello there"]
         mask = seen["mask"]
         assert mask[:, -1].all() and not mask[:, 0].all()  # padding sits on the left

@@ -324,6 +324,8 @@ class Trainer:
             model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
             batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
             chat_template=self.config.model.chat_template,
+            # The weights change between checks: convert them afresh each time, cache nothing.
+            generate_options={"cache_engine": False},
         )
         model.train()
         return {f"gen_{k}": metrics[k] for k in ("rouge1", "rougeL", "exact_match", "f1") if k in metrics}

@@ -4,8 +4,10 @@ Decoder-only models see each prompt exactly as training formatted it (`format_pr
 template when the tokenizer has one); batches are left-padded so every row's answer starts at the
 same column, and prompts are sorted by length so rows in a batch carry little padding. Generation
 uses the KV cache and stops at EOS or `<|im_end|>`. Encoder-decoder models (T5, FLAN-T5) get the raw
-prompt as encoder input and no chat template. Beam search, streaming and stop strings other than end
-tokens are left out (chat.py streams).
+prompt as encoder input and no chat template. Greedy decoding runs on the fast engine (fast.py,
+CTranslate2) when it can take the model, with the same answers; sampling, encoder-decoder and
+quantized models run on Hugging Face `generate`, which stays the reference. Beam search, streaming
+and stop strings other than end tokens are left out (chat.py streams).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from instructune.errors import InstructuneError
+from instructune.evaluate import fast
 from instructune.models import is_encoder_decoder
 from instructune.tokenize import prompt_token_ids
 
 CHAT_END_TOKEN = "<|im_end|>"
+# "auto": the fast engine when it can take the model and decoding is greedy, else Hugging Face.
+ENGINES = ("auto", "hf", "ct2")
 
 
 def encode_prompt(model: Any, tokenizer: Any, prompt: str, chat_template: bool | None = None) -> list[int]:
@@ -79,6 +84,9 @@ def generate(
     top_p: float = 1.0,
     chat_template: bool | None = None,
     progress: bool = True,
+    engine: str = "auto",
+    compute_type: str = "float32",
+    cache_engine: bool = True,
 ) -> list[str]:
     """Generate one answer per prompt, greedy by default.
 
@@ -94,6 +102,13 @@ def generate(
         chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
             Ignored for encoder-decoder models.
         progress: show a tqdm bar over batches.
+        engine: "auto" (CTranslate2 for greedy decoding when it can take the model, else Hugging
+            Face), "hf" (always Hugging Face `generate`) or "ct2" (an error when it cannot).
+        compute_type: the fast engine's precision: "float32" (the same answers as Hugging Face
+            greedy) or "int8" (faster; changes answers, not the default). The Hugging Face path
+            runs in the model's own dtype.
+        cache_engine: keep the fast engine's conversion on disk and in memory, keyed by a hash of the
+            weights; turn off for weights that change between calls (in-training checks).
 
     Returns:
         The decoded new text of each prompt, stripped, in the order of `prompts`.
@@ -102,16 +117,59 @@ def generate(
         >>> generate(model, tokenizer, ["Summarize: #Person1#: Hi. #Person2#: Hello."], max_new_tokens=32)
         ['Two people greet each other.']
     """
-    import torch
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
 
     if batch_size < 1 or max_new_tokens < 1:
         raise InstructuneError(f"generate: batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
+    if engine not in ENGINES:
+        raise InstructuneError(f"generate: engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if not prompts:
         return []
-    encoder_decoder = is_encoder_decoder(model)
     stop_ids = stop_token_ids(model, tokenizer)
+    decode_batch = _fast_decoder(model, tokenizer, engine, do_sample, compute_type, cache_engine, stop_ids,
+                                 max_new_tokens)
+    if decode_batch is None:
+        decode_batch = _hf_decoder(model, tokenizer, stop_ids, max_new_tokens, do_sample, temperature, top_p)
+
+    encoded = [encode_prompt(model, tokenizer, prompt, chat_template) for prompt in prompts]
+    # Longest first: similar lengths share a batch (less padding), and a memory error shows at once.
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    answers: list[str] = [""] * len(prompts)
+    batches = range(0, len(order), batch_size)
+    for start in tqdm(batches, desc="generate", unit="batch", disable=not progress):
+        indices = order[start:start + batch_size]
+        new_tokens = decode_batch([encoded[i] for i in indices])
+        for index, row in zip(indices, new_tokens):
+            answer_ids = _cut_at_stop(row, set(stop_ids))
+            answers[index] = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+    return answers
+
+
+def _fast_decoder(model: Any, tokenizer: Any, engine: str, do_sample: bool, compute_type: str, cache: bool,
+                  stop_ids: list[int], max_new_tokens: int):
+    """A batch decoder on the fast engine, or None where Hugging Face `generate` must run."""
+    if engine == "hf":
+        return None
+    reason = "it decodes greedily only" if do_sample else fast.unsupported_reason(model)
+    if reason is not None:
+        if engine == "ct2":
+            raise InstructuneError(f"generate: engine 'ct2' cannot run here: {reason}; use engine 'auto' or 'hf'")
+        return None
+    loaded = fast.load_engine(model, tokenizer, compute_type=compute_type, cache=cache)
+
+    def decode_batch(rows: list[list[int]]) -> list[list[int]]:
+        return fast.generate_ids(loaded, rows, tokenizer, max_new_tokens=max_new_tokens, stop_ids=stop_ids)
+
+    return decode_batch
+
+
+def _hf_decoder(model: Any, tokenizer: Any, stop_ids: list[int], max_new_tokens: int, do_sample: bool,
+                temperature: float, top_p: float):
+    """A batch decoder on Hugging Face `generate`: left-padded rows in, new token ids out."""
+    import torch
+    from transformers import GenerationConfig
+
+    encoder_decoder = is_encoder_decoder(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
     generation_config = GenerationConfig(
@@ -119,16 +177,10 @@ def generate(
     )
     if encoder_decoder:
         generation_config.decoder_start_token_id = model.config.decoder_start_token_id
-
-    encoded = [encode_prompt(model, tokenizer, prompt, chat_template) for prompt in prompts]
-    # Longest first: similar lengths share a batch (less padding), and a memory error shows at once.
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
     model.eval()
-    batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-        indices = order[start:start + batch_size]
-        input_ids, attention_mask = pad_rows([encoded[i] for i in indices], pad_id, left=True)
+
+    def decode_batch(rows: list[list[int]]) -> list[list[int]]:
+        input_ids, attention_mask = pad_rows(rows, pad_id, left=True)
         with torch.inference_mode():
             output = model.generate(
                 input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
@@ -136,7 +188,6 @@ def generate(
             )
         # Decoder-only output repeats the prompt; seq2seq output starts with the decoder start token.
         new_tokens = output[:, 1:] if encoder_decoder else output[:, input_ids.shape[1]:]
-        for index, row in zip(indices, new_tokens.tolist()):
-            answer_ids = _cut_at_stop(row, set(stop_ids))
-            answers[index] = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
-    return answers
+        return new_tokens.tolist()
+
+    return decode_batch

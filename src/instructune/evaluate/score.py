@@ -33,6 +33,7 @@ def evaluate_examples(
     chat_template: bool | None = None,
     mode: str = "instruct",
     progress: bool = True,
+    generate_options: dict | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Score rendered examples with the method their kind calls for.
 
@@ -49,6 +50,7 @@ def evaluate_examples(
         mode: "instruct" or "lm-eval" (multiple choice by lm-evaluation-harness's rules; generation
             then runs without the chat template).
         progress: show tqdm bars (items/s and the time left).
+        generate_options: more keywords for `generate` (engine, compute_type, cache_engine).
 
     Returns:
         (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
@@ -92,7 +94,7 @@ def evaluate_examples(
     references = [_references_of(example, index) for index, example in enumerate(examples)]
     predictions = generate(
         model, tokenizer, [example["prompt"] for example in examples], max_new_tokens=max_new_tokens,
-        batch_size=batch_size, chat_template=chat_template, progress=progress,
+        batch_size=batch_size, chat_template=chat_template, progress=progress, **(generate_options or {}),
     )
     item_scores = generation_item_scores(predictions, references)
     rows = [
@@ -126,6 +128,7 @@ def evaluate_task(
     chat_template: bool | None = None,
     mode: str | None = None,
     progress: bool = True,
+    generate_options: dict | None = None,
 ) -> tuple[dict, list[dict]]:
     """Render a task's records and evaluate them: the run summary and the prediction rows.
 
@@ -167,7 +170,7 @@ def evaluate_task(
     started = time.perf_counter()
     metrics, rows = evaluate_examples(
         model, tokenizer, examples, kind=task.kind, batch_size=batch_size, max_new_tokens=max_new_tokens,
-        chat_template=chat_template, mode=mode, progress=progress,
+        chat_template=chat_template, mode=mode, progress=progress, generate_options=generate_options,
     )
     seconds = time.perf_counter() - started
     for row, example in zip(rows, examples):
