@@ -324,8 +324,10 @@ class Trainer:
             model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
             batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
             chat_template=self.config.model.chat_template,
-            # The weights change between checks: convert them afresh each time, cache nothing.
-            generate_options={"cache_engine": False},
+            # HF generate, not the CTranslate2 engine: the weights change between checks, so each would
+            # pay a conversion, and on this CPU the engine's fp32 decoding is only ~1.05x HF's
+            # (bench/RESULTS.md, 48 DialogSum dialogues on a quiet machine).
+            generate_options={"engine": "hf"},
         )
         model.train()
         return {f"gen_{k}": metrics[k] for k in ("rouge1", "rougeL", "exact_match", "f1") if k in metrics}

@@ -91,7 +91,7 @@ def make_parser() -> argparse.ArgumentParser:
                              "(default: each task's eval_mode; hellaswag_lmeval and piqa_lmeval are lm-eval)")
     parser.add_argument("--engine", choices=("auto", "hf", "ct2"), default="auto",
                         help="greedy generation engine: auto = CTranslate2 when it can take the model (same answers "
-                             "as HF generate, several times faster), else Hugging Face generate")
+                             "as HF generate fp32; 1.05x its speed on a 2-core EPYC, bench/RESULTS.md), else Hugging Face generate")
     parser.add_argument("--compute-type", choices=("float32", "int8"), default="float32",
                         help="fast engine precision; int8 is faster but changes answers (ROUGE-1 0.018 lower on 16 DialogSum dialogues, bench/RESULTS.md)")
     parser.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
