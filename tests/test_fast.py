@@ -9,24 +9,13 @@ import tiny
 from instructune.errors import InstructuneError
 from instructune.evaluate import fast
 from instructune.evaluate.generate import encode_prompt, generate, stop_token_ids
-from test_generate import _chatty
+from test_generate import _chatty, hf_greedy_ids, lora_with_effect
 
 PROMPTS = [
     "Hi", "Where is my order? I want a refund for my purchase", "How do I reset", "abc " * 20,
     "Summarize the dialogue. #Person1#: Hello, how are you? #Person2#: I am fine, thank you.",
     "The quick brown fox", "Question: which option is correct? Answer:", "0123456789",
 ]
-
-
-def _hf_greedy_ids(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
-    """The reference: Hugging Face greedy `generate` on one unpadded prompt, new ids up to the first stop."""
-    stop_ids = stop_token_ids(model, tokenizer)
-    input_ids = torch.tensor([encode_prompt(model, tokenizer, prompt)])
-    with torch.inference_mode():
-        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=stop_ids[0])
-    new = output[0, input_ids.shape[1]:].tolist()
-    return next((new[:i] for i, token in enumerate(new) if token in stop_ids), new)
 
 
 class TestGreedyEquality:
@@ -36,7 +25,7 @@ class TestGreedyEquality:
         stop_ids = stop_token_ids(model, tokenizer)
         rows = [encode_prompt(model, tokenizer, p) for p in PROMPTS]
         got = fast.generate_ids(engine, rows, tokenizer, max_new_tokens=24, stop_ids=stop_ids)
-        expected = [_hf_greedy_ids(model, tokenizer, p, 24) for p in PROMPTS]
+        expected = [hf_greedy_ids(model, tokenizer, p, 24) for p in PROMPTS]
         assert [row[:len(ref)] for row, ref in zip(got, expected)] == expected
         assert all(len(row) == len(ref) for row, ref in zip(got, expected))  # same stops, nothing after
         assert any(len(ref) == 24 for ref in expected)  # the cap is exercised, not only early stops
@@ -48,13 +37,7 @@ class TestGreedyEquality:
         assert ct2 == hf and all(hf)
 
     def test_lora_model_converts_with_adapters_and_is_left_unchanged(self, llama, tokenizer):
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(_chatty(llama), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:  # zero at init: give the adapters a visible effect
-                    parameter.normal_(0, 0.5)
+        model = lora_with_effect(_chatty(llama))
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         hf = generate(model, tokenizer, PROMPTS, max_new_tokens=12, progress=False, engine="hf")
         ct2 = generate(model, tokenizer, PROMPTS, max_new_tokens=12, progress=False, engine="ct2", cache_engine=False)

@@ -17,6 +17,29 @@ def _chatty(model):
     return model.eval()
 
 
+def hf_greedy_ids(model, tokenizer, prompt: str, max_new_tokens: int, stop_ids=None) -> list[int]:
+    """The reference: Hugging Face greedy `generate` on one unpadded prompt, new ids up to the first stop."""
+    stop_ids = stop_ids or stop_token_ids(model, tokenizer)
+    input_ids = torch.tensor([encode_prompt(model, tokenizer, prompt)])
+    with torch.inference_mode():
+        output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=stop_ids[0])
+    new = output[0, input_ids.shape[1]:].tolist()
+    return next((new[:i] for i, token in enumerate(new) if token in stop_ids), new)
+
+
+def lora_with_effect(model):
+    """`model` under a LoRA adapter whose B matrices are random (zero at init), so the adapter changes answers."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    return model
+
+
 class TestGenerate:
     def test_batched_equals_one_at_a_time_in_input_order(self, llama, tokenizer):
         model = _chatty(llama)
@@ -61,6 +84,20 @@ class TestGenerate:
             runs.append(generate(model, tokenizer, PROMPTS[:2], max_new_tokens=6, do_sample=True,
                                  temperature=0.7, top_p=0.9, progress=False))
         assert runs[0] == runs[1]
+
+    @pytest.mark.parametrize("engine", ["native", "hf"])
+    def test_progress_bar_counts_prompts_with_rate_and_eta(self, llama, tokenizer, capsys, engine):
+        generate(_chatty(llama), tokenizer, PROMPTS * 2, max_new_tokens=4, batch_size=3, engine=engine)
+        bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+        assert bar.startswith("generate: 100%") and "8/8 [" in bar and "prompt/s]" in bar
+        assert "<00:00" in bar  # elapsed<remaining: the ETA
+
+    def test_auto_takes_the_native_engine_and_its_precisions(self, llama, tokenizer):
+        model = _chatty(llama)
+        assert generate(model, tokenizer, PROMPTS, max_new_tokens=6, progress=False) == generate(
+            model, tokenizer, PROMPTS, max_new_tokens=6, progress=False, engine="native")
+        with pytest.raises(Exception, match="engine 'native' cannot run here: compute_type 'int8'"):
+            generate(model, tokenizer, PROMPTS, progress=False, engine="native", compute_type="int8")
 
     def test_empty_and_bad_arguments(self, llama, tokenizer):
         assert generate(llama, tokenizer, [], progress=False) == []

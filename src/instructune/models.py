@@ -9,6 +9,7 @@ What this file leaves out: training-time wrapping (train.py) and merging for exp
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -180,6 +181,20 @@ def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
     expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
     check_weights_match(path, saved_shapes([path / ADAPTER_FILE]), expected, "adapter")
     return wrapped
+
+
+def unwrapped_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def merged_copy(model: Any) -> Any:
+    """A deep copy with any LoRA adapters merged in and the PEFT wrapper gone; `model` is untouched."""
+    copied = copy.deepcopy(model)
+    if hasattr(copied, "merge_and_unload"):
+        copied = copied.merge_and_unload()
+    return copied
 
 
 def adapter_base_model(adapter: str | Path) -> str | None:

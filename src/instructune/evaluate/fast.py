@@ -13,7 +13,6 @@ to Hugging Face `generate` for them.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from instructune.errors import InstructuneError
-from instructune.models import cache_dir, is_encoder_decoder
+from instructune.models import cache_dir, is_encoder_decoder, merged_copy, unwrapped_model
 
 COMPUTE_TYPES = ("float32", "int8")
 
@@ -49,18 +48,12 @@ def unsupported_reason(model: Any) -> str | None:
     device = getattr(model, "device", None)
     if device is not None and getattr(device, "type", "cpu") != "cpu":
         return f"the model is on {device}; the CTranslate2 wheel runs on CPU"
-    config = _base_model(model).config
+    config = unwrapped_model(model).config
     # The converter's registry of architectures; reading it avoids a failed conversion to find out.
     loaders = getattr(ct2_transformers, "_MODEL_LOADERS", {})
     if type(config).__name__ not in loaders:
         return f"CTranslate2 cannot convert {type(config).__name__}"
     return None
-
-
-def _base_model(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def weights_digest(model: Any) -> str:
@@ -82,10 +75,7 @@ def weights_digest(model: Any) -> str:
 
 def _plain_copy(model: Any) -> Any:
     """A copy without wrappers: LoRA adapters merged in. The converter dismantles what it is given."""
-    copied = copy.deepcopy(model)
-    if hasattr(copied, "merge_and_unload"):
-        copied = copied.merge_and_unload()
-    return copied.float().eval()
+    return merged_copy(model).float().eval()
 
 
 def convert(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
@@ -180,7 +170,7 @@ def _converted_folder(model: Any, tokenizer: Any, *, persist: bool) -> Path:
     evaluated once or twice; a 0.5 GB copy each would pile up), LoRA-wrapped models (one per adapter),
     models built in memory (tests) and `persist=False` (in-training checks).
     """
-    source = Path(str(getattr(_base_model(model).config, "_name_or_path", "") or ""))
+    source = Path(str(getattr(unwrapped_model(model).config, "_name_or_path", "") or ""))
     wrapped = hasattr(model, "merge_and_unload")
     cached = persist and not wrapped and source.is_dir() and cache_dir().resolve() in source.resolve().parents
     folder = cache_dir() / "models" / f"{source.name}.ct2-{weights_digest(model)[:16]}" if cached else None

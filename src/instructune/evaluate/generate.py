@@ -4,10 +4,11 @@ Decoder-only models see each prompt exactly as training formatted it (`format_pr
 template when the tokenizer has one); batches are left-padded so every row's answer starts at the
 same column, and prompts are sorted by length so rows in a batch carry little padding. Generation
 uses the KV cache and stops at EOS or `<|im_end|>`. Encoder-decoder models (T5, FLAN-T5) get the raw
-prompt as encoder input and no chat template. Greedy decoding runs on the fast engine (fast.py,
-CTranslate2) when it can take the model, with the same answers; sampling, encoder-decoder and
-quantized models run on Hugging Face `generate`, which stays the reference. Beam search, streaming
-and stop strings other than end tokens are left out (chat.py streams).
+prompt as encoder input and no chat template. Greedy decoding of Llama-family models runs on the
+native engine (decode.py: unpadded prefill, continuous batching), with the same answers in float32;
+CTranslate2 (fast.py) is there on request; sampling, encoder-decoder and quantized models run on
+Hugging Face `generate`, which stays the reference. Beam search, streaming and stop strings other than
+end tokens are left out (chat.py streams).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 from instructune.errors import InstructuneError
-from instructune.evaluate import fast
+from instructune.evaluate import decode, fast
 from instructune.models import is_encoder_decoder
 from instructune.tokenize import prompt_token_ids
 
 CHAT_END_TOKEN = "<|im_end|>"
-# "auto": the fast engine when it can take the model and decoding is greedy, else Hugging Face.
-ENGINES = ("auto", "hf", "ct2")
+# "auto": the native engine when it can take the model and decoding is greedy, else Hugging Face.
+ENGINES = ("auto", "hf", "native", "ct2")
+# Precisions each engine offers; the first is its default. Hugging Face runs in the model's own dtype.
+COMPUTE_TYPES = {"native": decode.COMPUTE_TYPES, "ct2": fast.COMPUTE_TYPES}
 
 
 def encode_prompt(model: Any, tokenizer: Any, prompt: str, chat_template: bool | None = None) -> list[int]:
@@ -85,7 +88,7 @@ def generate(
     chat_template: bool | None = None,
     progress: bool = True,
     engine: str = "auto",
-    compute_type: str = "float32",
+    compute_type: str | None = None,
     cache_engine: bool = True,
 ) -> list[str]:
     """Generate one answer per prompt, greedy by default.
@@ -95,19 +98,21 @@ def generate(
         tokenizer: its tokenizer.
         prompts: rendered instructions (template inputs), unformatted.
         max_new_tokens: cap on generated tokens per answer.
-        batch_size: prompts per `generate` call.
+        batch_size: prompts per `generate` call (Hugging Face, CTranslate2), or answers in flight
+            at once (the native engine's continuous batch).
         do_sample: sample instead of greedy decoding; then `temperature` and `top_p` apply.
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
         chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
             Ignored for encoder-decoder models.
-        progress: show a tqdm bar over batches.
-        engine: "auto" (CTranslate2 for greedy decoding when it can take the model, else Hugging
-            Face), "hf" (always Hugging Face `generate`) or "ct2" (an error when it cannot).
-        compute_type: the fast engine's precision: "float32" (the same answers as Hugging Face
-            greedy) or "int8" (faster; changes answers, not the default). The Hugging Face path
-            runs in the model's own dtype.
-        cache_engine: keep the fast engine's conversion on disk and in memory, keyed by a hash of the
+        progress: show a tqdm bar over prompts, with prompts/s and an ETA.
+        engine: "auto" (the native engine for greedy decoding when it can take the model, else
+            Hugging Face), "hf" (always Hugging Face `generate`), "native" or "ct2" (CTranslate2);
+            the last two are an error when they cannot take the model.
+        compute_type: the precision of the native or CTranslate2 engine: None or "float32" (the same
+            answers as Hugging Face greedy), "bfloat16" (native: faster, changes some answers) or
+            "int8" (CTranslate2). The Hugging Face path runs in the model's own dtype.
+        cache_engine: keep CTranslate2's conversion on disk and in memory, keyed by a hash of the
             weights; turn off for weights that change between calls (in-training checks).
 
     Returns:
@@ -126,35 +131,56 @@ def generate(
     if not prompts:
         return []
     stop_ids = stop_token_ids(model, tokenizer)
-    decode_batch = _fast_decoder(model, tokenizer, engine, do_sample, compute_type, cache_engine, stop_ids,
-                                 max_new_tokens)
-    if decode_batch is None:
-        decode_batch = _hf_decoder(model, tokenizer, stop_ids, max_new_tokens, do_sample, temperature, top_p)
-
     encoded = [encode_prompt(model, tokenizer, prompt, chat_template) for prompt in prompts]
     # Longest first: similar lengths share a batch (less padding), and a memory error shows at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    answers: list[str] = [""] * len(prompts)
-    batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="generate", unit="batch", disable=not progress):
-        indices = order[start:start + batch_size]
-        new_tokens = decode_batch([encoded[i] for i in indices])
-        for index, row in zip(indices, new_tokens):
-            answer_ids = _cut_at_stop(row, set(stop_ids))
-            answers[index] = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
-    return answers
+    chosen = _choose_engine(model, engine, do_sample, compute_type)
+    new_tokens: list[list[int]] = [[] for _ in prompts]
+    with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
+        if chosen == "native":
+            decoder = decode.NativeDecoder(model, compute_type or "float32")
+            rows = decoder.generate([encoded[i] for i in order], max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                                    slots=batch_size, on_done=lambda _: bar.update(1))
+            for index, row in zip(order, rows):
+                new_tokens[index] = row
+        else:
+            if chosen == "ct2":
+                decode_batch = _ct2_decoder(model, tokenizer, compute_type or "float32", cache_engine, stop_ids,
+                                            max_new_tokens)
+            else:
+                decode_batch = _hf_decoder(model, tokenizer, stop_ids, max_new_tokens, do_sample, temperature, top_p)
+            for start in range(0, len(order), batch_size):
+                indices = order[start:start + batch_size]
+                for index, row in zip(indices, decode_batch([encoded[i] for i in indices])):
+                    new_tokens[index] = _cut_at_stop(row, set(stop_ids))
+                bar.update(len(indices))
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
 
 
-def _fast_decoder(model: Any, tokenizer: Any, engine: str, do_sample: bool, compute_type: str, cache: bool,
-                  stop_ids: list[int], max_new_tokens: int):
-    """A batch decoder on the fast engine, or None where Hugging Face `generate` must run."""
+def _choose_engine(model: Any, engine: str, do_sample: bool, compute_type: str | None) -> str:
+    """The engine that runs: the one asked for, or for "auto" the native one where it can, else "hf"."""
     if engine == "hf":
-        return None
-    reason = "it decodes greedily only" if do_sample else fast.unsupported_reason(model)
-    if reason is not None:
-        if engine == "ct2":
-            raise InstructuneError(f"generate: engine 'ct2' cannot run here: {reason}; use engine 'auto' or 'hf'")
-        return None
+        return "hf"
+    # auto prefers the native engine; int8 only exists on CTranslate2.
+    candidates = ("native", "ct2") if engine == "auto" else (engine,)
+    for candidate in candidates:
+        module = decode if candidate == "native" else fast
+        reason = "it decodes greedily only" if do_sample else module.unsupported_reason(model)
+        if compute_type is not None and compute_type not in COMPUTE_TYPES[candidate]:
+            reason = f"compute_type {compute_type!r} is not one of {', '.join(COMPUTE_TYPES[candidate])}"
+        if reason is None and (engine != "auto" or candidate == "native" or compute_type == "int8"):
+            return candidate
+        if engine != "auto":
+            raise InstructuneError(f"generate: engine {engine!r} cannot run here: {reason}; use engine 'auto' or 'hf'")
+    if compute_type not in (None, "float32"):
+        raise InstructuneError(f"generate: compute_type {compute_type!r} needs the native or ct2 engine; neither "
+                               "can run this model, so leave it out (Hugging Face runs in the model's dtype)")
+    return "hf"
+
+
+def _ct2_decoder(model: Any, tokenizer: Any, compute_type: str, cache: bool, stop_ids: list[int],
+                 max_new_tokens: int):
+    """A batch decoder on CTranslate2."""
     loaded = fast.load_engine(model, tokenizer, compute_type=compute_type, cache=cache)
 
     def decode_batch(rows: list[list[int]]) -> list[list[int]]:

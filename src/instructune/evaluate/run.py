@@ -19,6 +19,7 @@ from pathlib import Path
 from instructune.data.render import parse_template_choice
 from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
+from instructune.evaluate.generate import ENGINES
 from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
 from instructune.models import load_model
@@ -89,11 +90,13 @@ def make_parser() -> argparse.ArgumentParser:
                         help="'lm-eval': lm-evaluation-harness 0.4's rules (plain prompt, ' ' + option, no chat "
                              "template, no options listed); 'instruct': prompts as training renders them "
                              "(default: each task's eval_mode; hellaswag_lmeval and piqa_lmeval are lm-eval)")
-    parser.add_argument("--engine", choices=("auto", "hf", "ct2"), default="auto",
-                        help="greedy generation engine: auto = CTranslate2 when it can take the model (same answers "
-                             "as HF generate fp32; 1.05x its speed on a 2-core EPYC, bench/RESULTS.md), else Hugging Face generate")
-    parser.add_argument("--compute-type", choices=("float32", "int8"), default="float32",
-                        help="fast engine precision; int8 is faster but changes answers (ROUGE-1 0.018 lower on 16 DialogSum dialogues, bench/RESULTS.md)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="greedy generation engine: auto = the native engine for Llama-family models (same "
+                             "answers as HF generate fp32, continuous batching; bench/RESULTS.md), else Hugging "
+                             "Face generate; ct2 = CTranslate2")
+    parser.add_argument("--compute-type", choices=("float32", "bfloat16", "int8"), default=None,
+                        help="engine precision (default float32, exact): bfloat16 (native engine) is faster and "
+                             "changes some answers, int8 (ct2 only) more; their ROUGE against float32 is in bench/RESULTS.md")
     parser.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap prompts in the tokenizer's chat template (default: when it has one)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

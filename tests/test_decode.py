@@ -1,0 +1,122 @@
+"""The native engine: float32 greedy answers equal Hugging Face `generate`'s token for token (Llama and
+Qwen2 layers, LoRA-wrapped too), continuous batching refills and compacts slots without changing any
+answer, bfloat16 leaves the caller's model untouched, and what the engine cannot take is named."""
+
+import pytest
+import torch
+
+import tiny
+from instructune.errors import InstructuneError
+from instructune.evaluate.decode import NativeDecoder, unsupported_reason
+from instructune.evaluate.generate import encode_prompt, generate, stop_token_ids
+from test_generate import _chatty, hf_greedy_ids, lora_with_effect
+
+PROMPTS = [
+    "Hi", "Where is my order? I want a refund for my purchase", "How do I reset", "abc " * 20,
+    "Summarize the dialogue. #Person1#: Hello, how are you? #Person2#: I am fine, thank you.",
+    "The quick brown fox", "Question: which option is correct? Answer:", "0123456789",
+]
+
+
+def _native_ids(model, tokenizer, prompts, max_new_tokens, slots, compute_type="float32", on_done=None,
+                stop_ids=None):
+    rows = [encode_prompt(model, tokenizer, p) for p in prompts]
+    decoder = NativeDecoder(model, compute_type)
+    return decoder.generate(rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids or stop_token_ids(model, tokenizer),
+                            slots=slots, on_done=on_done)
+
+
+def _qwen2(tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, use_sliding_window=False,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+class TestGreedyEquality:
+    @pytest.mark.parametrize("slots", [1, 3, 8])
+    def test_float32_ids_equal_hf_generate_token_for_token(self, llama, tokenizer, slots):
+        # 3 slots for 8 prompts: answers stop at different steps, so slots are refilled and compacted.
+        model = _chatty(llama)
+        # A stop set with a token some answers write early, so answers end at different steps.
+        free = [hf_greedy_ids(model, tokenizer, p, 24) for p in PROMPTS]
+        rows_with = torch.bincount(torch.tensor([t for row in free for t in set(row)]))
+        early = {t for row in free for t in row[1:16]}
+        stop_ids = stop_token_ids(model, tokenizer) + [min(t for t in early if rows_with[t] <= 3)]
+        got = _native_ids(model, tokenizer, PROMPTS, 24, slots, stop_ids=stop_ids)
+        expected = [hf_greedy_ids(model, tokenizer, p, 24, stop_ids) for p in PROMPTS]
+        assert got == expected
+        assert any(len(ref) == 24 for ref in expected)  # the cap is exercised ...
+        assert any(len(ref) < 24 for ref in expected)   # ... and so are early stops
+
+    def test_qwen2_layers_with_attention_bias(self, tokenizer):
+        model = _chatty(_qwen2(tokenizer))
+        assert model.model.layers[0].self_attn.q_proj.bias is not None
+        got = _native_ids(model, tokenizer, PROMPTS, 16, 3)
+        assert got == [hf_greedy_ids(model, tokenizer, p, 16) for p in PROMPTS]
+
+    def test_lora_model_decodes_through_its_adapters_and_is_left_unchanged(self, llama, tokenizer):
+        model = lora_with_effect(_chatty(llama))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        hf = generate(model, tokenizer, PROMPTS, max_new_tokens=12, progress=False, engine="hf")
+        native = generate(model, tokenizer, PROMPTS, max_new_tokens=12, progress=False, engine="native")
+        bf16 = generate(model, tokenizer, PROMPTS, max_new_tokens=12, progress=False, engine="native",
+                        compute_type="bfloat16")
+        assert native == hf
+        after = dict(model.named_parameters())
+        assert after.keys() == before.keys() and all(torch.equal(after[n], before[n]) for n in before)
+        assert after["base_model.model.lm_head.weight"].dtype == torch.float32
+        with model.disable_adapter():
+            base = generate(model, tokenizer, PROMPTS, max_new_tokens=12, progress=False, engine="native")
+        assert base != hf  # the adapters changed the answers, so the engine ran them
+        assert len(bf16) == len(PROMPTS)
+
+    def test_bfloat16_follows_hf_generate_on_the_same_bf16_weights(self, llama, tokenizer):
+        # Not bit-equal (bf16 rounds in another order), but the same model: most answers agree.
+        model = _chatty(llama)
+        got = _native_ids(model, tokenizer, PROMPTS, 12, 4, compute_type="bfloat16")
+        reference = _chatty(tiny.make_llama(tokenizer)).to(torch.bfloat16)
+        expected = [hf_greedy_ids(reference, tokenizer, p, 12) for p in PROMPTS]
+        first_tokens_equal = sum(a[:1] == b[:1] for a, b in zip(got, expected))
+        assert first_tokens_equal >= 6, (got, expected)
+        assert next(model.parameters()).dtype == torch.float32
+
+
+class TestSlots:
+    def test_each_answer_is_reported_done_once_and_single_token_caps_work(self, llama, tokenizer):
+        model = _chatty(llama)
+        done = []
+        got = _native_ids(model, tokenizer, PROMPTS, 1, 3, on_done=done.append)
+        assert sorted(done) == list(range(len(PROMPTS)))
+        assert got == [hf_greedy_ids(model, tokenizer, p, 1) for p in PROMPTS]
+
+    def test_a_prompt_that_stops_at_once_gives_an_empty_answer(self, llama, tokenizer):
+        model = _chatty(llama)
+        stop = stop_token_ids(model, tokenizer)[0]
+        head = model.lm_head  # a bias that makes the stop token the argmax everywhere
+        model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+        with torch.no_grad():
+            model.lm_head.weight.copy_(head.weight)
+            model.lm_head.bias.zero_()
+            model.lm_head.bias[stop] = 1e4
+        rows = [encode_prompt(model, tokenizer, p) for p in PROMPTS[:3]]
+        assert NativeDecoder(model).generate(rows, max_new_tokens=8, stop_ids=[stop], slots=2) == [[], [], []]
+
+
+class TestCoverage:
+    def test_t5_is_named_and_auto_falls_back_to_hf(self, tokenizer):
+        t5 = tiny.make_t5(tokenizer).eval()
+        assert unsupported_reason(t5) == "encoder-decoder models use Hugging Face generate"
+        with pytest.raises(InstructuneError, match="engine 'native' cannot run here: encoder-decoder"):
+            generate(t5, tokenizer, PROMPTS[:2], max_new_tokens=4, progress=False, engine="native")
+        assert generate(t5, tokenizer, PROMPTS[:2], max_new_tokens=4, progress=False) == generate(
+            t5, tokenizer, PROMPTS[:2], max_new_tokens=4, progress=False, engine="hf")
+
+    def test_unknown_compute_type_is_one_line(self, llama):
+        with pytest.raises(InstructuneError, match="compute_type 'int4'; expected one of float32, bfloat16"):
+            NativeDecoder(llama, "int4")
