@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import safe_open
@@ -80,9 +80,13 @@ def run_weights(run_dir: str | Path) -> tuple[str | None, str | None]:
     raise InstructuneError(f"{run_dir}: no adapter/ or model/ yet (the run has not finished)")
 
 
-def save_weights(model: Any, folder: Path) -> None:
-    """An adapter (PEFT) or a full model, as safetensors via save_pretrained."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save_weights(model: Any, folder: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """An adapter (PEFT) or a full model, as safetensors via save_pretrained.
+
+    `state_dict` is the full state gathered from an FSDP-sharded model (fsdp.py); by default
+    save_pretrained reads the model's own tensors.
+    """
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
 
 
 def saved_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
@@ -123,10 +127,12 @@ def check_weights_match(where: Path, saved: Mapping[str, tuple], expected: Mappi
         raise InstructuneError(f"{where}: {what} does not match the model: " + "; ".join(problems))
 
 
-def load_weights(model: Any, folder: Path) -> None:
+def load_weights(model: Any, folder: Path, load_state: Callable[[dict], None] | None = None) -> None:
     """Load weights saved by `save_weights` into the same (possibly PEFT-wrapped) model, in place.
 
     Every tensor the model trains must be in the folder with its shape, and nothing else may be.
+    `load_state` takes the checked tensors under the model's own state-dict names (fsdp.py passes one
+    that fills an FSDP-sharded model); by default they are copied in with `load_state_dict`.
     """
     folder = Path(folder)
     checkpoint = folder.parent if folder.name == "weights" else folder
@@ -138,38 +144,60 @@ def load_weights(model: Any, folder: Path) -> None:
     if is_adapter:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        tensors = model.state_dict()
+        adapter = get_peft_model_state_dict(model, state_dict=tensors)
+        expected = {k: tuple(v.shape) for k, v in adapter.items()}
         check_weights_match(checkpoint, saved_shapes([folder / ADAPTER_FILE]), expected, "checkpoint")
-        set_peft_model_state_dict(model, load_file(folder / ADAPTER_FILE))
+        if load_state is None:
+            set_peft_model_state_dict(model, load_file(folder / ADAPTER_FILE))
+            return
+        # peft saves without the adapter name (lora_A.weight, not lora_A.default.weight); its picks are
+        # the model's own tensor objects, which give back each one's state-dict name.
+        model_name = {id(v): k for k, v in tensors.items()}
+        load_state({model_name[id(adapter[k])]: v for k, v in load_file(folder / ADAPTER_FILE).items()})
         return
     shards = sorted(folder.glob("*.safetensors"))
     saved = saved_shapes(shards)
     tensors = model.state_dict()
-    # Tied weights (Llama's lm_head, T5's embed_tokens) are saved once, under the name they share
-    # storage with; they count as present when their twin is.
-    stored = {tensors[k].data_ptr() for k in saved if k in tensors}
-    expected = {k: tuple(v.shape) for k, v in tensors.items() if k in saved or v.data_ptr() not in stored}
+    # Tied weights (Llama's lm_head, T5's embed_tokens) are one Parameter under two names, saved once;
+    # they count as present when their twin is. Parameter identity, not storage, says which are tied:
+    # under FSDP each process's shard of a small weight may be empty.
+    twin = _tie_ids(model)
+    stored = {twin.get(k, k) for k in saved}
+    expected = {k: tuple(v.shape) for k, v in tensors.items() if k in saved or twin.get(k, k) not in stored}
     check_weights_match(checkpoint, saved, expected, "checkpoint")
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
         state.update(load_file(shard))
-    model.load_state_dict(state, strict=False)
+    if load_state is None:
+        model.load_state_dict(state, strict=False)
+        return
+    by_id = {twin[k]: v for k, v in state.items() if k in twin}
+    load_state({**{k: by_id[i] for k, i in twin.items() if i in by_id and k in tensors}, **state})
+
+
+def _tie_ids(model: Any) -> dict[str, int]:
+    """{parameter or buffer name: id of the tensor}; tied weights share an id."""
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(model.named_buffers(remove_duplicate=False))
+    return {k: id(v) for k, v in named.items()}
 
 
 def save_checkpoint(
     run_dir: Path, step: int, *, model: Any, optimizer: Any, scheduler: Any, state: dict, keep_last: int,
-    rng_state: torch.Tensor | None = None,
+    rng_state: torch.Tensor | None = None, model_state: dict | None = None, optimizer_state: dict | None = None,
 ) -> Path:
     """Write checkpoint `step-N` atomically and delete all but the newest `keep_last`.
 
-    `rng_state` is the torch RNG state that belongs to `step` (default: the current one).
+    `rng_state` is the torch RNG state that belongs to `step` (default: the current one);
+    `model_state` and `optimizer_state` are full states gathered under FSDP (default: the objects' own).
     """
     folder = checkpoint_dir(run_dir)
     final = folder / f"{PREFIX}{step:07d}"
     _remove_leftovers(folder)
     with atomic_folder(final) as tmp:
-        save_weights(model, tmp / "weights")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_weights(model, tmp / "weights", model_state)
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state() if rng_state is None else rng_state}, tmp / "rng.pt")
         # The state file goes last: a folder without it is never taken for a checkpoint.
@@ -191,11 +219,17 @@ def _remove_leftovers(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, *, model: Any, optimizer: Any, scheduler: Any) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from `folder`; returns the saved trainer state."""
-    load_weights(model, folder / "weights")
+def load_checkpoint(
+    folder: Path, *, model: Any, optimizer: Any, scheduler: Any, load_model_state: Callable[[dict], None] | None = None,
+    load_optimizer_state: Callable[[dict], None] | None = None,
+) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from `folder`; returns the saved trainer state.
+
+    The `load_*_state` callables put full states into an FSDP-sharded model and its optimizer (fsdp.py).
+    """
+    load_weights(model, folder / "weights", load_model_state)
     try:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        (load_optimizer_state or optimizer.load_state_dict)(torch.load(folder / "optimizer.pt", weights_only=True))
     except (ValueError, KeyError) as error:
         raise InstructuneError(f"{folder}: optimizer state does not match this run's parameters ({error})") from None
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))

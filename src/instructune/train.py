@@ -30,6 +30,7 @@ from .config import RunConfig, config_keys_help, load_config, save_config
 from .data.sources import read_examples
 from .errors import InstructuneError
 from .evaluate.score import evaluate_examples
+from .fsdp import gather_model_state, gather_optimizer_state, refuse_ignored_fsdp, state_loaders
 from .loss import causal_lm_loss_sum, seq2seq_loss_sum
 from .models import is_encoder_decoder, load_model
 from .pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
@@ -68,6 +69,7 @@ class Trainer:
         # may want another precision. The process-group part (PartialState) is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(mixed_precision=self._mixed_precision(), cpu=not torch.cuda.is_available())
+        refuse_ignored_fsdp(self.accelerator)
         self.world = self.accelerator.num_processes
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -107,7 +109,9 @@ class Trainer:
             schedule, self.optimizer, num_warmup_steps=int(cfg.train.warmup_ratio * self.total_steps),
             num_training_steps=self.total_steps,
         )
+        # One call: under FSDP it shards the weights and repoints the optimizer, so clipping re-reads them.
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self._say(
             f"{len(self.train_rows)} training rows ({'packed' if cfg.data.packing and not self.encoder_decoder else 'unpacked'}, "
             f"max_length {cfg.data.max_length}), {self.rows_per_step} rows per optimizer step, "
@@ -184,7 +188,8 @@ class Trainer:
         last = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
         if last is not None:
             state = ckpt.load_checkpoint(last, model=self.accelerator.unwrap_model(self.model),
-                                         optimizer=self.optimizer, scheduler=self.scheduler)
+                                         optimizer=self.optimizer, scheduler=self.scheduler,
+                                         **state_loaders(self.accelerator, self.model, self.optimizer))
             start_step = state["step"]
             self._say(f"resuming from {last} (step {start_step})")
         elif self.accelerator.is_main_process and ckpt.latest_checkpoint(self.run_dir) is not None:
@@ -274,7 +279,7 @@ class Trainer:
             context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
             with context:
                 loss_sum, _ = self._loss_sum(batch)
-                # DDP averages gradients over processes; scale up by world so the result is sum / total.
+                # DDP and FSDP average gradients over processes; scale up by world so the result is sum / total.
                 self.accelerator.backward(loss_sum * self.world / total)
             loss_total += float(loss_sum.detach())
         loss = float(self.accelerator.reduce(torch.tensor(loss_total, device=self.accelerator.device), "sum")) / total
@@ -341,9 +346,7 @@ class Trainer:
             state.update(best_value=value, best_metric=key, best_step=step, bad_evals=0)
             if key == "val_loss":
                 state["best_val_loss"] = value
-            if self.accelerator.is_main_process:
-                ckpt.save_weights(self.accelerator.unwrap_model(self.model), self.run_dir / "best")
-                self.tokenizer.save_pretrained(self.run_dir / "best")  # so best/ loads as a model folder
+            self._save_weights(self.run_dir / "best")
             return False
         state["bad_evals"] = state.get("bad_evals", 0) + 1
         patience = self.config.train.early_stopping_patience
@@ -353,15 +356,25 @@ class Trainer:
     def _due(step: int, every: int | None) -> bool:
         return bool(every) and step % every == 0
 
+    def _save_weights(self, folder: Path) -> None:
+        """The model or adapter with the tokenizer (so the folder loads as a model); every process calls it."""
+        full = gather_model_state(self.accelerator, self.model, adapter_only=self.config.lora.enabled)
+        if self.accelerator.is_main_process:
+            ckpt.save_weights(self.accelerator.unwrap_model(self.model), folder, full)
+            self.tokenizer.save_pretrained(folder)
+
     def _save(self, step: int, state: dict, rng_state: torch.Tensor | None = None) -> Path | None:
         self.accelerator.wait_for_everyone()
         self._saved_step = step
+        # Under FSDP the full states are gathered by all processes before rank 0 writes them.
+        model_state = gather_model_state(self.accelerator, self.model, adapter_only=self.config.lora.enabled)
+        optimizer_state = gather_optimizer_state(self.accelerator, self.model, self.optimizer)
         if not self.accelerator.is_main_process:
             return None
         return ckpt.save_checkpoint(
             self.run_dir, step, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
             scheduler=self.scheduler, state=state, keep_last=self.config.train.keep_last_n_checkpoints,
-            rng_state=rng_state,
+            rng_state=rng_state, model_state=model_state, optimizer_state=optimizer_state,
         )
 
     def _finish(self, step: int, state: dict, tokens: int, seconds: float) -> dict:
@@ -372,10 +385,9 @@ class Trainer:
                    "tokens_per_s": tokens / max(seconds, 1e-9), "best_val_loss": state.get("best_val_loss"),
                    "best_metric": state.get("best_metric"), "best_value": state.get("best_value"),
                    "best_step": state.get("best_step")}
+        out = self.run_dir / ("adapter" if self.config.lora.enabled else "model")
+        self._save_weights(out)
         if self.accelerator.is_main_process:
-            out = self.run_dir / ("adapter" if self.config.lora.enabled else "model")
-            ckpt.save_weights(self.accelerator.unwrap_model(self.model), out)
-            self.tokenizer.save_pretrained(out)
             records = MetricsLog.read(self.run_dir / "metrics.jsonl")
             losses = [r["loss"] for r in records if "loss" in r]
             summary.update(first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
