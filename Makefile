@@ -42,28 +42,65 @@ board-screenshots: $(STAMP)
 clean:
 	rm -rf $(VENV) runs
 
-# The forgetting experiment (issue 6): tune on DialogSum alone vs DialogSum + Alpaca, then compare
-# against the base on DialogSum (ROUGE) and the held-out HellaSwag and PIQA (log-likelihood accuracy).
+# The forgetting experiment (issues 6, 16): full fine-tuning on DialogSum alone vs the same budget on
+# DialogSum + Alpaca + HellaSwag (FLAN's recipe), each compared with the untouched model on DialogSum
+# (ROUGE, best-of-3 and mean-of-3 references) and on held-out tasks: HellaSwag and PIQA validation
+# (first 1,000 items each, scored as lm-evaluation-harness does: --mode lm-eval) and customer-support
+# answers (Bitext, 200 items spread over all 27 intents, ROUGE). docs/forgetting.md has the design.
+# Estimated on 2 quiet CPU cores: ~13-18 min per evaluation (x3), ~9 min per training run (x2): ~60 min (50-75).
+# Smoke run: make forgetting FORGET_MC=8 FORGET_GEN=4 FORGET_TRAIN="train.max_steps=2" FORGET_DOCS=/tmp/forgetting
 FORGET := runs/forgetting
 SHARED := ../shared/data
-EVAL_SET := --task dialogsum --data $(SHARED)/dialogsum/test.jsonl \
-	--task hellaswag --data $(SHARED)/hellaswag/validation.jsonl \
-	--task piqa --data $(SHARED)/piqa/validation.jsonl
-# Multiple choice in instruct mode (template 6 without its options, chat template), not lm-eval's
-# protocol (that is --task hellaswag_lmeval / piqa_lmeval); see docs/forgetting.md.
-EVAL_FLAGS := --mode instruct --limit 100 --template 6 --no-options --max-new-tokens 64 --no-progress
-.PHONY: forgetting
+FORGET_MC ?= 1000
+FORGET_GEN ?= 200
+FORGET_TRAIN ?=
+FORGET_DOCS ?= docs/forgetting
+FORGET_HELD_OUT := hellaswag_lmeval piqa_lmeval support_response
+# Bitext is sorted by intent: every 22nd of its 4,514 rows spreads 200 items over all 27 intents.
+FORGET_SET = --task dialogsum --data $(SHARED)/dialogsum/test.jsonl --limit $(FORGET_GEN) --start 0 --every 1 \
+	--task support_response --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(FORGET_GEN) --start 0 --every 22 \
+	--task hellaswag_lmeval --data $(SHARED)/hellaswag/validation.jsonl --limit $(FORGET_MC) --start 0 --every 1 \
+	--task piqa_lmeval --data $(SHARED)/piqa/validation.jsonl --limit $(FORGET_MC) --start 0 --every 1
+# The setting search reads other items: DialogSum validation, Bitext rows 11, 33, ..., multiple choice
+# items 1000-1499; never the items above, and never the HellaSwag items 2000+ that the mixture trains on.
+SEARCH_SET = --task dialogsum --data $(SHARED)/dialogsum/validation.jsonl --limit $(SEARCH_GEN) --start 0 --every 1 \
+	--task support_response --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(SEARCH_GEN) --start 11 --every 22 \
+	--task hellaswag_lmeval --data $(SHARED)/hellaswag/validation.jsonl --limit $(SEARCH_MC) --start 1000 --every 1 \
+	--task piqa_lmeval --data $(SHARED)/piqa/validation.jsonl --limit $(SEARCH_MC) --start 1000 --every 1
+SEARCH_MC ?= 500
+SEARCH_GEN ?= 100
+SEARCH_LRS ?= 5e-5 1e-4 2e-4
+# Template 0 everywhere (the lm-eval tasks have only that one); 64 new tokens covers DialogSum's summaries
+# (p90 46 tokens) and the first third of a Bitext answer (mean 176), for speed.
+FORGET_FLAGS := --template 0 --max-new-tokens 64 --no-progress
+.PHONY: forgetting forgetting-search
 forgetting: $(STAMP)
 	$(VENV)/bin/instructune prepare --mixture configs/forgetting/dialogsum.mixture.yaml -o $(FORGET)/data/dialogsum.jsonl
 	$(VENV)/bin/instructune prepare --mixture configs/forgetting/mixed.mixture.yaml -o $(FORGET)/data/mixed.jsonl
-	$(VENV)/bin/instructune eval $(EVAL_SET) $(EVAL_FLAGS) -o $(FORGET)/base.json
-	$(VENV)/bin/instructune train configs/forgetting/dialogsum.yaml --overwrite
-	$(VENV)/bin/instructune eval --adapter runs/forgetting-dialogsum/adapter $(EVAL_SET) $(EVAL_FLAGS) -o $(FORGET)/dialogsum.json
-	$(VENV)/bin/instructune train configs/forgetting/mixed.yaml --overwrite
-	$(VENV)/bin/instructune eval --adapter runs/forgetting-mixed/adapter $(EVAL_SET) $(EVAL_FLAGS) -o $(FORGET)/mixed.json
+	$(VENV)/bin/instructune eval $(FORGET_SET) $(FORGET_FLAGS) -o $(FORGET)/base.json
+	$(VENV)/bin/instructune train configs/forgetting/dialogsum.yaml $(FORGET_TRAIN) --overwrite
+	$(VENV)/bin/instructune eval --model runs/forgetting-dialogsum/model $(FORGET_SET) $(FORGET_FLAGS) -o $(FORGET)/dialogsum.json
+	$(VENV)/bin/instructune train configs/forgetting/mixed.yaml $(FORGET_TRAIN) --overwrite
+	$(VENV)/bin/instructune eval --model runs/forgetting-mixed/model $(FORGET_SET) $(FORGET_FLAGS) -o $(FORGET)/mixed.json
 	$(VENV)/bin/instructune compare $(FORGET)/base.json $(FORGET)/dialogsum.json $(FORGET)/mixed.json \
-		--names base dialogsum dialogsum+alpaca --held-out hellaswag piqa \
-		--loss-png runs/forgetting-dialogsum/loss.png -o docs/forgetting
+		--names base dialogsum mixture --held-out $(FORGET_HELD_OUT) \
+		--loss-png runs/forgetting-dialogsum/loss.png -o $(FORGET_DOCS)
+	cp $(FORGET)/base.json $(FORGET)/dialogsum.json $(FORGET)/mixed.json $(FORGET_DOCS)/
+	cp runs/forgetting-mixed/loss.png $(FORGET_DOCS)/loss-mixture.png
+
+# The setting search (issue 16): DialogSum alone at each of SEARCH_LRS, on items the experiment does not
+# score. ~7 min for the base evaluation + ~16 min per rate (train ~9, evaluate ~7): ~55 min for three rates.
+forgetting-search: $(STAMP)
+	$(VENV)/bin/instructune prepare --mixture configs/forgetting/dialogsum.mixture.yaml -o $(FORGET)/data/dialogsum.jsonl
+	$(VENV)/bin/instructune eval $(SEARCH_SET) $(FORGET_FLAGS) -o $(FORGET)/search/base.json
+	set -e; for lr in $(SEARCH_LRS); do \
+		$(VENV)/bin/instructune train configs/forgetting/dialogsum.yaml train.lr=$$lr run_name=forgetting-search-lr$$lr \
+			$(FORGET_TRAIN) --overwrite; \
+		$(VENV)/bin/instructune eval --model runs/forgetting-search-lr$$lr/model $(SEARCH_SET) $(FORGET_FLAGS) \
+			-o $(FORGET)/search/lr$$lr.json; \
+	done
+	$(VENV)/bin/instructune compare $(FORGET)/search/base.json $(foreach lr,$(SEARCH_LRS),$(FORGET)/search/lr$(lr).json) \
+		--names base $(foreach lr,$(SEARCH_LRS),lr$(lr)) --held-out $(FORGET_HELD_OUT) -o $(FORGET_DOCS)/search
 
 # The DialogSum lab (issue 7): the three rows of docs/dialogsum.md, one command each after the data.
 # Each training run takes ~55 min on 2 CPU cores, each 500-dialogue evaluation ~12-20 min; `make dialogsum` runs all.

@@ -122,6 +122,18 @@ class TestShippedConfigs:
     def test_every_shipped_run_config_validates(self, path):
         load_config(path)
 
+    def test_forgetting_runs_share_one_budget_and_train_on_no_evaluated_item(self):
+        # Issue 16: the single-task and mixture runs differ only in their data; `make forgetting` scores
+        # multiple-choice items 0-999, `make forgetting-search` 1000-1499 (Makefile).
+        from instructune.data.prepare import load_mixture
+
+        single, mixture = (load_config(ROOT / "configs" / "forgetting" / f"{name}.yaml") for name in ("dialogsum", "mixed"))
+        assert single.train == mixture.train and single.data.max_length == mixture.data.max_length
+        assert not single.lora.enabled and not mixture.lora.enabled
+        for entry in load_mixture(ROOT / "configs" / "forgetting" / "mixed.mixture.yaml").tasks:
+            if "validation" in entry.data:
+                assert entry.start >= 1500, f"{entry.task} trains on validation items the evaluations score"
+
 
 @pytest.mark.parametrize("path", MIXTURES, ids=[p.name for p in MIXTURES])
 def test_every_shipped_mixture_validates(path):

@@ -1,11 +1,12 @@
 """`instructune prepare`: single task and mixture forms, outputs, summaries, one-line errors."""
 
 import json
+import re
 
 import datasets
 import pytest
 
-from instructune.data.prepare import load_mixture, main, prepare, summarize
+from instructune.data.prepare import build_task_examples, load_mixture, main, prepare, summarize
 from instructune.errors import InstructuneError
 
 PIQA_ROWS = [{"goal": f"goal {i}", "sol1": f"first {i}", "sol2": f"second {i}", "label": i % 2} for i in range(40)]
@@ -161,6 +162,27 @@ class TestMixture:
         for name in ("m1.jsonl", "m2.jsonl"):
             main(["--mixture", str(raw_dir / "mix.yaml"), "-o", str(raw_dir / name)])
         assert (raw_dir / "m1.jsonl").read_text() == (raw_dir / "m2.jsonl").read_text()
+
+    def test_start_skips_records_kept_for_evaluation(self, raw_dir):
+        # Issue 16: train on PIQA items 30-34 while items 0-29 are evaluated; same templates as a full render.
+        (raw_dir / "mix.yaml").write_text("tasks:\n  - {task: piqa, data: piqa.jsonl, start: 30, limit: 5}\n")
+        prepare(raw_dir / "mix.jsonl", mixture=raw_dir / "mix.yaml")
+        prompts = [e["prompt"] for e in read_jsonl(raw_dir / "mix.jsonl")]
+        assert sorted(int(re.search(r"goal (\d+)", prompt).group(1)) for prompt in prompts) == [30, 31, 32, 33, 34]
+        assert set(prompts) <= {e["prompt"] for e in build_task_examples(raw_dir / "piqa.jsonl", "piqa")}
+
+    def test_start_keeps_file_lines_in_skips_and_errors(self, tmp_path):
+        rows = TestEmptyCompletions.ROWS
+        (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        skipped = []
+        examples = build_task_examples(tmp_path / "alpaca.jsonl", "alpaca", start=2, skipped=skipped)
+        assert [e["completion"] for e in examples] == ["2"] and skipped == [f"{tmp_path / 'alpaca.jsonl'}:4"]
+        (tmp_path / "piqa.jsonl").write_text("".join(
+            json.dumps(row) + "\n" for row in [*PIQA_ROWS[:3], {"goal": "g", "sol1": "a", "label": 0}]))
+        with pytest.raises(InstructuneError, match=r"lacks field 'sol2' at .*piqa\.jsonl:4"):
+            build_task_examples(tmp_path / "piqa.jsonl", "piqa", start=2, template=0)
+        with pytest.raises(InstructuneError, match=r"piqa\.jsonl: start 9, but the file holds only 4 records"):
+            build_task_examples(tmp_path / "piqa.jsonl", "piqa", start=9)
 
     def test_unknown_key_is_one_line_naming_it(self, raw_dir):
         (raw_dir / "bad.yaml").write_text(MIXTURE.replace("limit: 20", "limt: 20"))

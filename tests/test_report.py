@@ -1,6 +1,7 @@
 """Before/after comparison: deltas, intervals and forgetting flags, the rendered report, and eval -> compare end to end."""
 
 import json
+import re
 
 import pytest
 
@@ -282,6 +283,42 @@ class TestEvalThenCompare:
         with pytest.raises(InstructuneError, match="lm-eval.*chat-template"):
             run_module.main(["--model", str(tiny_llama_dir), "--task", "piqa_lmeval", "--data", str(piqa),
                              "--chat-template", "--no-progress", "-o", str(out)])
+
+    def test_items_per_task_by_limit_start_and_every(self, tmp_path, tiny_llama_dir):
+        # Issue 16: 1,000 multiple-choice items but 200 generations in one run; a search on other items.
+        piqa = tmp_path / "piqa.jsonl"
+        piqa.write_text("".join(json.dumps({"goal": f"Goal {i}.", "sol1": "Twist", "sol2": "Bite", "label": i % 2}) + "\n"
+                                for i in range(10)))
+        out = tmp_path / "slices.json"
+        assert run_module.main(["--model", str(tiny_llama_dir), "--task", "piqa", "--data", str(piqa),
+                                "--task", "piqa_lmeval", "--data", str(piqa), "--limit", "3", "--limit", "2",
+                                "--start", "0", "--start", "4", "--every", "1", "--every", "3", "--template", "sample",
+                                "--no-progress", "-o", str(out)]) == 0
+        tasks = json.loads(out.read_text())["tasks"]
+        assert {name: (t["start"], t["every"], t["limit"], t["n_examples"]) for name, t in tasks.items()} == {
+            "piqa": (0, 1, 3, 3), "piqa_lmeval": (4, 3, 2, 2)}
+        rows = [json.loads(line) for line in (tmp_path / "slices.predictions.jsonl").read_text().splitlines()]
+        goals = [(row["task"], int(re.search(r"Goal (\d+)", row["prompt"]).group(1))) for row in rows]
+        assert goals == [("piqa", 0), ("piqa", 1), ("piqa", 2), ("piqa_lmeval", 4), ("piqa_lmeval", 7)]
+        # A slice renders as the whole file does: item 2 keeps its sampled template.
+        whole = tmp_path / "whole.json"
+        run_module.main(["--model", str(tiny_llama_dir), "--task", "piqa", "--data", str(piqa), "--template", "sample",
+                         "--no-progress", "-o", str(whole)])
+        assert [json.loads(line) for line in (tmp_path / "whole.predictions.jsonl").read_text().splitlines()][2][
+            "prompt"] == rows[2]["prompt"]
+
+    @pytest.mark.parametrize("flags, error", [
+        (["--limit", "1", "--limit", "2", "--limit", "3"], "3 --limit for 2 --task; give it once"),
+        (["--start", "-1"], "--start -1; expected a number >= 0"),
+        (["--every", "0"], "--every 0; expected a number >= 1"),
+        (["--start", "10"], "--start 10, but .*piqa.jsonl gives only 1 examples"),
+    ])
+    def test_bad_slices_are_one_line(self, tmp_path, tiny_llama_dir, flags, error):
+        piqa = tmp_path / "piqa.jsonl"
+        piqa.write_text(json.dumps({"goal": "Open a jar", "sol1": "Twist the lid", "sol2": "Bite", "label": 0}) + "\n")
+        with pytest.raises(InstructuneError, match=error):
+            run_module.main(["--model", str(tiny_llama_dir), "--task", "piqa", "--data", str(piqa), "--task", "piqa",
+                             "--data", str(piqa), *flags, "--no-progress", "-o", str(tmp_path / "o.json")])
 
     def test_mismatched_task_and_data_counts_raise(self, tmp_path):
         with pytest.raises(InstructuneError, match="one --data per --task"):

@@ -36,7 +36,8 @@ class MixtureTask(BaseModel):
     data: str = Field(description="raw records: a file or folder (relative paths: to the mixture file, then the cwd)")
     name: str | None = Field(None, description="name in the mixture (default: the task name); must be unique")
     split: str | None = Field(None, description="split to read from a saved DatasetDict or a folder of split files")
-    limit: int | None = Field(None, ge=1, description="read at most this many raw records (the first ones)")
+    start: int = Field(0, ge=0, description="skip this many raw records first (e.g. the ones kept for evaluation)")
+    limit: int | None = Field(None, ge=1, description="read at most this many raw records (the first ones after start)")
     template: str | int | None = Field(None, description="override the mixture's template choice for this task")
     num_fewshot: int | None = Field(None, ge=0, description="override the mixture's few-shot count for this task")
 

@@ -269,6 +269,7 @@ def render_records(
     options_style: str | None = None,
     source: str | Path | None = None,
     skipped: list[int] | None = None,
+    first_record: int = 0,
 ) -> list[dict[str, Any]]:
     """Render many records: one template each (seeded), every applicable template, or a fixed one.
 
@@ -289,6 +290,8 @@ def render_records(
         source: the file the records came from, so row errors say `file:line`.
         skipped: a list to leave out examples whose completion renders empty or as whitespace (training
             on them teaches the model to answer nothing); each one's record position is appended.
+        first_record: the position in `source` of the first record, when the records are a slice of
+            it, so `file:line` in errors and `skipped` positions refer to the whole file.
 
     Returns:
         Examples in record order (for "all": each record's templates in index order).
@@ -318,7 +321,7 @@ def render_records(
         else:
             applicable = compiled.applicable(values)
             if not applicable:
-                where = _where(source, position)
+                where = _where(source, first_record + position)
                 raise InstructuneError(f"task {task.name!r}: no template applies to this record{where}")
             chosen = applicable if template == "all" else [applicable[key % len(applicable)]]
         for index in chosen:
@@ -326,9 +329,9 @@ def render_records(
                 example = compiled.render(values, missing, index, with_options=with_options,
                                           options_style=options_style, where="")
             except InstructuneError as error:
-                raise InstructuneError(f"{error}{_where(source, position)}") from None
+                raise InstructuneError(f"{error}{_where(source, first_record + position)}") from None
             if skipped is not None and not example["completion"].strip():
-                skipped.append(position)
+                skipped.append(first_record + position)
                 continue
             if fewshot is not None:
                 example["prompt"] = fewshot.prefix(position, index) + example["prompt"]

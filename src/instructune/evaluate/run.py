@@ -3,7 +3,7 @@
 For each --task/--data pair the raw records are rendered with the task's templates (zero- or
 few-shot, a fixed template or a seeded sample) and scored by score.py in a named mode ("instruct" or
 "lm-eval", each task's own unless --mode says). Writes one metrics JSON (model, adapter, and per task
-its mode, split, template, limit, seed; package versions, timestamps) and the
+its mode, split, template, start, every, limit, seed; package versions, timestamps) and the
 predictions JSONL beside it. Comparing runs is compare.py's job.
 """
 
@@ -65,6 +65,26 @@ def format_metrics(task: str, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def per_task_values(flag: str, values: list[int] | None, n_tasks: int, *, default: int | None,
+                    smallest: int) -> list[int | None]:
+    """One value per --task from a flag given never, once (every task) or once per --task.
+
+    Example:
+        >>> per_task_values("--limit", [1000, 1000, 200], 3, default=None, smallest=1)
+        [1000, 1000, 200]
+        >>> per_task_values("--start", None, 2, default=0, smallest=0)
+        [0, 0]
+    """
+    values = values or [default]
+    if len(values) not in (1, n_tasks):
+        raise InstructuneError(f"eval: {len(values)} {flag} for {n_tasks} --task; give it once (every task) "
+                               "or once per --task, in the same order")
+    for value in values:
+        if value is not None and value < smallest:
+            raise InstructuneError(f"eval: {flag} {value}; expected a number >= {smallest}")
+    return values * n_tasks if len(values) == 1 else values
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instructune eval",
@@ -77,7 +97,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", action="append", required=True,
                         help="records file or folder for the matching --task (repeat once per --task)")
     parser.add_argument("--split", default=None, help="split to read from a data folder or saved dataset")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task")
+    parser.add_argument("--limit", type=int, action="append", default=None,
+                        help="evaluate at most N examples of each task: once for every task, or once per --task "
+                             "in the same order (e.g. 1000 for multiple choice, 200 for generation)")
+    parser.add_argument("--start", type=int, action="append", default=None,
+                        help="skip the first N examples before --limit: once for every task, or once per --task "
+                             "(--start 1000 --limit 500 scores items 1000-1499, e.g. to tune settings on items "
+                             "the final evaluation does not use)")
+    parser.add_argument("--every", type=int, action="append", default=None,
+                        help="take every N-th example from --start on, before --limit: once for every task, or once "
+                             "per --task (spreads a sample over a file sorted by topic; default 1)")
     parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars (from the same records) before each prompt")
     parser.add_argument("--template", default="0",
                         help="template index (default 0), 'sample' (seeded, one per record) or 'all'")
@@ -111,17 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         raise InstructuneError(
             f"eval: {len(args.task)} --task but {len(args.data)} --data; give one --data per --task, in the same order"
         )
-    if args.limit is not None and args.limit < 1:
-        raise InstructuneError(f"eval: --limit {args.limit}; expected a positive number of examples")
+    limits = per_task_values("--limit", args.limit, len(args.task), default=None, smallest=1)
+    starts = per_task_values("--start", args.start, len(args.task), default=0, smallest=0)
+    strides = per_task_values("--every", args.every, len(args.task), default=1, smallest=1)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     model, tokenizer = load_model(args.model, args.adapter)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tasks: dict[str, dict] = {}
     all_rows: list[dict] = []
-    for task_name, data in zip(args.task, args.data):
+    for task_name, data, limit, start, every in zip(args.task, args.data, limits, starts, strides):
         summary, rows = evaluate_task(
-            model, tokenizer, task_name, data, split=args.split, limit=args.limit, num_fewshot=args.num_fewshot,
+            model, tokenizer, task_name, data, split=args.split, limit=limit, start=start, every=every,
+            num_fewshot=args.num_fewshot,
             template=parse_template_choice(args.template), seed=args.seed, with_options=not args.no_options, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
             chat_template=args.chat_template, mode=args.mode, progress=not args.no_progress,
             generate_options={"engine": args.engine, "compute_type": args.compute_type},
