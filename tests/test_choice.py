@@ -249,8 +249,10 @@ class TestLmEvalParity:
         model, tokenizer = load_model(default_model_dir)
         for name in ("piqa", "hellaswag"):
             spec = harness["tasks"][name]
-            examples = _harness_examples(spec, shared_data, limit=4)
-            _, rows = score_choices(model, tokenizer, examples, batch_size=2, mode="lm-eval", progress=False)
+            # 24 items at small rows: several items per packed row and several rows per forward pass.
+            examples = _harness_examples(spec, shared_data, limit=24)
+            _, rows = score_choices(model, tokenizer, examples, mode="lm-eval", progress=False,
+                                    row_tokens=160, batch_tokens=640)
             for row, item in zip(rows, spec["items"]):
                 assert row["logprobs"] == pytest.approx(item["logprobs"], rel=2e-5, abs=1e-3)
                 assert row["pred"] == max(range(len(item["logprobs"])), key=lambda k: item["logprobs"][k])
