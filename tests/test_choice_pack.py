@@ -106,6 +106,19 @@ class TestScorePacked:
             packed = score_packed(llama, ITEMS, batch_tokens=256)
         assert packed == pytest.approx(_naive(llama, ITEMS), abs=1e-4)
 
+    def test_sliding_window_shorter_than_an_item_runs_each_option_alone(self, tokenizer):
+        from transformers import MistralConfig, MistralForCausalLM
+
+        torch.manual_seed(0)
+        model = MistralForCausalLM(MistralConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, sliding_window=16,
+        )).eval()
+        # Items 1 and 5 are longer than the window: a shared-prefix mask would let options see past it.
+        with torch.no_grad():
+            packed = score_packed(model, ITEMS)
+        assert packed == pytest.approx(_naive(model, ITEMS), abs=1e-4)
+
     def test_progress_counts_every_item_once(self, llama):
         done = []
         with torch.no_grad():

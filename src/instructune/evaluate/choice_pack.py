@@ -9,8 +9,9 @@ Segments are packed first-fit into rows of about `row_tokens`, rows of similar l
 forward pass up to `batch_tokens`, and the vocabulary projection runs at scored positions only.
 
 Left out: encoding (choice.py decides the tokens), encoder-decoder models (choice.py batches
-them), attention kernels that take no 4D mask (flash-attention: every option then runs as its own
-padded row, context repeated, under a 2D mask).
+them), attention kernels that take no 4D mask (flash-attention) and sliding-window models whose
+window is shorter than an item: every option then runs as its own padded row, context repeated,
+under a 2D mask that transformers turns into its own causal (or sliding) mask.
 """
 
 from __future__ import annotations
@@ -157,6 +158,15 @@ def _accepts_4d_mask(model: Any) -> bool:
     return str(getattr(model.config, "_attn_implementation", "sdpa")) in ("sdpa", "eager")
 
 
+def _tree_is_exact(model: Any, items: list[tuple[list[list[int]], list[list[int]]]]) -> bool:
+    """A 4D mask reaches every layer as is: right for full attention, and for a sliding window only
+    when no option sits further from its context's first token than the window."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    longest = max((len(c) + len(o) for contexts, options in items for c, o in zip(contexts, options)), default=0)
+    return _accepts_4d_mask(model) and (not isinstance(window, int) or longest <= window)
+
+
 def score_packed(
     model: Any,
     items: list[tuple[list[list[int]], list[list[int]]]],
@@ -184,7 +194,7 @@ def score_packed(
     """
     import torch
 
-    share = _accepts_4d_mask(model)
+    share = _tree_is_exact(model, items)
     segments = build_segments(items, row_tokens, share_context=share)
     rows = pack_rows([s.length for s in segments], row_tokens if share else 0)
     row_lengths = [sum(segments[s].length for s in row) for row in rows]
