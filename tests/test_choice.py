@@ -26,18 +26,18 @@ EXAMPLES = [
 
 def _naive_decoder_only(model, tokenizer, example):
     """Sum of log p(option tokens | prompt), one unpadded forward per option, no cache."""
-    context, _, continuations = _encode_decoder_only(tokenizer, example, None)
+    contexts, _, continuations = _encode_decoder_only(tokenizer, example, None)
     sums = []
-    for ids in continuations:
+    for context, ids in zip(contexts, continuations):
         logprobs = model(torch.tensor([context + ids])).logits[0].log_softmax(-1)
         sums.append(sum(logprobs[len(context) - 1 + j, token].item() for j, token in enumerate(ids)))
     return sums
 
 
 def _naive_encoder_decoder(model, tokenizer, example):
-    context, _, continuations = _encode_encoder_decoder(tokenizer, example)
+    contexts, _, continuations = _encode_encoder_decoder(tokenizer, example)
     sums = []
-    for ids in continuations:
+    for context, ids in zip(contexts, continuations):
         decoder_ids = torch.tensor([[model.config.decoder_start_token_id] + ids[:-1]])
         logprobs = model(input_ids=torch.tensor([context]), decoder_input_ids=decoder_ids).logits[0].log_softmax(-1)
         sums.append(sum(logprobs[j, token].item() for j, token in enumerate(ids)))
@@ -249,8 +249,10 @@ class TestLmEvalParity:
         model, tokenizer = load_model(default_model_dir)
         for name in ("piqa", "hellaswag"):
             spec = harness["tasks"][name]
-            examples = _harness_examples(spec, shared_data, limit=4)
-            _, rows = score_choices(model, tokenizer, examples, batch_size=2, mode="lm-eval", progress=False)
+            # 24 items at small rows: several items per packed row and several rows per forward pass.
+            examples = _harness_examples(spec, shared_data, limit=24)
+            _, rows = score_choices(model, tokenizer, examples, mode="lm-eval", progress=False,
+                                    row_tokens=160, batch_tokens=640)
             for row, item in zip(rows, spec["items"]):
                 assert row["logprobs"] == pytest.approx(item["logprobs"], rel=2e-5, abs=1e-3)
                 assert row["pred"] == max(range(len(item["logprobs"])), key=lambda k: item["logprobs"][k])

@@ -13,10 +13,11 @@ characters. The modes differ in how prompt and option become tokens:
   context + continuation are tokenized whole and split after the context's own tokens; acc_norm
   divides by the option's characters without the delimiter.
 
-The prompt is computed once per example: a batch of left-padded prompts runs through the decoder
-with the KV cache, the cache is repeated once per option, and all options of the batch run in a
-second forward. Encoder-decoder models encode the prompt once and score each option by the
-decoder's log-likelihood. Left out: generative multiple choice (letter answers), calibration.
+The prompt is computed once per example: a decoder-only model scores each context followed by all
+its options in one tree-packed row, many items per forward pass and no padding between them
+(choice_pack.py). Encoder-decoder models encode the prompt once and score each option by the
+decoder's log-likelihood, in batches of items. Left out: generative multiple choice (letter
+answers), calibration.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
+from instructune.evaluate.choice_pack import score_packed
 from instructune.evaluate.generate import pad_rows
 from instructune.models import is_encoder_decoder
 from instructune.tokenize import format_prompt, prompt_token_ids
@@ -54,14 +56,14 @@ def _encode_decoder_only(tokenizer: Any, example: dict, chat_template: bool | No
     context_ids = prompt_token_ids(tokenizer, example["prompt"], chat_template)
     continuations = [_continuation_text(context, option) for option in example["options"]]
     continuation_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in continuations]
-    return context_ids, continuations, continuation_ids
+    return [context_ids] * len(continuation_ids), continuations, continuation_ids
 
 
 def _encode_encoder_decoder(tokenizer: Any, example: dict):
     context_ids = tokenizer(example["prompt"])["input_ids"]
     continuations = [option.strip() for option in example["options"]]
     continuation_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in continuations]
-    return context_ids, continuations, continuation_ids
+    return [context_ids] * len(continuation_ids), continuations, continuation_ids
 
 
 def encode_lm_eval(tokenizer: Any, context: str, option: str, *, encoder_decoder: bool = False):
@@ -100,11 +102,12 @@ def encode_lm_eval(tokenizer: Any, context: str, option: str, *, encoder_decoder
 
 
 def _encode_lm_eval_example(tokenizer: Any, example: dict, encoder_decoder: bool):
-    """Shared context ids, the option texts (acc_norm's lengths) and each option's continuation ids."""
+    """Context ids per option, the option texts (acc_norm's lengths) and each option's continuation ids."""
     pairs = [encode_lm_eval(tokenizer, example["prompt"], option, encoder_decoder=encoder_decoder)
              for option in example["options"]]
-    # The context's tokens do not depend on the option, so every option shares one prompt forward.
-    return pairs[0][0], list(example["options"]), [continuation for _, continuation in pairs]
+    # Kept per option: options with equal context ids share one context in the packed forward
+    # (choice_pack.build_segments), any other gets its own copy.
+    return [context for context, _ in pairs], list(example["options"]), [continuation for _, continuation in pairs]
 
 
 def _target_logprob_sums(logits, targets, target_mask):
@@ -113,44 +116,6 @@ def _target_logprob_sums(logits, targets, target_mask):
     # gather - logsumexp: the log-softmax of the target only, without a second (R, T, V) tensor.
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)  # (R, T)
     return (picked * target_mask).sum(-1)
-
-
-def _score_batch_decoder_only(model, contexts, continuations, pad_id):
-    """Summed continuation logprob of every (example, option) row of one batch, prompts computed once."""
-    import torch
-
-    device = model.device
-    row_example = torch.tensor([b for b, options in enumerate(continuations) for _ in options], device=device)
-    rows = [ids for options in continuations for ids in options]
-
-    # Prompts, left-padded so that every prompt ends at the last column: (B, P)
-    context_ids, context_mask = (t.to(device) for t in pad_rows(contexts, pad_id, left=True))
-    context_positions = (context_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=context_ids, attention_mask=context_mask, position_ids=context_positions,
-        use_cache=True, logits_to_keep=1,
-    )
-    first_logprobs = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each option's first token
-    cont_ids, cont_mask = (t.to(device) for t in pad_rows(rows, pad_id, left=False))  # (R, C)
-    sums = first_logprobs[row_example, cont_ids[:, 0]]  # (R,)
-    if cont_ids.shape[1] == 1:
-        return sums
-
-    # One cache row per option, then every option's tokens but the last (it predicts nothing scored)
-    # in one forward after its prompt. Logits only where a real token is predicted: the vocabulary
-    # projection skips the padding of shorter options.
-    cache = out.cache
-    cache.reorder_cache(row_example)
-    inputs, targets, keep = cont_ids[:, :-1], cont_ids[:, 1:], cont_mask[:, 1:].bool()  # (R, C-1)
-    attention_mask = torch.cat([context_mask[row_example], cont_mask[:, :-1]], dim=1)  # (R, P + C-1)
-    positions = context_mask.sum(-1)[row_example, None] + torch.arange(inputs.shape[1], device=device)
-    out = model(input_ids=inputs, attention_mask=attention_mask, position_ids=positions, cache=cache,
-                logits_to_keep=keep)
-    logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # (N, V): one row per kept position
-    # gather - logsumexp: the log-softmax of the target only, without a second (N, V) tensor.
-    picked = logits.gather(-1, targets[keep][:, None]).squeeze(-1) - logits.logsumexp(-1)  # (N,)
-    row_of_kept = torch.arange(len(rows), device=device)[:, None].expand_as(keep)[keep]  # (N,)
-    return sums.index_add(0, row_of_kept, picked)
 
 
 def _score_batch_encoder_decoder(model, contexts, continuations, pad_id):
@@ -173,6 +138,21 @@ def _score_batch_encoder_decoder(model, contexts, continuations, pad_id):
     return _target_logprob_sums(out.logits, targets, target_mask)
 
 
+def _score_encoder_decoder(model, encoded, batch_size, pad_id, on_items_done) -> list[float]:
+    """Every option's sum, items in order; batches of items with similar prompt lengths."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0][0]))
+    by_item: list[list[float]] = [[] for _ in encoded]
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        # An encoder-decoder's prompt is encoded alone, so every option of an item has the same one.
+        sums = _score_batch_encoder_decoder(model, [encoded[i][0][0] for i in indices],
+                                            [encoded[i][2] for i in indices], pad_id).tolist()
+        for index in indices:
+            by_item[index], sums = sums[:len(encoded[index][2])], sums[len(encoded[index][2]):]
+        on_items_done(len(indices))
+    return [value for sums in by_item for value in sums]
+
+
 def score_choices(
     model: Any,
     tokenizer: Any,
@@ -182,6 +162,8 @@ def score_choices(
     chat_template: bool | None = None,
     mode: str = "instruct",
     progress: bool = True,
+    row_tokens: int = 256,
+    batch_tokens: int = 2048,
 ) -> tuple[dict[str, float], list[dict]]:
     """Score multiple-choice examples by the log-likelihood of each option.
 
@@ -189,12 +171,17 @@ def score_choices(
         model: a transformers causal LM or seq2seq LM (PEFT-wrapped is fine).
         tokenizer: its tokenizer.
         examples: dicts with "prompt" (str), "options" (list[str]) and "label" (gold option index).
-        batch_size: examples per forward pass (all their options run together).
+        batch_size: encoder-decoder models: examples per forward pass (all their options run together).
+            Decoder-only models pack by tokens instead (row_tokens, batch_tokens).
         chat_template: wrap prompts in the tokenizer's chat template; None = when it has one
             ("instruct" mode only: "lm-eval" never uses it, and True is an error there).
         mode: "instruct" (training's tokenization) or "lm-eval" (lm-evaluation-harness 0.4's rules);
             see the module docstring.
         progress: show a tqdm bar with items/s and the time left.
+        row_tokens: decoder-only: items (a context and its options) packed into one row up to this
+            many tokens; attention costs the square of a row's length.
+        batch_tokens: decoder-only: rows x row length per forward pass; memory grows with it (the
+            logits of its scored tokens, x the vocabulary, in float32).
 
     Returns:
         (metrics, per_example): metrics {"acc", "acc_norm"} as fractions; per example, in input order,
@@ -210,8 +197,9 @@ def score_choices(
     import torch
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise InstructuneError(f"score_choices: batch_size must be >= 1, got {batch_size}")
+    if min(batch_size, row_tokens, batch_tokens) < 1:
+        raise InstructuneError(f"score_choices: batch_size, row_tokens and batch_tokens must be >= 1, "
+                               f"got {batch_size}, {row_tokens}, {batch_tokens}")
     if mode not in EVAL_MODES:
         raise InstructuneError(f"score_choices: mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
     if mode == "lm-eval" and chat_template:
@@ -228,30 +216,30 @@ def score_choices(
         encoded = [_encode_encoder_decoder(tokenizer, ex) for ex in examples]
     else:
         encoded = [_encode_decoder_only(tokenizer, ex, chat_template) for ex in examples]
-    score_batch = _score_batch_encoder_decoder if encoder_decoder else _score_batch_decoder_only
-    # Similar prompt lengths share a batch, so little compute goes to padding.
-    order = sorted(range(len(examples)), key=lambda i: -len(encoded[i][0]))
-    per_example: list[dict] = [{} for _ in examples]
+    for index, (contexts, _, _) in enumerate(encoded):
+        if not all(contexts):
+            raise InstructuneError(f"multiple-choice example {index}: the prompt encodes to no tokens; expected a non-empty prompt")
     model.eval()
     bar = tqdm(total=len(examples), desc=f"score choices ({mode})", unit="item", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
-        with torch.inference_mode():
-            sums = score_batch(model, [encoded[i][0] for i in indices], [encoded[i][2] for i in indices], pad_id)
-        sums = sums.tolist()
-        for index in indices:
-            n_options = len(encoded[index][2])
-            logprobs, sums = sums[:n_options], sums[n_options:]
-            lengths = [len(text) for text in encoded[index][1]]
-            pred = max(range(n_options), key=lambda k: logprobs[k])
-            pred_norm = max(range(n_options), key=lambda k: logprobs[k] / lengths[k])
-            label = examples[index]["label"]
-            per_example[index] = {
-                "logprobs": logprobs, "pred": pred, "pred_norm": pred_norm, "label": label,
-                "correct": pred == label, "correct_norm": pred_norm == label,
-            }
-        bar.update(len(indices))
+    with torch.inference_mode():
+        if encoder_decoder:
+            sums = _score_encoder_decoder(model, encoded, batch_size, pad_id, bar.update)
+        else:
+            sums = score_packed(model, [(contexts, continuations) for contexts, _, continuations in encoded],
+                                row_tokens=row_tokens, batch_tokens=batch_tokens, on_items_done=bar.update)
     bar.close()
+    per_example: list[dict] = []
+    offset = 0
+    for example, (_, texts, _) in zip(examples, encoded):
+        logprobs, offset = sums[offset:offset + len(texts)], offset + len(texts)
+        lengths = [len(text) for text in texts]
+        pred = max(range(len(texts)), key=lambda k: logprobs[k])
+        pred_norm = max(range(len(texts)), key=lambda k: logprobs[k] / lengths[k])
+        label = example["label"]
+        per_example.append({
+            "logprobs": logprobs, "pred": pred, "pred_norm": pred_norm, "label": label,
+            "correct": pred == label, "correct_norm": pred_norm == label,
+        })
     metrics = {
         "acc": sum(row["correct"] for row in per_example) / len(examples),
         "acc_norm": sum(row["correct_norm"] for row in per_example) / len(examples),
