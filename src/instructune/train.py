@@ -327,8 +327,8 @@ class Trainer:
         model.eval()
         metrics, _ = evaluate_examples(
             model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
-            # The native engine decodes the live weights (no conversion) with 8 or more answers in flight.
-            batch_size=max(8, self.config.train.batch_size), max_new_tokens=self.config.train.generate_max_new_tokens,
+            # The native engine decodes the live weights in place, no conversion (HF generate where it cannot).
+            batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
             chat_template=self.config.model.chat_template,
         )
         model.train()

@@ -99,7 +99,7 @@ def generate(
         prompts: rendered instructions (template inputs), unformatted.
         max_new_tokens: cap on generated tokens per answer.
         batch_size: prompts per `generate` call (Hugging Face, CTranslate2), or answers in flight
-            at once (the native engine's continuous batch).
+            at once in the native engine's continuous batch (at least `decode.MIN_SLOTS`).
         do_sample: sample instead of greedy decoding; then `temperature` and `top_p` apply.
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
@@ -140,7 +140,7 @@ def generate(
         if chosen == "native":
             decoder = decode.NativeDecoder(model, compute_type or "float32")
             rows = decoder.generate([encoded[i] for i in order], max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                                    slots=batch_size, on_done=lambda _: bar.update(1))
+                                    slots=max(batch_size, decode.MIN_SLOTS), on_done=lambda _: bar.update(1))
             for index, row in zip(order, rows):
                 new_tokens[index] = row
         else:
