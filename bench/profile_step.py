@@ -80,6 +80,8 @@ def main() -> int:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--attn", default=None, choices=("sdpa", "eager"),
+                        help="attention implementation to try (a lever; default: the model's own, sdpa)")
     parser.add_argument("--append", default=None, help="append the tables to this markdown file")
     args = parser.parse_args()
 
@@ -87,7 +89,9 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
 
     trainer = build_trainer(args.dialogues, args.precision, args.micro_batch, args.lora)
-    trainer._optimizer_step(0)  # warm-up: first-call allocations and kernel choices
+    if args.attn:
+        trainer.accelerator.unwrap_model(trainer.model).set_attn_implementation(args.attn)
+    first_loss = trainer._optimizer_step(0)[0]  # warm-up: first-call allocations and kernel choices
     started = time.perf_counter()
     tokens = sum(trainer._optimizer_step(step)[2] for step in range(1, 1 + args.steps))
     step_seconds = (time.perf_counter() - started) / args.steps
@@ -116,7 +120,7 @@ def main() -> int:
         f"{torch.get_num_threads()} threads; 1-min load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
         f"- {args.steps} unprofiled steps: {step_seconds:.2f} s per optimizer step, "
         f"{tokens / args.steps / step_seconds:.0f} tokens/s ({tokens // args.steps} tokens a step); shares below "
-        f"from {args.steps} profiled steps",
+        f"from {args.steps} profiled steps; attention {args.attn or 'default (sdpa)'}; first step's loss {first_loss:.4f}",
         "",
         "| part of the step | share | ~seconds per step |",
         "|---|---:|---:|",
