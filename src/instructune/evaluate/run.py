@@ -113,7 +113,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for template sampling and few-shot draws")
     parser.add_argument("--no-options", action="store_true",
                         help="leave the options list out of multiple-choice prompts (score the endings alone)")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per forward pass / generate call")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per HF generate call (the native engine keeps at least 32 answers in flight; "
+                             "multiple choice on decoder-only models packs items by tokens instead)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap for generation tasks")
     parser.add_argument("--mode", choices=EVAL_MODES, default=None,
                         help="'lm-eval': lm-evaluation-harness 0.4's rules (plain prompt, ' ' + option, no chat "
