@@ -69,3 +69,8 @@ try:
     trainer.train()
 except KeyboardInterrupt:
     pass
+finally:
+    trainer.cleanup()
+    # Whether the process left its process group before exiting (an alive gloo group can abort at exit).
+    Path(out_dir, f"left-{accelerator.process_index}.json").write_text(
+        json.dumps({"group_alive": torch.distributed.is_initialized()}))

@@ -60,6 +60,11 @@ def _weights(run_dir: Path, lora: bool = False) -> dict:
     return load_file(run_dir / "run" / ("adapter/adapter_model.safetensors" if lora else "model/model.safetensors"))
 
 
+def _left_the_group(run_dir: Path) -> bool:
+    """Every process left its gloo group before exiting (else its C++ teardown can abort the launch)."""
+    return all(not json.loads((run_dir / f"left-{rank}.json").read_text())["group_alive"] for rank in (0, 1))
+
+
 def _gap(weights: dict, reference: dict) -> float:
     assert weights.keys() == reference.keys()
     return max(float((weights[k] - reference[k]).abs().max()) for k in reference)
@@ -91,6 +96,7 @@ def test_two_processes_with_unequal_label_counts_match_the_one_process_run(tmp_p
     gap = _gap(_weights(tmp_path), _weights(one_process))
     print(f"{launcher}: max abs weight difference to one process {gap:.3g}")
     assert gap <= 1e-5
+    assert _left_the_group(tmp_path)
 
 
 class TestFsdp:
@@ -102,6 +108,7 @@ class TestFsdp:
         _run([*FSDP, WORKER, tmp_path, "4", "fsdp_on_cpu", "stop_after=3"])
         checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
         assert checkpoints == ["step-0000003"] and not (tmp_path / "run" / "model").exists()
+        assert _left_the_group(tmp_path)  # the interrupted launch too: an abort there once failed CI
         _run([*FSDP, WORKER, tmp_path, "4", "fsdp_on_cpu", "resume"])
         for shard in self._held(tmp_path):  # each process held half of every weight, not a copy
             assert shard["distributed_type"] == "FSDP" and shard["held"] * 2 == shard["trainable"]

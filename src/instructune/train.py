@@ -1,7 +1,8 @@
 """Supervised fine-tuning on accelerate: loss on responses only, resumable, full or LoRA.
 
 Reads top to bottom: `Trainer.__init__` takes the validated config, `setup()` builds the parts in
-dependency order, `train()` runs the optimizer steps, and `main()` is the `instructune train` command.
+dependency order, `train()` runs the optimizer steps, `cleanup()` leaves the process group of a
+multi-process launch, and `main()` is the `instructune train` command.
 The batch order is a pure function of (seed, step), so a checkpoint's step is its data position and
 a resumed run continues the same loss curve. What this file leaves out: tokenization (tokenize.py),
 packing (pack.py), LoRA/QLoRA wrapping (adapters.py), the loss (loss.py), checkpoint files
@@ -396,6 +397,16 @@ class Trainer:
         self.summary = summary
         return summary
 
+    def cleanup(self) -> None:
+        """Leave the process group of a multi-process launch; nothing to do in one process.
+
+        A process that exits with its gloo group alive can abort in the C++ teardown ("terminate called
+        without an active exception"), failing the launch after a good save. No barrier first: after a
+        second Ctrl-C one process may leave mid-step while the others wait in a collective.
+        """
+        if self.accelerator.num_processes > 1:
+            self.accelerator.end_training()
+
     def _say(self, message: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(message)
@@ -429,7 +440,10 @@ def train(config: RunConfig, **kwargs: Any) -> dict:
     """
     trainer = Trainer(config, **kwargs)
     trainer.setup()
-    return trainer.train()
+    try:
+        return trainer.train()
+    finally:
+        trainer.cleanup()
 
 
 def make_parser() -> argparse.ArgumentParser:
