@@ -8,12 +8,12 @@ are `instructune compare` (deltas, forgetting flags, chart, HTML), with stats.py
 """
 
 from instructune.evaluate.choice import score_choices
-from instructune.evaluate.generate import generate
+from instructune.evaluate.generate import Decoding, generate
 from instructune.evaluate.metrics import exact_match, generation_metrics, normalize_answer, rouge_scores, token_f1
 from instructune.evaluate.report import before_after_markdown, comparison_markdown
 from instructune.evaluate.score import evaluate_examples, evaluate_task
 
 __all__ = [
-    "before_after_markdown", "comparison_markdown", "evaluate_examples", "evaluate_task", "exact_match",
+    "Decoding", "before_after_markdown", "comparison_markdown", "evaluate_examples", "evaluate_task", "exact_match",
     "generate", "generation_metrics", "normalize_answer", "rouge_scores", "score_choices", "token_f1",
 ]

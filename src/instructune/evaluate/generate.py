@@ -6,13 +6,15 @@ same column, and prompts are sorted by length so rows in a batch carry little pa
 uses the KV cache and stops at EOS or `<|im_end|>`. Encoder-decoder models (T5, FLAN-T5) get the raw
 prompt as encoder input and no chat template. Greedy decoding of Llama-family models runs on the
 native engine (decode.py: unpadded prefill, continuous batching), with the same answers in float32;
-CTranslate2 (fast.py) is there on request; sampling, encoder-decoder and quantized models run on
-Hugging Face `generate`, which stays the reference. Beam search, streaming and stop strings other than
-end tokens are left out (chat.py streams).
+CTranslate2 (fast.py) is there on request; sampling, beam search and the other `Decoding` settings,
+encoder-decoder and quantized models run on Hugging Face `generate`, which stays the reference (beam
+search is HF's own, not reimplemented). Streaming and stop strings other than end tokens are left out
+(chat.py streams).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from instructune.errors import InstructuneError
@@ -25,6 +27,57 @@ CHAT_END_TOKEN = "<|im_end|>"
 ENGINES = ("auto", "hf", "native", "ct2")
 # Precisions each engine offers; the first is its default. Hugging Face runs in the model's own dtype.
 COMPUTE_TYPES = {"native": decode.COMPUTE_TYPES, "ct2": fast.COMPUTE_TYPES}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are searched for beyond plain greedy decoding: Hugging Face `generate` settings.
+
+    The defaults are plain greedy decoding, which every engine runs. Any other value is Hugging Face
+    `generate`'s own (beam search, n-gram blocking, repetition penalty), so `generate(engine="auto")`
+    then runs Hugging Face, slower than the native greedy engine, and "native" or "ct2" are an error.
+    Left padding does not change the answers: Hugging Face leaves padding out of the repetition penalty,
+    and an n-gram of 2 or more tokens that holds padding cannot match an answer still running while pad
+    is a stop token (pad == eos in SmolLM2; no_repeat_ngram_size 1 also bans pad in padded rows).
+
+    Example:
+        >>> Decoding(num_beams=4, length_penalty=0.8).changed()
+        {'num_beams': 4, 'length_penalty': 0.8}
+        >>> Decoding().changed()
+        {}
+    """
+
+    # Beams kept per prompt; 1 = no beam search. Each beam is one more row in every HF forward pass.
+    num_beams: int = 1
+    # Beam search ranks finished answers by log-probability / (new tokens ** length_penalty): > 1 favours
+    # longer answers, < 1 shorter ones. Only acts with num_beams > 1.
+    length_penalty: float = 1.0
+    # No n-gram of this many tokens appears twice in prompt + answer (HF counts the prompt too); 0 = off.
+    no_repeat_ngram_size: int = 0
+    # Divides positive logits of tokens already in prompt or answer by this (multiplies negative ones); 1 = off.
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self):
+        if self.num_beams < 1 or self.no_repeat_ngram_size < 0 or self.repetition_penalty <= 0:
+            raise InstructuneError(f"decoding: num_beams {self.num_beams}, no_repeat_ngram_size "
+                                   f"{self.no_repeat_ngram_size}, repetition_penalty {self.repetition_penalty}; "
+                                   "expected num_beams >= 1, no_repeat_ngram_size >= 0 and repetition_penalty > 0")
+        if self.length_penalty != 1.0 and self.num_beams == 1:
+            raise InstructuneError(f"decoding: length_penalty {self.length_penalty} only acts in beam search; "
+                                   "set num_beams > 1 (e.g. --num-beams 4) or leave it at 1.0")
+
+    def changed(self) -> dict[str, float]:
+        """The settings that differ from plain greedy decoding, by name; {} for the defaults."""
+        return {field.name: getattr(self, field.name) for field in fields(self)
+                if getattr(self, field.name) != field.default}
+
+    def describe(self) -> str:
+        """ "greedy", or the changed settings as "num_beams=4, length_penalty=0.8"."""
+        return ", ".join(f"{name}={value}" for name, value in self.changed().items()) or "greedy"
+
+    def to_dict(self) -> dict[str, float]:
+        """Every setting by name, as result files record it."""
+        return asdict(self)
 
 
 def encode_prompt(model: Any, tokenizer: Any, prompt: str, chat_template: bool | None = None) -> list[int]:
@@ -90,6 +143,7 @@ def generate(
     engine: str = "auto",
     compute_type: str | None = None,
     cache_engine: bool = True,
+    decoding: Decoding | None = None,
 ) -> list[str]:
     """Generate one answer per prompt, greedy by default.
 
@@ -106,14 +160,16 @@ def generate(
         chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
             Ignored for encoder-decoder models.
         progress: show a tqdm bar over prompts, with prompts/s and an ETA.
-        engine: "auto" (the native engine for greedy decoding when it can take the model, else
+        engine: "auto" (the native engine for plain greedy decoding when it can take the model, else
             Hugging Face), "hf" (always Hugging Face `generate`), "native" or "ct2" (CTranslate2);
-            the last two are an error when they cannot take the model.
+            the last two are an error when they cannot take the model or the decoding settings.
         compute_type: the precision of the native or CTranslate2 engine: None or "float32" (the same
             answers as Hugging Face greedy), "bfloat16" (native: faster, changes some answers) or
             "int8" (CTranslate2). The Hugging Face path runs in the model's own dtype.
         cache_engine: keep CTranslate2's conversion on disk and in memory, keyed by a hash of the
             weights; turn off for weights that change between calls (in-training checks).
+        decoding: beam search and the other Hugging Face `generate` settings (`Decoding`); None = plain
+            greedy. `batch_size` prompts then make batch_size x num_beams rows per call.
 
     Returns:
         The decoded new text of each prompt, stripped, in the order of `prompts`.
@@ -134,7 +190,8 @@ def generate(
     encoded = [encode_prompt(model, tokenizer, prompt, chat_template) for prompt in prompts]
     # Longest first: similar lengths share a batch (less padding), and a memory error shows at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    chosen = _choose_engine(model, engine, do_sample, compute_type)
+    decoding = decoding or Decoding()
+    chosen = _choose_engine(model, engine, compute_type, _hf_only_reason(do_sample, decoding))
     new_tokens: list[list[int]] = [[] for _ in prompts]
     with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
         if chosen == "native":
@@ -148,7 +205,8 @@ def generate(
                 decode_batch = _ct2_decoder(model, tokenizer, compute_type or "float32", cache_engine, stop_ids,
                                             max_new_tokens)
             else:
-                decode_batch = _hf_decoder(model, tokenizer, stop_ids, max_new_tokens, do_sample, temperature, top_p)
+                decode_batch = _hf_decoder(model, tokenizer, stop_ids, max_new_tokens, do_sample, temperature, top_p,
+                                           decoding)
             for start in range(0, len(order), batch_size):
                 indices = order[start:start + batch_size]
                 for index, row in zip(indices, decode_batch([encoded[i] for i in indices])):
@@ -157,15 +215,27 @@ def generate(
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
 
 
-def _choose_engine(model: Any, engine: str, do_sample: bool, compute_type: str | None) -> str:
-    """The engine that runs: the one asked for, or for "auto" the native one where it can, else "hf"."""
+def _hf_only_reason(do_sample: bool, decoding: Decoding) -> str | None:
+    """Why only Hugging Face `generate` can decode this way, or None for plain greedy decoding."""
+    if do_sample:
+        return "it decodes greedily only"
+    if decoding.changed():
+        return f"{decoding.describe()} needs Hugging Face generate"
+    return None
+
+
+def _choose_engine(model: Any, engine: str, compute_type: str | None, hf_only: str | None) -> str:
+    """The engine that runs: the one asked for, or for "auto" the native one where it can, else "hf".
+
+    `hf_only` says why the decoding asked for needs Hugging Face (None: plain greedy, any engine).
+    """
     if engine == "hf":
         return "hf"
     # auto prefers the native engine; int8 only exists on CTranslate2.
     candidates = ("native", "ct2") if engine == "auto" else (engine,)
     for candidate in candidates:
         module = decode if candidate == "native" else fast
-        reason = "it decodes greedily only" if do_sample else module.unsupported_reason(model)
+        reason = hf_only or module.unsupported_reason(model)
         if compute_type is not None and compute_type not in COMPUTE_TYPES[candidate]:
             reason = f"compute_type {compute_type!r} is not one of {', '.join(COMPUTE_TYPES[candidate])}"
         if reason is None and (engine != "auto" or candidate == "native" or compute_type == "int8"):
@@ -173,8 +243,9 @@ def _choose_engine(model: Any, engine: str, do_sample: bool, compute_type: str |
         if engine != "auto":
             raise InstructuneError(f"generate: engine {engine!r} cannot run here: {reason}; use engine 'auto' or 'hf'")
     if compute_type not in (None, "float32"):
-        raise InstructuneError(f"generate: compute_type {compute_type!r} needs the native or ct2 engine; neither "
-                               "can run this model, so leave it out (Hugging Face runs in the model's dtype)")
+        why = hf_only or "neither can run this model"
+        raise InstructuneError(f"generate: compute_type {compute_type!r} needs the native or ct2 engine, but {why}; "
+                               "leave it out (Hugging Face runs in the model's dtype)")
     return "hf"
 
 
@@ -190,16 +261,19 @@ def _ct2_decoder(model: Any, tokenizer: Any, compute_type: str, cache: bool, sto
 
 
 def _hf_decoder(model: Any, tokenizer: Any, stop_ids: list[int], max_new_tokens: int, do_sample: bool,
-                temperature: float, top_p: float):
-    """A batch decoder on Hugging Face `generate`: left-padded rows in, new token ids out."""
+                temperature: float, top_p: float, decoding: Decoding):
+    """A batch decoder on Hugging Face `generate`: left-padded rows in, new token ids out (the best beam's)."""
     import torch
     from transformers import GenerationConfig
 
     encoder_decoder = is_encoder_decoder(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+    # Every decoding setting explicitly, defaults included: the model's own generation_config (a Hub
+    # model may ship num_beams or a repetition penalty) must not change what the result file records.
     generation_config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids, pad_token_id=pad_id, **sampling
+        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stop_ids, pad_token_id=pad_id, **sampling,
+        **decoding.to_dict(),
     )
     if encoder_decoder:
         generation_config.decoder_start_token_id = model.config.decoder_start_token_id

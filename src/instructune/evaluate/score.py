@@ -1,10 +1,12 @@
 """The scoring library: rendered examples or a task's records in, metrics and prediction rows out.
 
-Generation tasks are scored by ROUGE, exact match and token F1 on greedy answers (generate.py,
-metrics.py); multiple-choice tasks (and classification tasks with options) by option log-likelihood
-(choice.py), in one of two named modes: "instruct" (prompts as training renders them, chat template)
-or "lm-eval" (lm-evaluation-harness 0.4's plain-text rules). Training's in-training checks, `instructune eval`, the quickstart and the benchmarks all
-call this file. Leaves out: the `eval` command and its files (run.py), comparing runs (compare.py).
+Generation tasks are scored by ROUGE, exact match and token F1 on greedy answers, or on beam search
+and the other Hugging Face settings a `Decoding` names (generate.py, metrics.py); multiple-choice
+tasks (and classification tasks with options) by option log-likelihood (choice.py), in one of two
+named modes: "instruct" (prompts as training renders them, chat template) or "lm-eval"
+(lm-evaluation-harness 0.4's plain-text rules). Training's in-training checks, `instructune eval`, the
+quickstart and the benchmarks all call this file. Leaves out: the `eval` command and its files
+(run.py), comparing runs (compare.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from instructune.data.sources import load_records
 from instructune.data.templates import EVAL_MODES, KINDS, load_task
 from instructune.errors import InstructuneError
 from instructune.evaluate.choice import score_choices
-from instructune.evaluate.generate import generate
+from instructune.evaluate.generate import Decoding, generate
 from instructune.evaluate.metrics import generation_item_scores, mean_scores
 
 
@@ -34,6 +36,7 @@ def evaluate_examples(
     mode: str = "instruct",
     progress: bool = True,
     generate_options: dict | None = None,
+    decoding: Decoding | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Score rendered examples with the method their kind calls for.
 
@@ -51,6 +54,8 @@ def evaluate_examples(
             then runs without the chat template).
         progress: show tqdm bars (items/s and the time left).
         generate_options: more keywords for `generate` (engine, compute_type, cache_engine).
+        decoding: how generation searches (beam search, n-gram blocking, repetition penalty; Hugging
+            Face `generate` only); None = plain greedy, which in-training checks keep.
 
     Returns:
         (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
@@ -94,7 +99,8 @@ def evaluate_examples(
     references = [_references_of(example, index) for index, example in enumerate(examples)]
     predictions = generate(
         model, tokenizer, [example["prompt"] for example in examples], max_new_tokens=max_new_tokens,
-        batch_size=batch_size, chat_template=chat_template, progress=progress, **(generate_options or {}),
+        batch_size=batch_size, chat_template=chat_template, progress=progress, decoding=decoding,
+        **(generate_options or {}),
     )
     item_scores = generation_item_scores(predictions, references)
     rows = [
@@ -131,6 +137,7 @@ def evaluate_task(
     mode: str | None = None,
     progress: bool = True,
     generate_options: dict | None = None,
+    decoding: Decoding | None = None,
 ) -> tuple[dict, list[dict]]:
     """Render a task's records and evaluate them: the run summary and the prediction rows.
 
@@ -156,7 +163,8 @@ def evaluate_task(
 
     Returns:
         ({"task", "kind", "mode", "metric", "data", "split", "template", "num_fewshot", "start", "every", "limit",
-          "seed", "with_options", "chat_template", "max_new_tokens", "n_examples", "seconds", "metrics"},
+          "seed", "with_options", "chat_template", "max_new_tokens", "decoding", "n_examples", "seconds", "metrics"},
+          "max_new_tokens" and "decoding" (every `Decoding` setting) None unless the task kind is generation;
           prediction rows with "task", "template" and "mode" added).
     """
     task = load_task(task_name)
@@ -178,15 +186,19 @@ def evaluate_task(
     metrics, rows = evaluate_examples(
         model, tokenizer, examples, kind=task.kind, batch_size=batch_size, max_new_tokens=max_new_tokens,
         chat_template=chat_template, mode=mode, progress=progress, generate_options=generate_options,
+        decoding=decoding,
     )
     seconds = time.perf_counter() - started
+    generation = task.kind == "generation"
     for row, example in zip(rows, examples):
         row.update(task=task.name, template=example["template"], mode=mode)
     summary = {
         "task": task.name, "kind": task.kind, "mode": mode, "metric": task.metric, "data": str(data), "split": split,
         "template": template, "num_fewshot": num_fewshot, "start": start, "every": every, "limit": limit, "seed": seed,
         "with_options": with_options,
-        "chat_template": False if mode == "lm-eval" else chat_template, "max_new_tokens": max_new_tokens if task.kind == "generation" else None,
+        "chat_template": False if mode == "lm-eval" else chat_template,
+        "max_new_tokens": max_new_tokens if generation else None,
+        "decoding": (decoding or Decoding()).to_dict() if generation else None,
         "n_examples": len(examples), "seconds": round(seconds, 2), "metrics": metrics,
     }
     return summary, rows
