@@ -176,6 +176,15 @@ class TestBadInput:
         (line,) = error_lines(capsys)
         assert f"{tmp_path / 'train.jsonl'}: no examples left after filtering" in line
 
+    def test_greedy_engine_asked_for_beams(self, tmp_path, tiny_llama_dir, capsys):
+        data = write_jsonl(tmp_path / "d.jsonl", [{"dialogue": "#Person1#: Hi.", "summary": "A greeting."}])
+        argv = ["eval", "--model", str(tiny_llama_dir), "--task", "dialogsum", "--data", str(data), "--engine", "native",
+                "--num-beams", "4", "--no-progress", "-o", str(tmp_path / "o.json")]
+        assert cli.main(argv) == 2
+        assert error_lines(capsys) == ["instructune eval: error: generate: engine 'native' cannot run here: num_beams=4 "
+                                       "needs Hugging Face generate; use engine 'auto' or 'hf'"]
+        assert not (tmp_path / "o.json").exists()
+
 
 class TestRealProcess:
     def test_exit_codes_and_one_line_errors(self, tmp_path):

@@ -15,6 +15,7 @@ BEFORE = {"dialogsum": {"rouge1": 0.21, "rouge2": 0.05}, "piqa": {"acc": 0.62, "
           "hellaswag": {"acc": 0.30, "acc_norm": 0.35}}
 AFTER = {"dialogsum": {"rouge1": 0.43, "rouge2": 0.18}, "piqa": {"acc": 0.58, "acc_norm": 0.595},
          "hellaswag": {"acc": 0.29, "acc_norm": 0.36}}
+GREEDY = {"num_beams": 1, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
 ROW_KEYS = ["task", "metric", "before", "after", "delta", "ci_low", "ci_high", "n", "p_value", "significant", "test",
             "note", "held_out", "forgetting"]
 
@@ -250,6 +251,7 @@ class TestEvalThenCompare:
         for protocol in ("(best of the references)", "(first reference)", "(mean over the references)"):
             assert protocol in printed
         assert result["tasks"]["piqa"]["n_examples"] == 2 and result["versions"]["torch"]
+        assert result["tasks"]["dialogsum"]["decoding"] == GREEDY and result["tasks"]["piqa"]["decoding"] is None
         rows = [json.loads(line) for line in (tmp_path / "base.predictions.jsonl").read_text().splitlines()]
         assert len(rows) == 4
         assert rows[0]["references"] == ["They greet.", "Two people say hi 0.", "A greeting."]
@@ -269,6 +271,24 @@ class TestEvalThenCompare:
         assert result["tasks"]["piqa"]["mode"] == "instruct" and {row["mode"] for row in rows} == {"instruct"}
         assert "Scoring mode (`instructune eval --mode`): dialogsum instruct; piqa instruct." in (
             report / "comparison.md").read_text()
+
+    def test_decoding_flags_are_recorded_per_generation_task(self, tmp_path, tiny_llama_dir):
+        dialogs = tmp_path / "dialogsum.jsonl"
+        dialogs.write_text("".join(json.dumps({"dialogue": f"#Person1#: Hi {i}. #Person2#: Hello.",
+                                               "summary": "They greet."}) + "\n" for i in range(2)))
+        piqa = tmp_path / "piqa.jsonl"
+        piqa.write_text(json.dumps({"goal": "Open a jar", "sol1": "Twist the lid", "sol2": "Bite", "label": 0}) + "\n")
+        out = tmp_path / "beams.json"
+        assert run_module.main(["--model", str(tiny_llama_dir), "--task", "dialogsum", "--data", str(dialogs),
+                                "--task", "piqa", "--data", str(piqa), "--max-new-tokens", "4", "--num-beams", "3",
+                                "--length-penalty", "0.5", "--no-repeat-ngram-size", "3", "--repetition-penalty", "1.2",
+                                "--no-progress", "-o", str(out)]) == 0
+        tasks = json.loads(out.read_text())["tasks"]
+        assert tasks["dialogsum"]["decoding"] == {"num_beams": 3, "length_penalty": 0.5, "no_repeat_ngram_size": 3,
+                                                  "repetition_penalty": 1.2}
+        assert tasks["piqa"]["decoding"] is None  # scored by log-likelihood, nothing decoded
+        with pytest.raises(InstructuneError, match="length_penalty 0.8 only acts in beam search; set num_beams > 1"):
+            run_module.main(["--task", "dialogsum", "--data", str(dialogs), "--length-penalty", "0.8", "-o", str(out)])
 
     def test_lm_eval_mode_is_recorded_and_refuses_the_chat_template(self, tmp_path, tiny_llama_dir):
         piqa = tmp_path / "piqa.jsonl"

@@ -19,7 +19,7 @@ from pathlib import Path
 from instructune.data.render import parse_template_choice
 from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
-from instructune.evaluate.generate import ENGINES
+from instructune.evaluate.generate import ENGINES, Decoding
 from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
 from instructune.models import load_model
@@ -113,7 +113,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for template sampling and few-shot draws")
     parser.add_argument("--no-options", action="store_true",
                         help="leave the options list out of multiple-choice prompts (score the endings alone)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per HF generate call (the native engine keeps at least 32 answers in flight; "
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per HF generate call (times --num-beams rows; "
+                             "the native engine keeps at least 32 answers in flight; "
                              "multiple choice on decoder-only models packs items by tokens instead)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap for generation tasks")
     parser.add_argument("--mode", choices=EVAL_MODES, default=None,
@@ -121,12 +122,28 @@ def make_parser() -> argparse.ArgumentParser:
                              "template, no options listed); 'instruct': prompts as training renders them "
                              "(default: each task's eval_mode; hellaswag_lmeval and piqa_lmeval are lm-eval)")
     parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="greedy generation engine: auto = the native engine for Llama-family models (same "
+                        help="generation engine: auto = the native greedy engine for Llama-family models (same "
                              "answers as HF generate fp32, continuous batching; bench/RESULTS.md), else Hugging "
-                             "Face generate; ct2 = CTranslate2")
+                             "Face generate (always under the decoding flags below); ct2 = CTranslate2 (greedy)")
     parser.add_argument("--compute-type", choices=("float32", "bfloat16", "int8"), default=None,
                         help="engine precision (default float32, exact): bfloat16 (native engine) is faster and "
                              "changes some answers, int8 (ct2 only) more; their ROUGE against float32 is in bench/RESULTS.md")
+    decoding = parser.add_argument_group(
+        "decoding", "how generation tasks search for an answer (default: greedy). These run on Hugging Face generate, "
+                    "slower than the native greedy engine: --engine auto picks it, --engine native/ct2 refuse them")
+    decoding.add_argument("--num-beams", type=int, default=1, metavar="N",
+                          help="beam search with N beams per prompt (default 1: greedy); each beam is one more row "
+                               "in every forward pass")
+    decoding.add_argument("--length-penalty", type=float, default=1.0, metavar="F",
+                          help="beam search ranks finished answers by summed log-probability / (new tokens ** F): "
+                               "a higher F favours longer answers, a lower one shorter (default 1.0; needs "
+                               "--num-beams > 1)")
+    decoding.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
+                          help="never repeat an N-token sequence already in the prompt or answer (HF counts the "
+                               "prompt too; default 0: off)")
+    decoding.add_argument("--repetition-penalty", type=float, default=1.0, metavar="F",
+                          help="make tokens already in the prompt or answer less likely: positive logits divided "
+                               "by F, negative ones multiplied (default 1.0: off; the CTRL paper suggests ~1.2)")
     parser.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap prompts in the tokenizer's chat template (default: when it has one)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -144,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     limits = per_task_values("--limit", args.limit, len(args.task), default=None, smallest=1)
     starts = per_task_values("--start", args.start, len(args.task), default=0, smallest=0)
     strides = per_task_values("--every", args.every, len(args.task), default=1, smallest=1)
+    decoding = Decoding(num_beams=args.num_beams, length_penalty=args.length_penalty,
+                        no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     model, tokenizer = load_model(args.model, args.adapter)
     output = Path(args.output)
@@ -156,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             num_fewshot=args.num_fewshot,
             template=parse_template_choice(args.template), seed=args.seed, with_options=not args.no_options, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
             chat_template=args.chat_template, mode=args.mode, progress=not args.no_progress,
-            generate_options={"engine": args.engine, "compute_type": args.compute_type},
+            generate_options={"engine": args.engine, "compute_type": args.compute_type}, decoding=decoding,
         )
         key = summary["task"] if summary["task"] not in tasks else f"{summary['task']}:{Path(data).stem}"
         tasks[key] = summary
