@@ -213,6 +213,25 @@ class TestCompareCommand:
         text = (tmp_path / "out" / "comparison.md").read_text()
         assert "-0.0400 no CI (no per-item scores)" in text and "None flagged." in text
 
+    def test_names_the_decoding_where_a_run_left_greedy(self, tmp_path, capsys):
+        rows = [{"task": "dialogsum", "prompt": "q", "prediction": "a", "references": ["a"], "scores": {"rouge1": 1.0}}]
+        _write_run(tmp_path / "old.json", {"dialogsum": {"rouge1": 0.3}, "piqa": {"acc": 0.6}}, rows)
+        old = json.loads((tmp_path / "old.json").read_text())
+        old["tasks"]["dialogsum"]["kind"] = "generation"  # an eval file from before the decoding flags
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        beams = {**old, "tasks": {"dialogsum": {**old["tasks"]["dialogsum"], "decoding": {**GREEDY, "num_beams": 4}},
+                                  "piqa": {**old["tasks"]["piqa"], "decoding": None}}}
+        (tmp_path / "beam4.json").write_text(json.dumps({**beams, "predictions": "old.predictions.jsonl"}))
+        runs = [str(tmp_path / "old.json"), str(tmp_path / "beam4.json")]
+        assert compare_module.main([*runs, "-o", str(tmp_path / "out")]) == 0
+        text = (tmp_path / "out" / "comparison.md").read_text()
+        assert ("Decoding (`instructune eval --num-beams` and the other decoding flags): "
+                "dialogsum greedy (old) / num_beams=4 (beam4).") in text
+        assert json.loads((tmp_path / "out" / "comparison.json").read_text())["decoding"] == {
+            "dialogsum": "greedy (old) / num_beams=4 (beam4)"}
+        assert compare_module.main([runs[0], runs[0], "--names", "a", "b", "-o", str(tmp_path / "same")]) == 0
+        assert "Decoding" not in (tmp_path / "same" / "comparison.md").read_text()  # greedy everywhere: no line
+
     def test_help_documents_the_statistics(self, capsys):
         with pytest.raises(SystemExit):
             compare_module.main(["--help"])

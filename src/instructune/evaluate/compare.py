@@ -6,7 +6,8 @@ lines up every task and metric and computes the change. Where both runs kept per
 items, each change gets a 95% confidence interval from a paired bootstrap over items, and 0/1 metrics
 (acc, acc_norm, exact_match) an exact McNemar p-value (stats.py). A held-out task (one the run was not
 tuned for) whose score fell significantly is flagged as forgetting; a change the statistics cannot
-tell from zero is called within noise. Writes a markdown table, a PNG chart and an HTML page
+tell from zero is called within noise. The table names each task's scoring mode, and its decoding
+where a run left greedy (beam search etc.). Writes a markdown table, a PNG chart and an HTML page
 (report.py draws them). Left out: runs on different items (no pairing, so no interval) and
 corrections for testing many metrics at once.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from instructune.errors import InstructuneError
 from instructune.evaluate import report
+from instructune.evaluate.generate import Decoding
 from instructune.evaluate.stats import paired_difference
 
 NO_SCORES = "no per-item scores"
@@ -237,6 +239,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _task_settings(results: list[dict], names: list[str], read: Any) -> dict[str, dict[str, str]]:
+    """{task: {run: read(its summary)}} over the runs' eval JSONs, leaving out tasks where `read` gives None."""
+    seen: dict[str, dict[str, str]] = {}
+    for name, result in zip(names, results):
+        for task, summary in (result.get("tasks") or {}).items():
+            value = read(summary) if isinstance(summary, dict) else None
+            if value is not None:
+                seen.setdefault(task, {})[name] = value
+    return seen
+
+
 def scoring_modes(results: list[dict], names: list[str]) -> dict[str, str]:
     """{task: the mode its scores came from}, or "<mode> (<run>), ..." where runs used different modes.
 
@@ -244,14 +257,33 @@ def scoring_modes(results: list[dict], names: list[str]) -> dict[str, str]:
         >>> scoring_modes([{"tasks": {"piqa": {"mode": "lm-eval"}}}] * 2, ["base", "tuned"])
         {'piqa': 'lm-eval'}
     """
-    seen: dict[str, dict[str, str]] = {}
-    for name, result in zip(names, results):
-        for task, summary in (result.get("tasks") or {}).items():
-            if isinstance(summary, dict) and summary.get("mode"):
-                seen.setdefault(task, {})[name] = summary["mode"]
+    seen = _task_settings(results, names, lambda summary: summary.get("mode") or None)
     return {task: (next(iter(by_run.values())) if len(set(by_run.values())) == 1 else
                    "MIXED, not comparable: " + ", ".join(f"{mode} ({run})" for run, mode in by_run.items()))
             for task, by_run in seen.items()}
+
+
+def decoding_settings(results: list[dict], names: list[str]) -> dict[str, str]:
+    """{task: how its answers were decoded} for the generation tasks where a run left plain greedy decoding.
+
+    Eval files from before the decoding flags record none: they decoded greedily.
+
+    Example:
+        >>> decoding_settings([{"tasks": {"dialogsum": {"kind": "generation"}}},
+        ...                    {"tasks": {"dialogsum": {"decoding": {"num_beams": 4}}}}], ["base", "beam4"])
+        {'dialogsum': 'greedy (base) / num_beams=4 (beam4)'}
+    """
+    seen = _task_settings(results, names, _decoding_of)
+    return {task: (next(iter(by_run.values())) if len(set(by_run.values())) == 1 else
+                   " / ".join(f"{how} ({run})" for run, how in by_run.items()))
+            for task, by_run in seen.items() if set(by_run.values()) != {"greedy"}}
+
+
+def _decoding_of(summary: dict) -> str | None:
+    """`Decoding.describe()` of a task summary; None where nothing was decoded (multiple choice)."""
+    if "decoding" not in summary:
+        return "greedy" if summary.get("kind") == "generation" else None
+    return Decoding(**summary["decoding"]).describe() if summary["decoding"] else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,12 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     if modes:
         markdown += "\nScoring mode (`instructune eval --mode`): " + "; ".join(
             f"{task} {mode}" for task, mode in modes.items()) + ".\n"
+    decodings = decoding_settings(results, names)
+    if decodings:
+        markdown += "\nDecoding (`instructune eval --num-beams` and the other decoding flags): " + "; ".join(
+            f"{task} {how}" for task, how in decodings.items()) + ".\n"
     print(markdown)
     (out_dir / "comparison.md").write_text(markdown)
     (out_dir / "comparison.json").write_text(json.dumps(
         {"baseline": names[0], "runs": dict(zip(names, args.runs)), "held_out": sorted(held_out),
          "threshold": args.threshold, "confidence": args.confidence, "bootstrap_samples": args.bootstrap_samples,
-         "seed": args.seed, "modes": modes, "comparisons": comparisons}, indent=2) + "\n")
+         "seed": args.seed, "modes": modes, "decoding": decodings,
+         "comparisons": comparisons}, indent=2) + "\n")
     chart = report.plot_comparison(names, [task_metrics(result) for result in results], out_dir / "comparison.png",
                                    comparisons=comparisons, confidence=args.confidence)
     examples = example_predictions(predictions, names, per_task=args.examples)
