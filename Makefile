@@ -121,3 +121,18 @@ dialogsum-full: dialogsum-data
 dialogsum: dialogsum-zeroshot dialogsum-lora dialogsum-full
 	$(VENV)/bin/instructune compare $(LAB)/zeroshot.json $(LAB)/lora.json $(LAB)/full.json \
 		--names zero-shot LoRA full --loss-png runs/dialogsum-lora/loss.png -o docs/dialogsum
+
+# The DialogSum setting search (issue 15): short full fine-tunes at each of DS_SEARCH_LRS on the lab's
+# training data, each scored on the first 200 DialogSum validation dialogues (one human reference each);
+# the test split is never read. ~12 min per rate on 2 quiet cores (160 steps ~10 min, evaluation ~2 min).
+DS_SEARCH_LRS ?= 3e-5 1e-4 3e-4
+DS_SEARCH_STEPS ?= 160
+DS_VAL_EVAL := --task dialogsum --data $(SHARED)/dialogsum/validation.jsonl --limit 200 --template 0 --max-new-tokens 96 --no-progress
+.PHONY: dialogsum-search
+dialogsum-search: dialogsum-data
+	set -e; for lr in $(DS_SEARCH_LRS); do \
+		$(VENV)/bin/instructune train configs/dialogsum/full.yaml train.lr=$$lr train.max_steps=$(DS_SEARCH_STEPS) \
+			run_name=dialogsum-search-lr$$lr train.eval_every_n_steps=null train.generate_every_n_steps=null \
+			train.save_every_n_steps=null train.select_best_by=val_loss --overwrite; \
+		$(VENV)/bin/instructune eval --model runs/dialogsum-search-lr$$lr/model $(DS_VAL_EVAL) -o $(LAB)/search/lr$$lr.json; \
+	done
