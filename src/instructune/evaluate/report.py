@@ -198,7 +198,7 @@ def matrix_markdown(names: list[str], comparisons: dict[str, list[dict]], metric
         >>> rows = {name: compare(runs["base"], runs[name], before_items=items["base"], after_items=items[name])
         ...         for name in ("piqa", "mix")}
         >>> versus = {"mix": compare(runs["piqa"], runs["mix"], before_items=items["piqa"], after_items=items["mix"])}
-        >>> print(matrix_markdown(["base", "piqa", "mix"], rows, {"piqa": "acc"}, versus=versus).split("\n\n")[0])
+        >>> print(matrix_markdown(["base", "piqa", "mix"], rows, {"piqa": "acc"}, versus=versus).split("\\n\\n")[0])
         | run | piqa: acc |
         |---|---|
         | base | 0.5000 |
