@@ -102,6 +102,50 @@ forgetting-search: $(STAMP)
 	$(VENV)/bin/instructune compare $(FORGET)/search/base.json $(foreach lr,$(SEARCH_LRS),$(FORGET)/search/lr$(lr).json) \
 		--names base $(foreach lr,$(SEARCH_LRS),lr$(lr)) --held-out $(FORGET_HELD_OUT) -o $(FORGET_DOCS)/search
 
+# Multi-task gains (issue 16 item 3): full fine-tuning on each of 4 built-in tasks alone and on their mixture
+# (a quarter each by tokens), every run at one budget (60 steps x 2 packed rows of 512, lr 1e-4; configs/multitask/),
+# each scored against the untouched model on all 4 tasks: DialogSum test 0-99 (ROUGE, mean of 3 references),
+# Bitext answers and intents on EVEN rows (training reads odd rows only), PIQA validation 0-99 (items 1500+ train).
+# `compare --matrix` writes the run x task table (single-task runs on the diagonal, the mixture against each) and
+# its chart; $(MT)/times.tsv records each stage's seconds. docs/multitask.md has the design.
+# Estimated on 2 quiet CPU cores: ~4.5 min per training run (x5), ~3.5-4.5 min per evaluation (x6): ~50 min (40-60).
+# Smoke run (a few minutes): make multitask MT_GEN=4 MT_MC=4 MT_TRAIN="train.max_steps=2" MT=/tmp/mt MT_OUTPUT=/tmp/mt/runs MT_DOCS=/tmp/mt/docs
+MT ?= runs/multitask
+MT_GEN ?= 100
+MT_MC ?= 100
+MT_TRAIN ?=
+MT_DOCS ?= docs/multitask
+MT_OUTPUT ?= runs
+MT_TASKS := dialogsum support_response support_intent piqa
+# Bitext (4,514 rows sorted by intent): every 44th row from 0 (answers) and from 22 (intents), 100 each over all 27 intents.
+MT_SET = --task dialogsum --data $(SHARED)/dialogsum/test.jsonl --limit $(MT_GEN) --start 0 --every 1 \
+	--task support_response --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(MT_GEN) --start 0 --every 44 \
+	--task support_intent --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(MT_GEN) --start 22 --every 44 \
+	--task piqa --data $(SHARED)/piqa/validation.jsonl --limit $(MT_MC) --start 0 --every 1
+MT_FLAGS := --template 0 --max-new-tokens 64 --no-progress
+# One score per task in the table: ROUGE-1 (DialogSum: mean over its 3 references), exact match, PIQA accuracy.
+MT_MATRIX := dialogsum=rouge1_mean_ref support_response=rouge1 support_intent=exact_match piqa=acc
+# `$(call mt_timed,STAGE,COMMAND)`: run COMMAND (stop if it fails), then append "STAGE<tab>seconds" to the times file.
+mt_timed = set -e; t=$$(date +%s); $(2); printf '%s\t%s\n' "$(1)" $$(( $$(date +%s) - t )) >> $(MT)/times.tsv
+.PHONY: multitask
+multitask: $(STAMP)
+	mkdir -p $(MT) $(MT_DOCS) && printf 'stage\tseconds\n' > $(MT)/times.tsv
+	$(call mt_timed,prepare,for run in $(MT_TASKS) mixed; do \
+		$(VENV)/bin/instructune prepare --mixture configs/multitask/$$run.mixture.yaml -o $(MT)/data/$$run.jsonl; done)
+	$(call mt_timed,eval base,$(VENV)/bin/instructune eval $(MT_SET) $(MT_FLAGS) -o $(MT)/base.json)
+	set -e; for run in $(MT_TASKS) mixed; do \
+		$(call mt_timed,train $$run,$(VENV)/bin/instructune train configs/multitask/$$run.yaml \
+			data.train=$(MT)/data/$$run.jsonl output_dir=$(MT_OUTPUT) $(MT_TRAIN) --overwrite); \
+		$(call mt_timed,eval $$run,$(VENV)/bin/instructune eval --model $(MT_OUTPUT)/multitask-$$run/model \
+			$(MT_SET) $(MT_FLAGS) -o $(MT)/$$run.json); \
+	done
+	$(call mt_timed,compare,$(VENV)/bin/instructune compare $(MT)/base.json $(foreach run,$(MT_TASKS) mixed,$(MT)/$(run).json) \
+		--names base $(MT_TASKS) mixture --matrix $(MT_MATRIX) --loss-png $(MT_OUTPUT)/multitask-mixed/loss.png -o $(MT_DOCS))
+	for run in $(MT_TASKS) mixed; do cp $(MT)/$$run.json $(MT_DOCS)/ && cp $(MT_OUTPUT)/multitask-$$run/loss.png $(MT_DOCS)/loss-$$run.png; done
+	cp $(MT)/base.json $(MT_DOCS)/
+	awk -F'\t' 'NR > 1 { total += $$2 } { print } END { printf "total\t%d\n", total }' $(MT)/times.tsv > $(MT_DOCS)/times.tsv
+	cat $(MT_DOCS)/times.tsv
+
 # The DialogSum lab (issue 7): the three rows of docs/dialogsum.md, one command each after the data.
 # Each training run takes ~55 min on 2 CPU cores, each 500-dialogue evaluation ~12-20 min; `make dialogsum` runs all.
 LAB := runs/dialogsum

@@ -1,5 +1,6 @@
 """The run config: unknown keys and wrong types are one-line errors naming the key; overrides are YAML scalars."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,7 @@ class TestConfigFields:
 
 
 class TestShippedConfigs:
-    @pytest.mark.parametrize("path", RUN_CONFIGS, ids=[p.name for p in RUN_CONFIGS])
+    @pytest.mark.parametrize("path", RUN_CONFIGS, ids=[str(p.relative_to(ROOT)) for p in RUN_CONFIGS])
     def test_every_shipped_run_config_validates(self, path):
         load_config(path)
 
@@ -135,7 +136,37 @@ class TestShippedConfigs:
                 assert entry.start >= 1500, f"{entry.task} trains on validation items the evaluations score"
 
 
-@pytest.mark.parametrize("path", MIXTURES, ids=[p.name for p in MIXTURES])
+    def test_multitask_runs_share_one_budget_and_train_on_no_evaluated_item(self):
+        # Issue 16 item 3: each single-task run and the mixture differ only in their data (configs/multitask/).
+        from instructune.data.prepare import load_mixture
+
+        folder = ROOT / "configs" / "multitask"
+        singles = ("dialogsum", "support_response", "support_intent", "piqa")
+        runs = {name: load_config(folder / f"{name}.yaml") for name in (*singles, "mixed")}
+        first = runs["mixed"]
+        for name, config in runs.items():
+            assert config.train == first.train and config.lora == first.lora and config.seed == first.seed, name
+            assert (config.data.max_length, config.data.packing) == (first.data.max_length, first.data.packing), name
+            assert config.data.train == f"runs/multitask/data/{name}.jsonl" and config.run_name == f"multitask-{name}"
+        mixture = load_mixture(folder / "mixed.mixture.yaml")
+        assert [entry.task for entry in mixture.tasks] == list(singles) and mixture.total == sum(mixture.weights.values())
+        for entry in mixture.tasks:
+            single = load_mixture(folder / f"{entry.task}.mixture.yaml")
+            # The same pool, seed and templates: the mixture's share is the first of the single-task draw.
+            assert single.tasks == [entry] and (single.seed, single.template) == (mixture.seed, mixture.template)
+            assert mixture.weights[entry.task] <= single.total, entry.task
+            if "bitext" in entry.data:
+                # Bitext is one file: the evaluations read even rows (Makefile MT_SET), training odd rows only.
+                assert entry.start % 2 == 1 and entry.every % 2 == 0, entry.task
+            if "validation" in entry.data:
+                assert entry.start >= 1500, f"{entry.task} trains on validation items the evaluations score"
+        evaluated = re.findall(r"--task (\w+) --data \$\(SHARED\)/bitext\S+ --limit \S+ --start (\d+) --every (\d+)",
+                               (ROOT / "Makefile").read_text().split("MT_SET =")[1].split("\n\n")[0].split("MT_FLAGS")[0])
+        assert {task for task, _, _ in evaluated} == {"support_response", "support_intent"}
+        assert all(int(start) % 2 == 0 and int(every) % 2 == 0 for _, start, every in evaluated)
+
+
+@pytest.mark.parametrize("path", MIXTURES, ids=[str(p.relative_to(ROOT)) for p in MIXTURES])
 def test_every_shipped_mixture_validates(path):
     from instructune.data.prepare import load_mixture
 

@@ -62,6 +62,12 @@ class TestMix:
         other, _ = mix(tasks(a=50, b=30), cap=40, seed=8)
         assert first == again and first != other
 
+    def test_a_smaller_count_draws_a_subset_of_a_larger_one(self):
+        # configs/multitask: the mixture's share of a task is a subset of that task's single-task run.
+        single, _ = mix(tasks(a=100), total=60, seed=0)
+        mixture, _ = mix({**tasks(a=100), **tasks(b=30)}, strategy="weights", weights={"a": 15, "b": 10}, total=25)
+        assert {e["i"] for e in mixture if e["task"] == "a"} < {e["i"] for e in single}
+
     def test_tasks_are_interleaved(self):
         mixed, _ = mix(tasks(a=100, b=100))
         assert {e["task"] for e in mixed[:20]} == {"a", "b"}

@@ -171,6 +171,21 @@ class TestMixture:
         assert sorted(int(re.search(r"goal (\d+)", prompt).group(1)) for prompt in prompts) == [30, 31, 32, 33, 34]
         assert set(prompts) <= {e["prompt"] for e in build_task_examples(raw_dir / "piqa.jsonl", "piqa")}
 
+    def test_every_takes_a_spread_sample_and_keeps_file_lines(self, raw_dir, tmp_path):
+        # Issue 16: Bitext is sorted by intent; train on its odd rows while the evaluations read even ones.
+        (raw_dir / "mix.yaml").write_text("tasks:\n  - {task: piqa, data: piqa.jsonl, start: 1, every: 10, limit: 3}\n")
+        prepare(raw_dir / "mix.jsonl", mixture=raw_dir / "mix.yaml")
+        goals = sorted(int(re.search(r"goal (\d+)", e["prompt"]).group(1)) for e in read_jsonl(raw_dir / "mix.jsonl"))
+        assert goals == [1, 11, 21]
+        assert len(build_task_examples(raw_dir / "piqa.jsonl", "piqa", start=1, every=10)) == 4  # 1, 11, 21, 31
+        rows = [{"instruction": str(i), "input": "", "output": "" if i == 5 else str(i)} for i in range(8)]
+        (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        skipped = []
+        examples = build_task_examples(tmp_path / "alpaca.jsonl", "alpaca", start=1, every=2, skipped=skipped)
+        assert [e["completion"] for e in examples] == ["1", "3", "7"] and skipped == [f"{tmp_path / 'alpaca.jsonl'}:6"]
+        with pytest.raises(InstructuneError, match="every 0; expected a step of at least 1"):
+            build_task_examples(tmp_path / "alpaca.jsonl", "alpaca", every=0)
+
     def test_start_keeps_file_lines_in_skips_and_errors(self, tmp_path):
         rows = TestEmptyCompletions.ROWS
         (tmp_path / "alpaca.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -247,6 +247,86 @@ class TestCompareCommand:
                                  "-o", str(tmp_path / "o")])
 
 
+def _matrix_runs(tmp_path) -> list[str]:
+    """Eval files of a base model, three single-task runs and a mixture; returns their paths, base first.
+
+    PIQA (acc, 100 items), DialogSum (rouge1, 21 items) and intents (exact_match, 100 items). Against the
+    single-task runs, the mixture is within noise on PIQA (2 items lost), below on DialogSum (-0.1 on
+    every item) and beats on intents (15 items gained).
+    """
+    # run: (PIQA items right, DialogSum ROUGE-1 over the base's, intent items right)
+    spec = {"base": (50, 0.0, 0), "piqa": (70, 0.0, 0), "dialogsum": (50, 0.2, 0), "support_intent": (50, 0.0, 80),
+            "mix": (68, 0.1, 95)}
+    paths = []
+    for name, (piqa_right, rouge_gain, intent_right) in spec.items():
+        piqa, piqa_items = _accuracy_run("piqa", 100, set(range(piqa_right)))
+        dialog_items = [{"task": "dialogsum", "prompt": f"dialogue {i}", "prediction": "x", "references": ["x"],
+                         "scores": {"rouge1": 0.2 + 0.01 * (i % 3) + rouge_gain}} for i in range(21)]
+        intent_items = [{"task": "support_intent", "prompt": f"message {i}", "prediction": "x", "references": ["x"],
+                         "scores": {"exact_match": float(i < intent_right)}} for i in range(100)]
+        metrics = {**piqa, "dialogsum": {"rouge1": sum(r["scores"]["rouge1"] for r in dialog_items) / 21},
+                   "support_intent": {"exact_match": intent_right / 100}}
+        _write_run(tmp_path / f"{name}.json", metrics, piqa_items + dialog_items + intent_items)
+        paths.append(str(tmp_path / f"{name}.json"))
+    return paths
+
+
+MATRIX = ["piqa=acc", "dialogsum=rouge1", "support_intent=exact_match"]
+
+
+class TestMatrix:
+    def test_runs_by_tasks_with_the_diagonal_and_the_mixture_against_it(self, tmp_path, capsys):
+        paths = _matrix_runs(tmp_path)
+        base = json.loads((tmp_path / "base.json").read_text())
+        base["tasks"]["support_intent"].update(mode="instruct", template=0, n_examples=100, start=22, every=44,
+                                               data="bitext.jsonl", max_new_tokens=64)
+        (tmp_path / "base.json").write_text(json.dumps(base))
+        out = tmp_path / "matrix"
+        assert compare_module.main([*paths, "--matrix", *MATRIX, "-o", str(out)]) == 0
+        table = (out / "matrix.md").read_text()
+        assert table in capsys.readouterr().out
+        lines = table.splitlines()
+        assert lines[0] == "| run | piqa: acc | dialogsum: rouge1 | support_intent: exact_match |"
+        assert lines[2] == "| base | 0.5000 | 0.2100 | 0.0000 |"
+        assert lines[3].startswith("| piqa | **0.7000** (+0.2000 [")  # the diagonal is bold
+        assert "| 0.2100 (+0.0000 [+0.000, +0.000] within noise) |" in lines[3]
+        assert lines[4].startswith("| dialogsum | 0.5000 (+0.0000 [") and "| **0.4100** (+0.2000 [+0.200, +0.200]) |" in lines[4]
+        assert lines[6].startswith("| mix | 0.6800 (+0.1800 [")
+        versus = lines[7].split(" | ")
+        assert versus[0] == "| mix vs single-task"
+        assert versus[1].startswith("-0.0200 [") and versus[1].endswith("p=0.5 matches (within noise); 90% of its gain")
+        assert versus[2] == "-0.1000 [-0.100, -0.100] below; 50% of its gain"
+        assert versus[3].startswith("+0.1500 [") and versus[3].endswith("**beats**; 119% of its gain |")
+        assert ("support_intent: exact_match, instruct mode, template 0, 100 items of bitext.jsonl (22, 66, 110, ...), "
+                "at most 64 new tokens") in table
+        saved = json.loads((out / "matrix.json").read_text())
+        rows = {row["task"]: row for row in saved["versus_single_task"]["mix"]}
+        assert rows["support_intent"]["before"] == 0.8 and rows["support_intent"]["after"] == 0.95
+        assert rows["support_intent"]["test"] == "exact McNemar" and rows["support_intent"]["n"] == 100
+        assert set(saved["versus_single_task"]) == {"mix"} and saved["metrics"]["dialogsum"] == "rouge1"
+        assert (out / "matrix.png").stat().st_size > 1000 and (out / "comparison.md").is_file()
+
+    def test_a_run_without_a_single_task_run_has_no_versus_row(self, tmp_path):
+        paths = _matrix_runs(tmp_path)
+        out = tmp_path / "matrix"
+        assert compare_module.main([paths[0], paths[1], paths[4], "--names", "base", "piqa", "mix",
+                                    "--matrix", *MATRIX, "-o", str(out)]) == 0
+        table = (out / "matrix.md").read_text()
+        versus = table.splitlines()[5]
+        assert versus.startswith("| mix vs single-task | -0.0200 [") and versus.endswith(" | – | – |")
+        assert "Scores:" not in table  # these eval files do not say how they were scored
+
+    @pytest.mark.parametrize("spec, error", [
+        ("piqa", "--matrix 'piqa'; expected TASK=METRIC"),
+        ("piqa=rouge1", r"--matrix piqa=rouge1: a run lacks it \(acc\)"),
+        ("boolq=acc", "--matrix boolq=acc: a run lacks it .*no task 'boolq'"),
+    ])
+    def test_bad_matrix_specs_are_one_line(self, tmp_path, spec, error):
+        paths = _matrix_runs(tmp_path)
+        with pytest.raises(InstructuneError, match=error):
+            compare_module.main([*paths, "--matrix", spec, "-o", str(tmp_path / "o")])
+
+
 class TestEvalThenCompare:
     def test_eval_command_writes_metrics_and_predictions(self, tmp_path, tiny_llama_dir, capsys):
         dialogs = tmp_path / "dialogsum.jsonl"

@@ -37,7 +37,9 @@ class MixtureTask(BaseModel):
     name: str | None = Field(None, description="name in the mixture (default: the task name); must be unique")
     split: str | None = Field(None, description="split to read from a saved DatasetDict or a folder of split files")
     start: int = Field(0, ge=0, description="skip this many raw records first (e.g. the ones kept for evaluation)")
-    limit: int | None = Field(None, ge=1, description="read at most this many raw records (the first ones after start)")
+    every: int = Field(1, ge=1, description="take every N-th raw record from start on, before limit (spreads a sample "
+                                            "over a file sorted by topic; as `instructune eval --every`)")
+    limit: int | None = Field(None, ge=1, description="read at most this many raw records (the first ones from start on)")
     template: str | int | None = Field(None, description="override the mixture's template choice for this task")
     num_fewshot: int | None = Field(None, ge=0, description="override the mixture's few-shot count for this task")
 

@@ -72,6 +72,7 @@ def build_task_examples(
     split: str | None = None,
     limit: int | None = None,
     start: int = 0,
+    every: int = 1,
     seed: int = 0,
     template: str | int = "sample",
     num_fewshot: int = 0,
@@ -85,6 +86,8 @@ def build_task_examples(
         split: split of a saved DatasetDict or split folder.
         limit: use at most this many raw records (the first ones after `start`).
         start: skip this many raw records first, e.g. validation items kept for evaluation.
+        every: take every N-th record from `start` on, before `limit` (as `instructune eval --every`):
+            `start=1, every=2` trains on the odd rows of a file whose even rows are evaluated.
         seed, template, num_fewshot: as in `render_records`.
         skipped: a list to leave out examples whose completion renders empty; the location of each
             (`file:LINE`, or `path record N`) is appended.
@@ -100,13 +103,15 @@ def build_task_examples(
     records = load_records(data, split=split)
     if start and start >= len(records):
         raise InstructuneError(f"{data}: start {start}, but the file holds only {len(records)} records")
-    end = len(records) if limit is None else min(start + limit, len(records))
-    if (start, end) != (0, len(records)):
-        records = records.select(range(start, end))
+    if every < 1:
+        raise InstructuneError(f"{data}: every {every}; expected a step of at least 1 record")
+    positions = range(start, len(records), every)[:limit]
+    if positions != range(len(records)):
+        records = records.select(positions)
     source = data if Path(data).is_file() else None
     empty: list[int] | None = [] if skipped is not None else None
     examples = render_records(loaded_task, records, seed=seed, template=template, num_fewshot=num_fewshot,
-                              source=source, skipped=empty, first_record=start)
+                              source=source, skipped=empty, first_record=start, record_step=every)
     if empty:
         skipped.extend(record_locations(data, empty))
     return examples
@@ -130,7 +135,8 @@ def build_mixture_examples(
     for entry in tqdm(config.tasks, desc="rendering tasks", unit="task"):
         task_ref = entry.task if not entry.task.endswith((".yaml", ".yml")) else str(_resolve(entry.task, base))
         per_task[entry.name or entry.task] = build_task_examples(
-            _resolve(entry.data, base), task_ref, split=entry.split, limit=entry.limit, start=entry.start, seed=config.seed,
+            _resolve(entry.data, base), task_ref, split=entry.split, limit=entry.limit, start=entry.start,
+            every=entry.every, seed=config.seed,
             template=entry.template if entry.template is not None else config.template,
             num_fewshot=entry.num_fewshot if entry.num_fewshot is not None else config.num_fewshot, skipped=skipped,
         )

@@ -270,6 +270,7 @@ def render_records(
     source: str | Path | None = None,
     skipped: list[int] | None = None,
     first_record: int = 0,
+    record_step: int = 1,
 ) -> list[dict[str, Any]]:
     """Render many records: one template each (seeded), every applicable template, or a fixed one.
 
@@ -292,6 +293,8 @@ def render_records(
             on them teaches the model to answer nothing); each one's record position is appended.
         first_record: the position in `source` of the first record, when the records are a slice of
             it, so `file:line` in errors and `skipped` positions refer to the whole file.
+        record_step: the records are every N-th of `source` from `first_record` on (record i sits at
+            first_record + i * record_step).
 
     Returns:
         Examples in record order (for "all": each record's templates in index order).
@@ -321,7 +324,7 @@ def render_records(
         else:
             applicable = compiled.applicable(values)
             if not applicable:
-                where = _where(source, first_record + position)
+                where = _where(source, first_record + position * record_step)
                 raise InstructuneError(f"task {task.name!r}: no template applies to this record{where}")
             chosen = applicable if template == "all" else [applicable[key % len(applicable)]]
         for index in chosen:
@@ -329,9 +332,9 @@ def render_records(
                 example = compiled.render(values, missing, index, with_options=with_options,
                                           options_style=options_style, where="")
             except InstructuneError as error:
-                raise InstructuneError(f"{error}{_where(source, first_record + position)}") from None
+                raise InstructuneError(f"{error}{_where(source, first_record + position * record_step)}") from None
             if skipped is not None and not example["completion"].strip():
-                skipped.append(first_record + position)
+                skipped.append(first_record + position * record_step)
                 continue
             if fewshot is not None:
                 example["prompt"] = fewshot.prefix(position, index) + example["prompt"]

@@ -8,8 +8,10 @@ items, each change gets a 95% confidence interval from a paired bootstrap over i
 tuned for) whose score fell significantly is flagged as forgetting; a change the statistics cannot
 tell from zero is called within noise. The table names each task's scoring mode, and its decoding
 where a run left greedy (beam search etc.). Writes a markdown table, a PNG chart and an HTML page
-(report.py draws them). Left out: runs on different items (no pairing, so no interval) and
-corrections for testing many metrics at once.
+(report.py draws them). With `--matrix`, also a run x task table of one score per task: runs named
+after a task are its single-task runs (the diagonal), and every other tuned run (a mixture) is also
+compared with each of them, item by item (multi-task gains, issue 16). Left out: runs on different
+items (no pairing, so no interval) and corrections for testing many metrics at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from instructune.errors import InstructuneError
 from instructune.evaluate import report
 from instructune.evaluate.generate import Decoding
+from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.stats import paired_difference
 
 NO_SCORES = "no per-item scores"
@@ -197,6 +200,98 @@ def example_predictions(runs: list[list[dict]], names: list[str], *, per_task: i
     return examples
 
 
+def matrix_metrics(specs: list[str], results: list[dict]) -> dict[str, str]:
+    """{task: metric} from `--matrix TASK=METRIC ...`, each task and metric checked against the runs.
+
+    Example:
+        >>> matrix_metrics(["piqa=acc"], [{"tasks": {"piqa": {"metrics": {"acc": 0.6}}}}])
+        {'piqa': 'acc'}
+    """
+    chosen: dict[str, str] = {}
+    for spec in specs:
+        task, _, metric = spec.partition("=")
+        if not task or not metric:
+            raise InstructuneError(f"compare: --matrix {spec!r}; expected TASK=METRIC, e.g. piqa=acc")
+        chosen[task] = metric
+    for result in results:
+        scores = task_metrics(result)
+        for task, metric in chosen.items():
+            if metric not in scores.get(task, {}):
+                known = ", ".join(sorted(scores.get(task, {}))) or f"no task {task!r}; tasks: {', '.join(scores)}"
+                raise InstructuneError(f"compare: --matrix {task}={metric}: a run lacks it ({known})")
+    return chosen
+
+
+def versus_single_task(results: list[dict], items: list[list[dict]], names: list[str], metrics: dict[str, str],
+                       **settings: Any) -> dict[str, list[dict[str, Any]]]:
+    """Every tuned run that is no task's single-task run, against each task's single-task run, on that task.
+
+    A run named like a task (a key of `metrics`) is that task's single-task run; the baseline (first)
+    and those runs are the references, every other run (a mixture) is judged against them.
+
+    Args:
+        results: the runs' eval JSONs, baseline first.
+        items: the runs' prediction rows (`read_predictions`), in the same order.
+        names: the runs' names.
+        metrics: {task: the metric to compare}.
+        settings: `compare`'s confidence, n_resamples and seed.
+
+    Returns:
+        {run: one `compare` row per task with a single-task run, "before" = the single-task run's score,
+        "after" = this run's}.
+
+    Example:
+        >>> single = [{"task": "piqa", "prompt": f"q{i}", "scores": {"acc": float(i < 60)}} for i in range(100)]
+        >>> mixed = [{**row, "scores": {"acc": float(i < 58)}} for i, row in enumerate(single)]
+        >>> rows = versus_single_task([{"piqa": {"acc": 0.5}}, {"piqa": {"acc": 0.6}}, {"piqa": {"acc": 0.58}}],
+        ...                           [[], single, mixed], ["base", "piqa", "mix"], {"piqa": "acc"})
+        >>> [(row["before"], row["after"], row["delta"], row["p_value"]) for row in rows["mix"]]
+        [(0.6, 0.58, -0.02, 0.5)]
+    """
+    position = {name: i for i, name in enumerate(names)}
+    judged = [name for name in names[1:] if name not in metrics]
+    versus: dict[str, list[dict[str, Any]]] = {}
+    for name in judged:
+        rows = []
+        for task, metric in metrics.items():
+            if task not in position:
+                continue
+            single, run = position[task], position[name]
+            # Only this task's metric: compare() pairs the items of the tasks both sides name.
+            before, after = ({task: {metric: task_metrics(results[i])[task][metric]}} for i in (single, run))
+            rows += compare(before, after, before_items=items[single], after_items=items[run], **settings)
+        versus[name] = rows
+    return versus
+
+
+def scoring_protocols(result: dict, metrics: dict[str, str]) -> dict[str, str]:
+    """{task: how its score was computed}, from the eval JSON's record of each task (its baseline's); tasks
+    it does not describe (no "n_examples": not written by `instructune eval`) are left out.
+
+    Example:
+        >>> summary = {"mode": "instruct", "template": 0, "n_examples": 100, "data": "d/test.jsonl", "start": 0,
+        ...            "every": 1, "max_new_tokens": 64}
+        >>> scoring_protocols({"tasks": {"dialogsum": summary}}, {"dialogsum": "rouge1_mean_ref"})["dialogsum"]
+        'rouge1_mean_ref (mean over the references), instruct mode, template 0, items 0-99 of d/test.jsonl, at most 64 new tokens'
+    """
+    protocols = {}
+    for task, metric in metrics.items():
+        summary = (result.get("tasks") or {}).get(task)
+        if isinstance(summary, dict) and "n_examples" in summary:
+            suffix = next((suffix for suffix in PROTOCOLS if suffix and metric.endswith(suffix)), None)
+            text = metric + (f" ({PROTOCOLS[suffix]})" if suffix else "")
+            if metric in ("acc", "acc_norm"):
+                text += f" (the option of highest log-likelihood{' per character' if metric == 'acc_norm' else ''})"
+            start, every, n = summary["start"], summary.get("every", 1), summary["n_examples"]
+            items = (f"items {start}-{start + n - 1} of {summary['data']}" if every == 1 else
+                     f"{n} items of {summary['data']} ({start}, {start + every}, {start + 2 * every}, ...)")
+            text += f", {summary['mode']} mode, template {summary['template']}, {items}"
+            if summary.get("max_new_tokens"):
+                text += f", at most {summary['max_new_tokens']} new tokens"
+            protocols[task] = text
+    return protocols
+
+
 def _load_result(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
@@ -235,6 +330,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed; the same inputs give the same intervals")
     parser.add_argument("--loss-png", default=None, help="training loss plot to put on the HTML page")
     parser.add_argument("--examples", type=int, default=5, help="example predictions per generation task on the page")
+    parser.add_argument("--matrix", nargs="+", default=None, metavar="TASK=METRIC",
+                        help="also write matrix.md and matrix.png: one row per run, one column per TASK (its METRIC, "
+                             "with the change from the baseline); a run named like a TASK (--names) is that task's "
+                             "single-task run (the diagonal), and each other run (a mixture) gets one more row, its "
+                             "difference from every single-task run, item by item (e.g. --matrix piqa=acc "
+                             "dialogsum=rouge1_mean_ref)")
     parser.add_argument("-o", "--output", required=True, help="output folder for comparison.md/.json/.png and report.html")
     return parser
 
@@ -329,6 +430,18 @@ def main(argv: list[str] | None = None) -> int:
          "comparisons": comparisons}, indent=2) + "\n")
     chart = report.plot_comparison(names, [task_metrics(result) for result in results], out_dir / "comparison.png",
                                    comparisons=comparisons, confidence=args.confidence)
+    if args.matrix:
+        metrics = matrix_metrics(args.matrix, results)
+        versus = versus_single_task(results, predictions, names, metrics, **settings)
+        matrix = report.matrix_markdown(names, comparisons, metrics, versus=versus,
+                                        protocols=scoring_protocols(results[0], metrics), confidence=args.confidence)
+        print(matrix)
+        (out_dir / "matrix.md").write_text(matrix)
+        (out_dir / "matrix.json").write_text(json.dumps(
+            {"baseline": names[0], "metrics": metrics, "confidence": args.confidence, "versus_single_task": versus},
+            indent=2) + "\n")
+        report.plot_comparison(names, [task_metrics(result) for result in results], out_dir / "matrix.png",
+                               comparisons=comparisons, confidence=args.confidence, metrics=metrics)
     examples = example_predictions(predictions, names, per_task=args.examples)
     page = report.write_html_report(
         out_dir / "report.html", baseline=names[0], comparisons=comparisons, chart=chart, loss_png=args.loss_png,

@@ -25,16 +25,21 @@ def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
+def _change(row: dict) -> str | None:
+    """The change and its interval, no verdict: "-0.0400 [-0.090, +0.010] p=0.23"; None without an interval."""
+    if row["ci_low"] is None:
+        return None
+    text = f"{row['delta']:+.4f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+    return text + (f" p={row['p_value']:.2g}" if row["p_value"] is not None else "")
+
+
 def _delta(row: dict) -> str:
     """The change, its interval and verdict: "-0.0400 [-0.090, +0.010] p=0.23 within noise"."""
     if row["delta"] is None:
         return "–"
-    text = f"{row['delta']:+.4f}"
-    if row["ci_low"] is None:
-        return f"{text} no CI ({row['note']})"
-    text += f" [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-    if row["p_value"] is not None:
-        text += f" p={row['p_value']:.2g}"
+    text = _change(row)
+    if text is None:
+        return f"{row['delta']:+.4f} no CI ({row['note']})"
     if row["forgetting"]:
         return f"**{text} forgetting**"
     if row["significant"] is None:
@@ -149,8 +154,100 @@ def before_after_markdown(rows: list[dict], *, confidence: float = 0.95) -> str:
     return "\n".join(lines + ["", _statistics_note(rows, confidence)]) + "\n"
 
 
+def _versus_cell(row: dict, own_gain: float | None, single_gain: float | None) -> str:
+    """A run against a task's single-task run: the difference, its interval, the verdict and the share of the gain."""
+    if row["delta"] is None:
+        return "–"
+    text = _change(row)
+    if text is None:
+        return f"{row['delta']:+.4f} no CI ({row['note']})"
+    if row["significant"] is None:
+        verdict = f"untested ({row['note']})"
+    elif row["significant"]:
+        verdict = "**beats**" if row["delta"] > 0 else "below"
+    else:
+        verdict = "matches (within noise)"
+    if own_gain is not None and single_gain is not None and single_gain > 0:
+        verdict += f"; {own_gain / single_gain:.0%} of its gain"
+    return f"{text} {verdict}"
+
+
+def matrix_markdown(names: list[str], comparisons: dict[str, list[dict]], metrics: dict[str, str], *,
+                    versus: dict[str, list[dict]] | None = None, protocols: dict[str, str] | None = None,
+                    confidence: float = 0.95) -> str:
+    """A run x task table of one score per task: single-task runs on the diagonal, a mixture against them.
+
+    A run named like a task is that task's single-task run; its cell in that task's column is bold.
+
+    Args:
+        names: run names, baseline first.
+        comparisons: {run name: rows from `compare(baseline, run)`}, every run but the baseline.
+        metrics: {task: the metric shown for it}, in column order.
+        versus: {run name: rows from `compare(single-task run, run)`} (`compare.versus_single_task`):
+            each such run gets one more table row, its difference from every task's single-task run.
+        protocols: {task: how it was scored} for the footnote (`compare.scoring_protocols`).
+        confidence: the level of the rows' intervals (for the footnote).
+
+    Returns:
+        The table and a footnote.
+
+    Example:
+        >>> items = {name: [{"task": "piqa", "prompt": f"q{i}", "scores": {"acc": float(i < right)}} for i in range(100)]
+        ...          for name, right in (("base", 50), ("piqa", 62), ("mix", 60))}
+        >>> runs = {name: {"piqa": {"acc": right / 100}} for name, right in (("base", 50), ("piqa", 62), ("mix", 60))}
+        >>> rows = {name: compare(runs["base"], runs[name], before_items=items["base"], after_items=items[name])
+        ...         for name in ("piqa", "mix")}
+        >>> versus = {"mix": compare(runs["piqa"], runs["mix"], before_items=items["piqa"], after_items=items["mix"])}
+        >>> print(matrix_markdown(["base", "piqa", "mix"], rows, {"piqa": "acc"}, versus=versus).split("\\n\\n")[0])
+        | run | piqa: acc |
+        |---|---|
+        | base | 0.5000 |
+        | piqa | **0.6200** (+0.1200 [+0.060, +0.180] p=0.00049) |
+        | mix | 0.6000 (+0.1000 [+0.050, +0.160] p=0.002) |
+        | mix vs single-task | -0.0200 [-0.050, +0.000] p=0.5 matches (within noise); 83% of its gain |
+    """
+    by_run = {name: {(row["task"], row["metric"]): row for row in rows} for name, rows in comparisons.items()}
+    lines = ["| run | " + " | ".join(f"{task}: {metric}" for task, metric in metrics.items()) + " |",
+             "|" + "---|" * (len(metrics) + 1)]
+    first = {key: row for rows in by_run.values() for key, row in rows.items()}
+    lines.append(f"| {names[0]} | " + " | ".join(_number(first[key]["before"]) if key in first else "–"
+                                                 for key in metrics.items()) + " |")
+    for name in names[1:]:
+        cells = []
+        for task, metric in metrics.items():
+            row = by_run.get(name, {}).get((task, metric))
+            if row is None or row["after"] is None:
+                cells.append("–")
+                continue
+            score = f"**{_number(row['after'])}**" if name == task else _number(row["after"])
+            cells.append(f"{score} ({_delta(row)})" if row["delta"] is not None else score)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, rows in (versus or {}).items():
+        against = {(row["task"], row["metric"]): row for row in rows}
+        cells = []
+        for key in metrics.items():
+            row, own, single = against.get(key), by_run.get(name, {}).get(key), by_run.get(key[0], {}).get(key)
+            gains = [r["delta"] if r else None for r in (own, single)]
+            cells.append(_versus_cell(row, *gains) if row else "–")
+        lines.append(f"| {name} vs single-task | " + " | ".join(cells) + " |")
+    footnote = (f"Rows: runs; columns: one score per task. **Bold**: the diagonal, each task's single-task run. "
+                f"In parentheses: the change from {names[0]}. Δ [low, high]: the {confidence:.0%} confidence interval "
+                "of a change, paired bootstrap over the items both runs scored; p: exact McNemar test for 0/1 "
+                "metrics, which decides their verdict; the other metrics are significant when the interval "
+                f"excludes 0; within noise: not significant at the {1 - confidence:.0%} level.")
+    if versus:
+        footnote += (" \"vs single-task\": the run's score minus the single-task run's on the same items: beats or "
+                     "below when significant, else matches (within noise: no difference these items can show, "
+                     "not proof of equality); \"of its gain\": the run's change from "
+                     f"{names[0]} as a share of the single-task run's (point estimates).")
+    if protocols:
+        footnote += " Scores: " + "; ".join(f"{task}: {text}" for task, text in protocols.items()) + "."
+    return "\n".join(lines + ["", footnote]) + "\n"
+
+
 def plot_comparison(names: list[str], runs: list[dict[str, dict[str, float]]], path: str | Path, *,
-                    comparisons: dict[str, list[dict]] | None = None, confidence: float = 0.95) -> Path:
+                    comparisons: dict[str, list[dict]] | None = None, confidence: float = 0.95,
+                    metrics: dict[str, str] | None = None) -> Path:
     """Grouped bar chart: one group per task and headline metric, one bar per run; below it, the changes.
 
     The lower panel (drawn when `comparisons` carry intervals) shows each run's change from the
@@ -163,6 +260,8 @@ def plot_comparison(names: list[str], runs: list[dict[str, dict[str, float]]], p
         path: the PNG to write.
         comparisons: {run name: rows from `compare(baseline, run)`} for the lower panel.
         confidence: the level of the rows' intervals (for the label).
+        metrics: {task: metric}: one group per task, that metric only (the run x task matrix);
+            default: every task's CHART_METRICS.
 
     Returns:
         The PNG path.
@@ -171,11 +270,12 @@ def plot_comparison(names: list[str], runs: list[dict[str, dict[str, float]]], p
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    groups: list[tuple[str, str]] = []
-    for run in runs:
-        for task, metrics in run.items():
-            headline = [m for m in CHART_METRICS if m in metrics] or list(metrics)
+    groups: list[tuple[str, str]] = list(metrics.items()) if metrics else []
+    for run in runs if not metrics else []:
+        for task, values in run.items():
+            headline = [m for m in CHART_METRICS if m in values] or list(values)
             groups.extend((task, metric) for metric in headline if (task, metric) not in groups)
     with_changes = bool(comparisons) and any(row["ci_low"] is not None for rows in comparisons.values() for row in rows)
     width = 0.8 / max(len(runs), 1)
@@ -185,15 +285,19 @@ def plot_comparison(names: list[str], runs: list[dict[str, dict[str, float]]], p
     for i, (name, run) in enumerate(zip(names, runs)):
         values = [run.get(task, {}).get(metric, 0.0) for task, metric in groups]
         xs = [g + (i - (len(runs) - 1) / 2) * width for g in range(len(groups))]
-        axes.bar(xs, values, width=width, label=name, color=f"C{i}")
+        # The matrix's diagonal (a run named like the task: its single-task run) gets a black edge.
+        diagonal = [bool(metrics) and name == task for task, _ in groups]
+        axes.bar(xs, values, width=width, label=name, color=f"C{i}", edgecolor=["black" if d else "none" for d in diagonal],
+                 linewidth=[1.5 if d else 0 for d in diagonal])
     axes.set_xticks(range(len(groups)))
     axes.set_xticklabels([f"{task}\n{metric}" if task else metric for task, metric in groups], fontsize=8)
     axes.tick_params(labelbottom=True)
     axes.set_ylabel("score")
     axes.set_ylim(0, 1)
     axes.grid(axis="y", alpha=0.3)
-    axes.legend(fontsize=8)
-    axes.set_title("Scores by task and metric")
+    # Plain patches: the first bar's black edge must not stand for its whole run.
+    axes.legend(handles=[Patch(color=f"C{i}", label=name) for i, name in enumerate(names)], fontsize=8)
+    axes.set_title("Scores by task; black edge: the task's single-task run" if metrics else "Scores by task and metric")
     if with_changes:
         _plot_changes(panels[1, 0], names, groups, comparisons, width, confidence)
     figure.tight_layout()
