@@ -185,7 +185,7 @@ def matrix_markdown(names: list[str], comparisons: dict[str, list[dict]], metric
         metrics: {task: the metric shown for it}, in column order.
         versus: {run name: rows from `compare(single-task run, run)`} (`compare.versus_single_task`):
             each such run gets one more table row, its difference from every task's single-task run.
-        protocols: {task: how it was scored} for the footnote (`compare.scoring_protocols`).
+        protocols: {task: how it was scored} for the footnote (`provenance.scoring_protocols`).
         confidence: the level of the rows' intervals (for the footnote).
 
     Returns:
