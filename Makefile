@@ -101,6 +101,7 @@ forgetting-search: $(STAMP)
 	done
 	$(VENV)/bin/instructune compare $(FORGET)/search/base.json $(foreach lr,$(SEARCH_LRS),$(FORGET)/search/lr$(lr).json) \
 		--names base $(foreach lr,$(SEARCH_LRS),lr$(lr)) --held-out $(FORGET_HELD_OUT) -o $(FORGET_DOCS)/search
+	cp $(FORGET)/search/*.json $(FORGET)/search/*.predictions.jsonl $(FORGET_DOCS)/search/
 
 # Multi-task gains (issue 16 item 3): full fine-tuning on each of 4 built-in tasks alone and on their mixture
 # (a quarter each by tokens), every run at one budget (60 steps x 2 packed rows of 512, lr 1e-4; configs/multitask/),
@@ -141,8 +142,9 @@ multitask: $(STAMP)
 	done
 	$(call mt_timed,compare,$(VENV)/bin/instructune compare $(MT)/base.json $(foreach run,$(MT_TASKS) mixed,$(MT)/$(run).json) \
 		--names base $(MT_TASKS) mixture --matrix $(MT_MATRIX) --loss-png $(MT_OUTPUT)/multitask-mixed/loss.png -o $(MT_DOCS))
-	for run in $(MT_TASKS) mixed; do cp $(MT)/$$run.json $(MT_DOCS)/ && cp $(MT_OUTPUT)/multitask-$$run/loss.png $(MT_DOCS)/loss-$$run.png; done
-	cp $(MT)/base.json $(MT_DOCS)/
+	for run in $(MT_TASKS) mixed; do cp $(MT)/$$run.json $(MT)/$$run.predictions.jsonl $(MT_DOCS)/ \
+		&& cp $(MT_OUTPUT)/multitask-$$run/loss.png $(MT_DOCS)/loss-$$run.png; done
+	cp $(MT)/base.json $(MT)/base.predictions.jsonl $(MT_DOCS)/
 	awk -F'\t' 'NR > 1 { total += $$2 } { print } END { printf "total\t%d\n", total }' $(MT)/times.tsv > $(MT_DOCS)/times.tsv
 	cat $(MT_DOCS)/times.tsv
 
