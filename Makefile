@@ -78,14 +78,14 @@ forgetting: $(STAMP)
 	$(VENV)/bin/instructune prepare --mixture configs/forgetting/dialogsum.mixture.yaml -o $(FORGET)/data/dialogsum.jsonl
 	$(VENV)/bin/instructune prepare --mixture configs/forgetting/mixed.mixture.yaml -o $(FORGET)/data/mixed.jsonl
 	$(VENV)/bin/instructune eval $(FORGET_SET) $(FORGET_FLAGS) -o $(FORGET)/base.json
-	$(VENV)/bin/instructune train configs/forgetting/dialogsum.yaml $(FORGET_TRAIN) --overwrite
+	$(VENV)/bin/instructune train configs/forgetting/dialogsum.yaml data.train=$(FORGET)/data/dialogsum.jsonl $(FORGET_TRAIN) --overwrite
 	$(VENV)/bin/instructune eval --model runs/forgetting-dialogsum/model $(FORGET_SET) $(FORGET_FLAGS) -o $(FORGET)/dialogsum.json
-	$(VENV)/bin/instructune train configs/forgetting/mixed.yaml $(FORGET_TRAIN) --overwrite
+	$(VENV)/bin/instructune train configs/forgetting/mixed.yaml data.train=$(FORGET)/data/mixed.jsonl $(FORGET_TRAIN) --overwrite
 	$(VENV)/bin/instructune eval --model runs/forgetting-mixed/model $(FORGET_SET) $(FORGET_FLAGS) -o $(FORGET)/mixed.json
 	$(VENV)/bin/instructune compare $(FORGET)/base.json $(FORGET)/dialogsum.json $(FORGET)/mixed.json \
 		--names base dialogsum mixture --held-out $(FORGET_HELD_OUT) \
 		--loss-png runs/forgetting-dialogsum/loss.png -o $(FORGET_DOCS)
-	cp $(FORGET)/base.json $(FORGET)/dialogsum.json $(FORGET)/mixed.json $(FORGET_DOCS)/
+	cp $(FORGET)/base.json $(FORGET)/dialogsum.json $(FORGET)/mixed.json $(FORGET)/*.predictions.jsonl $(FORGET_DOCS)/
 	cp runs/forgetting-mixed/loss.png $(FORGET_DOCS)/loss-mixture.png
 
 # The setting search (issue 16): DialogSum alone at each of SEARCH_LRS, on items the experiment does not
@@ -94,7 +94,7 @@ forgetting-search: $(STAMP)
 	$(VENV)/bin/instructune prepare --mixture configs/forgetting/dialogsum.mixture.yaml -o $(FORGET)/data/dialogsum.jsonl
 	$(VENV)/bin/instructune eval $(SEARCH_SET) $(FORGET_FLAGS) -o $(FORGET)/search/base.json
 	set -e; for lr in $(SEARCH_LRS); do \
-		$(VENV)/bin/instructune train configs/forgetting/dialogsum.yaml train.lr=$$lr run_name=forgetting-search-lr$$lr \
+		$(VENV)/bin/instructune train configs/forgetting/dialogsum.yaml data.train=$(FORGET)/data/dialogsum.jsonl train.lr=$$lr run_name=forgetting-search-lr$$lr \
 			$(FORGET_TRAIN) --overwrite; \
 		$(VENV)/bin/instructune eval --model runs/forgetting-search-lr$$lr/model $(SEARCH_SET) $(FORGET_FLAGS) \
 			-o $(FORGET)/search/lr$$lr.json; \

@@ -15,6 +15,12 @@ Run from the project root:
     .venv/bin/python bench/eval.py --n 200 --engines hf-fp32,native-fp32,native-bf16   # ROUGE of bf16
     .venv/bin/python bench/eval.py --n 32 --split validation --lora --engines hf-fp32,native-fp32
     .venv/bin/python bench/eval.py --n 48 --append bench/RESULTS.md # record it
+
+`--choice-limit N` adds issue 13's multiple-choice half to the same run and the same table: the first N
+validation items of PIQA and HellaSwag scored by lm-evaluation-harness and by instructune's lm-eval mode
+(bench/choice.py's functions, fp32, the same threads), after the generation engines, in the same
+process. It needs lm-eval (the bench extra):
+    .venv/bin/python bench/eval.py --n 48 --choice-limit 500 --append bench/RESULTS.md
 """
 
 from __future__ import annotations
@@ -59,6 +65,43 @@ def _cpu_name() -> str:
     return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
 
 
+def _multiple_choice(model, tokenizer, limit: int, batch_size: int) -> dict:
+    """lm-evaluation-harness and instructune's lm-eval mode on the first `limit` PIQA and HellaSwag items.
+
+    bench/choice.py's own functions, in this process and on this model's weights file; returns the
+    table rows (one per engine and task) and the notes (speed-ups, every differing prediction).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import lm_eval
+    from choice import _argmaxes, compare, run_instructune, run_lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from instructune.models import resolve_model_path
+
+    names = ["hellaswag", "piqa"]
+    lm = HFLM(pretrained=str(resolve_model_path(None)), dtype="float32", device="cpu", batch_size=batch_size)
+    reference = run_lm_eval(lm, names, limit)
+    load = {"lm-eval": os.getloadavg()[0]}
+    ours = run_instructune(model, tokenizer, names, limit, batch_size)
+    load["instructune"] = os.getloadavg()[0]
+    rows, notes = [], []
+    for name in names:
+        peer_rate = reference[name]["requests"] / reference[name]["seconds"]
+        lengths = [[len(option) for option in example["options"]] for example in ours[name]["examples"]]
+        same = sum(_argmaxes(r["logprobs"], n) == _argmaxes(o["logprobs"], n)
+                   for r, o, n in zip(reference[name]["items"], ours[name]["items"], lengths))
+        for key, engine, result in (("lm-eval", f"lm-evaluation-harness {lm_eval.__version__}", reference[name]),
+                                    ("instructune", "instructune --mode lm-eval", ours[name])):
+            rate = result["requests"] / result["seconds"]
+            rows.append(f"| multiple choice, {name} | {engine} | {result['requests']} requests | {result['seconds']:.1f} | "
+                        f"{rate:.2f} | {rate / peer_rate:.2f} | acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} | "
+                        f"{same}/{len(lengths)} items | {load[key]:.2f} |")
+        notes.append(f"- {name}: instructune {(ours[name]['requests'] / ours[name]['seconds']) / peer_rate:.2f}x "
+                     "lm-eval's requests/s")
+        notes.extend(compare(name, reference[name], ours[name], tie_tolerance=1e-4))
+    return {"rows": rows, "notes": notes, "lm_eval": f"lm-evaluation-harness {lm_eval.__version__}"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48, help="first N DialogSum test dialogues (48 for speed, 200 for ROUGE)")
@@ -69,6 +112,9 @@ def main() -> int:
     parser.add_argument("--lora", action="store_true", help="wrap the model in a random LoRA adapter first (in-training check)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="summary length cap")
     parser.add_argument("--engines", default=DEFAULT_ENGINES, help=f"comma-separated, from {', '.join(ENGINES)}")
+    parser.add_argument("--choice-limit", type=int, default=0,
+                        help="also score the first N PIQA and HellaSwag validation items with lm-eval and "
+                             "instructune --mode lm-eval, in this run and table (needs the bench extra)")
     parser.add_argument("--append", default=None, help="append a results section to this markdown file")
     args = parser.parse_args()
     engines = args.engines.split(",")
@@ -141,38 +187,56 @@ def main() -> int:
         metrics = generation_metrics(answers[name], references)
         rows[name] = {"new_tokens": new_tokens, "seconds": seconds[name], "tokens_per_s": new_tokens / seconds[name],
                       **{k: metrics[k] for k in ("rouge1", "rouge2", "rougeL")},
-                      "rouge1_mean_ref": metrics.get("rouge1_mean_ref", metrics["rouge1"])}  # one reference: the same
+                      **{f"{k}_mean_ref": metrics.get(f"{k}_mean_ref", metrics[k])  # one reference: the same
+                         for k in ("rouge1", "rouge2", "rougeL")}}
     hf_best = max((rows[n]["tokens_per_s"] for n in rows if n.startswith("hf-")), default=None)
     reference = answers.get("hf-fp32")
+    choice = _multiple_choice(model, tokenizer, args.choice_limit, args.batch_size) if args.choice_limit else None
 
     command = "python bench/eval.py " + " ".join(sys.argv[1:])
+    if choice:
+        title = (f"## Evaluation, one run: HF generate vs instructune on {args.n} DialogSum {args.split} dialogues, "
+                 f"lm-evaluation-harness vs instructune on {args.choice_limit} PIQA and HellaSwag items")
+    else:
+        title = f"## Generation: HF generate vs instructune's native engine, {args.n} DialogSum {args.split} dialogues"
+
     lines = [
-        f"## Generation: HF generate vs instructune's native engine, {args.n} DialogSum {args.split} dialogues"
-        + (", LoRA-wrapped model" if args.lora else "") + " (issue 13)",
+        title + (", LoRA-wrapped model" if args.lora else "") + " (issue 13)",
         "",
         f"- command: `{command.strip()}`",
         f"- machine: {_cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"5-min load average at the end {os.getloadavg()[1]:.2f} on {os.cpu_count()} cores",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; model load {load_seconds:.1f} s",
-        f"- settings: default model, template 0, greedy, HF batch {args.batch_size}, native slots "
-        f"{max(args.native_slots or args.batch_size, MIN_SLOTS)}, max {args.max_new_tokens} new tokens; engines one after another "
-        "over all prompts in one process; ROUGE-1/2/L best of the references, and ROUGE-1 mean over them",
+        f"- generation: default model, template 0, greedy, HF batch {args.batch_size}, native slots "
+        f"{max(args.native_slots or args.batch_size, MIN_SLOTS)}, max {args.max_new_tokens} new tokens; engines one after "
+        "another over all prompts in one process; ROUGE-1/2/L as the mean over the references (the DialogSum lab's "
+        "protocol), and ROUGE-1 best of the references",
+    ]
+    if choice:
+        lines.append(f"- multiple choice: {choice['lm_eval']}, float32, batch {args.batch_size} (lm-eval: requests; "
+                     "instructune: items, all their options together), timed around the log-likelihood calls; "
+                     "\"same\": items whose acc and acc_norm predictions equal lm-eval's")
+    lines += [
         "",
-        "| engine | new tokens | seconds | new tokens/s | x HF best | ROUGE-1 | ROUGE-2 | ROUGE-L | ROUGE-1 mean-ref "
-        "| answers = HF fp32 | 1-min load after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| part | engine | work | seconds | per second | x peer's best | scores | same as the reference | 1-min load after |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, row in rows.items():
         ratio = f"{row['tokens_per_s'] / hf_best:.2f}" if hf_best else "-"
         same = f"{sum(a == b for a, b in zip(answers[name], reference))}/{len(prompts)}" if reference else "-"
         lines.append(
-            f"| {LABELS[name]} | {row['new_tokens']} | {row['seconds']:.1f} | {row['tokens_per_s']:.1f} | {ratio} | "
-            f"{row['rouge1']:.4f} | {row['rouge2']:.4f} | {row['rougeL']:.4f} | {row['rouge1_mean_ref']:.4f} | {same} "
-            f"| {loads[name]:.2f} |"
+            f"| generation | {LABELS[name]} | {row['new_tokens']} new tokens | {row['seconds']:.1f} | "
+            f"{row['tokens_per_s']:.1f} | {ratio} | ROUGE-1/2/L {row['rouge1_mean_ref']:.4f} / "
+            f"{row['rouge2_mean_ref']:.4f} / {row['rougeL_mean_ref']:.4f} (best of refs R-1 {row['rouge1']:.4f}) "
+            f"| {same} answers = HF fp32 | {loads[name]:.2f} |"
         )
+    if choice:
+        lines.extend(choice["rows"])
     if setup_seconds:
         lines += ["", "Engine setup, not in the table (CTranslate2's conversion or cache, HF's bf16 copy): "
                   + ", ".join(f"{name} {value:.1f} s" for name, value in setup_seconds.items())]
+    if choice:
+        lines += ["", *choice["notes"]]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.append:
