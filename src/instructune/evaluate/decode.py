@@ -73,19 +73,27 @@ def decoding_model(model: Any, compute_type: str) -> Any:
 
 
 class _Slots:
-    """A preallocated KV cache: per layer, keys and values of shape (slots, kv heads, length, head dim)."""
+    """A preallocated KV cache, per layer: keys as (slots, kv heads, head dim, length), values as
+    (slots, kv heads, length, head dim).
+
+    The decode step reads the live slots' whole rows, `keys[:rows]`, which lie contiguous in memory,
+    and masks the positions past each slot's length. Reading only the first `span` positions
+    (`keys[..., :span, :]`) made torch copy every slot's keys and values before the matmuls (with keys
+    as (.., length, head dim), 5x the matmul's own time): a quarter of a bf16 decode step went to
+    those copies (bench/RESULTS.md, issue 13). Keys lie transposed so the query-key product needs no
+    transpose either.
+    """
 
     def __init__(self, layers: int, slots: int, kv_heads: int, length: int, head_dim: int, dtype: Any):
         import torch
 
-        shape = (slots, kv_heads, length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
+        self.keys = [torch.zeros((slots, kv_heads, head_dim, length), dtype=dtype) for _ in range(layers)]
+        self.values = [torch.zeros((slots, kv_heads, length, head_dim), dtype=dtype) for _ in range(layers)]
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy one slot's first `length` positions into another slot (compaction at the tail)."""
         for keys, values in zip(self.keys, self.values):
-            keys[target, :, :length] = keys[source, :, :length]
+            keys[target, :, :, :length] = keys[source, :, :, :length]
             values[target, :, :length] = values[source, :, :length]
 
 
@@ -140,7 +148,7 @@ class NativeDecoder:
         cos, sin = self.inner.rotary_emb(x, positions)
 
         def write(index, k, v):
-            cache.keys[index][slot, :, : len(ids)] = k[0]
+            cache.keys[index][slot, :, :, : len(ids)] = k[0].transpose(-1, -2)
             cache.values[index][slot, :, : len(ids)] = v[0]
 
         def attend(index, q, k, v, scale):
@@ -155,25 +163,27 @@ class NativeDecoder:
         import torch
 
         rows = tokens.shape[0]
-        span = int(positions.max()) + 1
+        span = cache.values[0].shape[2]
         group = self.heads // self.kv_heads
         # Each row sees its own cache up to and including the new token.
         blocked = torch.arange(span).unsqueeze(0) > positions.unsqueeze(1)
-        bias = torch.zeros((rows, 1, 1, span), dtype=torch.float32).masked_fill_(blocked[:, None, None], float("-inf"))
+        bias = torch.zeros((rows, 1, 1, span), dtype=self.dtype).masked_fill_(blocked[:, None, None], float("-inf"))
         x = self.inner.embed_tokens(tokens.unsqueeze(1))
         cos, sin = self.inner.rotary_emb(x, positions.unsqueeze(1))
         row_index = torch.arange(rows)
 
         def write(index, k, v):
-            cache.keys[index][row_index, :, positions] = k[:, :, 0]
+            cache.keys[index][row_index, :, :, positions] = k[:, :, 0]
             cache.values[index][row_index, :, positions] = v[:, :, 0]
 
         def attend(index, q, k, v, scale):
-            keys = cache.keys[index][:rows, :, :span]
-            values = cache.values[index][:rows, :, :span]
-            grouped = q.view(rows, self.kv_heads, group, self.head_dim)
-            scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale + bias
-            weights = torch.softmax(scores, dim=-1).to(values.dtype)
+            keys = cache.keys[index][:rows]
+            values = cache.values[index][:rows]
+            # The scale goes on the small query rather than the scores (exact for a power of two,
+            # as 1/sqrt(64) is); the mask of 0 and -inf is exact in bf16; softmax runs in fp32.
+            grouped = (q * scale).view(rows, self.kv_heads, group, self.head_dim)
+            scores = torch.matmul(grouped, keys).add_(bias)
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
             return torch.matmul(weights, values).view(rows, self.heads, 1, self.head_dim)
 
         for index, layer in enumerate(self.inner.layers):
