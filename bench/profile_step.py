@@ -37,7 +37,7 @@ KINDS = (
 )
 
 
-def build_trainer(dialogues: int, precision: str, micro_batch: int, lora: bool):
+def build_trainer(dialogues: int, precision: str, micro_batch: int, lora: bool, packed_attention: bool = True):
     from instructune.config import load_config
     from instructune.models import load_model
     from instructune.train import Trainer
@@ -48,6 +48,7 @@ def build_trainer(dialogues: int, precision: str, micro_batch: int, lora: bool):
         f"train.lr={2e-4 if lora else 2e-5}", f"train.batch_size={micro_batch}",
         f"train.grad_accum_steps={BATCH // micro_batch}", f"data.max_length={MAX_LENGTH}", "data.packing=true",
         f"train.precision={precision}", "model.chat_template=false", "train.warmup_ratio=0", "train.schedule=constant",
+        f"train.packed_attention={packed_attention}",
     ])
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_examples=load_examples(dialogues), progress=False)
     trainer.setup()
@@ -80,16 +81,17 @@ def main() -> int:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--lora", action="store_true")
-    parser.add_argument("--attn", default=None, choices=("sdpa", "eager"),
-                        help="attention implementation to try (a lever; default: the model's own, sdpa)")
+    parser.add_argument("--attn", default="packed", choices=("packed", "sdpa", "eager"),
+                        help="attention: packed = one causal SDPA block per example (the default, "
+                             "train.packed_attention), sdpa = transformers' masked SDPA over the row, eager")
     parser.add_argument("--append", default=None, help="append the tables to this markdown file")
     args = parser.parse_args()
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    trainer = build_trainer(args.dialogues, args.precision, args.micro_batch, args.lora)
-    if args.attn:
+    trainer = build_trainer(args.dialogues, args.precision, args.micro_batch, args.lora, args.attn == "packed")
+    if args.attn != "packed":
         trainer.accelerator.unwrap_model(trainer.model).set_attn_implementation(args.attn)
     first_loss = trainer._optimizer_step(0)[0]  # warm-up: first-call allocations and kernel choices
     started = time.perf_counter()
@@ -120,7 +122,7 @@ def main() -> int:
         f"{torch.get_num_threads()} threads; 1-min load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores",
         f"- {args.steps} unprofiled steps: {step_seconds:.2f} s per optimizer step, "
         f"{tokens / args.steps / step_seconds:.0f} tokens/s ({tokens // args.steps} tokens a step); shares below "
-        f"from {args.steps} profiled steps; attention {args.attn or 'default (sdpa)'}; first step's loss {first_loss:.4f}",
+        f"from {args.steps} profiled steps; attention {args.attn}; first step's loss {first_loss:.4f}",
         "",
         "| part of the step | share | ~seconds per step |",
         "|---|---:|---:|",

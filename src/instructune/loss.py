@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .attention import segments, uses_packed_attention
 from .tokenize import IGNORE_INDEX
 
 
@@ -31,8 +32,11 @@ def causal_lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torc
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)  # (B, T)
     keep[:, :-1] = targets != IGNORE_INDEX
     count = int(keep.sum())
+    # Under attention.py's implementation each packed example attends as its own causal block.
+    extra = {"packed_segments": segments(batch["position_ids"])} if uses_packed_attention(model) else {}
     output = model(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep,
+        **extra,
     )
     logits = output.logits.float()  # (N, V), N = labelled positions
     if logits.dim() == 3:  # a model without boolean logits_to_keep support returned every position

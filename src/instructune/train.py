@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .adapters import native_bf16, prepare_for_training
+from .attention import use_packed_attention
 from .config import RunConfig, config_keys_help, load_config, save_config
 from .data.sources import read_examples
 from .errors import InstructuneError
@@ -83,6 +84,8 @@ class Trainer:
         self.encoder_decoder = is_encoder_decoder(self.model)
         if cfg.data.packing and not self.encoder_decoder:
             refuse_packed_flash_attention(self.model, cfg.train.batch_size)
+        if cfg.train.packed_attention and not self.encoder_decoder:
+            use_packed_attention(self.model)
         self.model = prepare_for_training(self.model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
 
         self.data_report: dict[str, dict] = {}  # per split: examples cut, dropped, skipped (to metrics.jsonl)
