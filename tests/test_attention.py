@@ -5,9 +5,12 @@ import copy
 import pytest
 import torch
 
+import tiny
 from instructune.attention import NAME, segments, use_packed_attention, uses_packed_attention
+from instructune.config import load_config
 from instructune.loss import causal_lm_loss_sum
 from instructune.pack import collate, pack_examples
+from instructune.runlog import MetricsLog
 from instructune.tokenize import encode_prompt_completion
 
 EXAMPLES = [
@@ -79,3 +82,20 @@ def test_only_sdpa_models_are_switched(llama):
     eager = copy.deepcopy(llama)
     eager.set_attn_implementation("eager")
     assert not use_packed_attention(eager) and eager.config._attn_implementation == "eager"
+
+
+def test_trainer_with_packed_attention_follows_the_same_loss_curve(tmp_path, tokenizer):
+    """`train.packed_attention=true` switches the model and trains the same curve as the default."""
+
+    def run(name, *extra):
+        config = load_config(None, [f"output_dir={tmp_path}", f"run_name={name}", "train.precision=fp32",
+                                    "train.warmup_ratio=0", "data.max_length=160", "train.batch_size=2",
+                                    "train.max_steps=3", "train.num_threads=1", *extra])
+        trainer = tiny.run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer,
+                                   train_examples=EXAMPLES * 3)
+        return trainer, [r["loss"] for r in MetricsLog.read(trainer.run_dir / "metrics.jsonl") if "loss" in r]
+
+    (plain, plain_curve), (blocks, blocks_curve) = run("plain"), run("blocks", "train.packed_attention=true")
+    assert not uses_packed_attention(plain.model) and uses_packed_attention(blocks.model)
+    assert len(plain_curve) == 3
+    assert blocks_curve == pytest.approx(plain_curve, abs=1e-5)

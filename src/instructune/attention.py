@@ -5,6 +5,10 @@ that into a block-diagonal boolean mask over the whole row, and an explicit mask
 flash kernel compute every query-key pair of the row (it can skip the upper triangle only under
 `is_causal=True`). Here each example's block runs alone as a causal SDPA call: the same attention, a
 fraction of the work (two examples of 256 tokens in a 512-token row: 1/4 of the query-key pairs).
+Measured on a 2-core CPU (bench/RESULTS.md): attention 5.5x faster on a 2,048-token row of 8
+examples; no faster on 512-token rows of ~2 (torch's CPU flash backward costs as much per block
+call as per masked row), where it adds ~0.4 GB of peak memory. Hence `train.packed_attention`,
+off by default, for long packed rows.
 
 It is a transformers attention function (`AttentionInterface`), so the model's own modules, LoRA
 wrappers and autograd run as they are. It acts only when the caller passes `packed_segments` (the

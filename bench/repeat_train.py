@@ -1,0 +1,62 @@
+"""Repeat chosen bench/train.py configurations, alternating, to show the run-to-run spread of a ratio.
+
+One run of each configuration gives one sample; on a shared 2-core machine the same run varies by
+10-20%. This script runs the given configurations in turn, `--rounds` times over (A B C, A B C, ...),
+each a fresh process as in bench/train.py, appends every run to `--out`, and prints each
+configuration's tokens/s and peak RSS as median and range, and the ratio of the first configuration's
+speed to the second's, per round.
+
+    .venv/bin/python bench/repeat_train.py --dialogues 64 --rounds 3 \\
+        --config instructune,full,bf16,pack,2 --config trl,full,bf16,pack,1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import run_subprocess  # noqa: E402
+
+
+def parse(text: str) -> tuple:
+    engine, mode, precision, packing, micro_batch = text.split(",")
+    return engine, mode, precision, packing == "pack", int(micro_batch), False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", required=True, type=parse,
+                        help="engine,mode,precision,pack|nopack,micro-batch (repeatable; the first two give the ratio)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dialogues", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "train-repeats.jsonl")
+    args = parser.parse_args()
+    runs: dict[tuple, list[dict]] = {config: [] for config in args.config}
+    for round_ in range(args.rounds):
+        for config in args.config:
+            row = run_subprocess(*config, dialogues=args.dialogues)
+            if row is None:
+                return 1
+            row["round"] = round_
+            runs[config].append(row)
+            with args.out.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            print(f"round {round_}: {config[:5]} {row['tokens_per_s']:.1f} tokens/s, {row['peak_rss_gb']:.2f} GB", flush=True)
+    for config, rows in runs.items():
+        speeds, peaks = [r["tokens_per_s"] for r in rows], [r["peak_rss_gb"] for r in rows]
+        print(f"- {' '.join(map(str, config[:5]))}: tokens/s median {statistics.median(speeds):.1f} "
+              f"(range {min(speeds):.1f}-{max(speeds):.1f}), peak RSS median {statistics.median(peaks):.2f} GB "
+              f"(range {min(peaks):.2f}-{max(peaks):.2f})")
+    first, second = (runs[c] for c in args.config[:2])
+    ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(first, second)]
+    print(f"- speed ratio, first / second, per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"median {statistics.median(ratios):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
