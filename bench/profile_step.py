@@ -34,6 +34,7 @@ KINDS = (
     ("attention", ("scaled_dot_product", "flash_attention")),
     ("cross-entropy", ("log_softmax", "nll_loss", "cross_entropy")),
     ("AdamW", ("adam",)),
+    ("inductor's fused kernels (--compile)", ("compiledfxgraph",)),
 )
 
 
@@ -84,6 +85,8 @@ def main() -> int:
     parser.add_argument("--attn", default="packed", choices=("packed", "sdpa", "eager"),
                         help="attention: packed = one causal SDPA block per example (the default, "
                              "train.packed_attention), sdpa = transformers' masked SDPA over the row, eager")
+    parser.add_argument("--compile", action="store_true",
+                        help="train.compile's compiled decoder blocks (with --attn sdpa or eager inside them)")
     parser.add_argument("--append", default=None, help="append the tables to this markdown file")
     args = parser.parse_args()
 
@@ -91,9 +94,14 @@ def main() -> int:
     from torch.profiler import ProfilerActivity, profile
 
     trainer = build_trainer(args.dialogues, args.precision, args.micro_batch, args.lora, args.attn == "packed")
+    if args.compile:
+        from instructune.compiling import compile_blocks
+
+        compile_blocks(trainer.accelerator.unwrap_model(trainer.model))
     if args.attn != "packed":
         trainer.accelerator.unwrap_model(trainer.model).set_attn_implementation(args.attn)
     first_loss = trainer._optimizer_step(0)[0]  # warm-up: first-call allocations and kernel choices
+    trainer._optimizer_step(0)  # a second shape: dynamic-shape compilation (with --compile) happens here
     started = time.perf_counter()
     tokens = sum(trainer._optimizer_step(step)[2] for step in range(1, 1 + args.steps))
     step_seconds = (time.perf_counter() - started) / args.steps
@@ -106,7 +114,7 @@ def main() -> int:
     total_parts = sum(parts.values())
     kinds = defaultdict(float)
     for event in events:
-        if not event.key.startswith("aten::") and "adam" not in event.key.lower():
+        if not event.key.startswith("aten::") and "adam" not in event.key.lower() and "CompiledFxGraph" not in event.key:
             continue
         kind = next((label for label, names in KINDS if any(n in event.key.lower() for n in names)), "other operators")
         kinds[kind] += event.self_cpu_time_total

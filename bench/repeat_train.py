@@ -8,6 +8,9 @@ speed to the second's, per round.
 
     .venv/bin/python bench/repeat_train.py --dialogues 64 --rounds 3 \\
         --config instructune,full,bf16,pack,2 --config trl,full,bf16,pack,1
+    # the same allocator for both, instructune's compiled blocks, TRL's torch_compile:
+    .venv/bin/python bench/repeat_train.py --config instructune,full,bf16,pack,2,compile,tcmalloc \
+        --config trl,full,bf16,pack,1,tcmalloc --config trl,full,bf16,pack,1,compile,tcmalloc
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ from train import run_subprocess  # noqa: E402
 
 
 def parse(text: str) -> tuple:
-    engine, mode, precision, packing, micro_batch = text.split(",")
-    return engine, mode, precision, packing == "pack", int(micro_batch), False
+    """engine,mode,precision,pack|nopack,micro-batch[,compile][,tcmalloc] -> run_subprocess's arguments."""
+    engine, mode, precision, packing, micro_batch, *flags = text.split(",")
+    unknown = set(flags) - {"compile", "tcmalloc"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown flag(s) {sorted(unknown)}: compile, tcmalloc")
+    return engine, mode, precision, packing == "pack", int(micro_batch), False, "compile" in flags, "tcmalloc" in flags
 
 
 def main() -> int:
@@ -38,17 +45,18 @@ def main() -> int:
     runs: dict[tuple, list[dict]] = {config: [] for config in args.config}
     for round_ in range(args.rounds):
         for config in args.config:
-            row = run_subprocess(*config, dialogues=args.dialogues)
+            *shape, compile, tcmalloc = config
+            row = run_subprocess(*shape, dialogues=args.dialogues, compile=compile, tcmalloc=tcmalloc)
             if row is None:
                 return 1
             row["round"] = round_
             runs[config].append(row)
             with args.out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            print(f"round {round_}: {config[:5]} {row['tokens_per_s']:.1f} tokens/s, {row['peak_rss_gb']:.2f} GB", flush=True)
+            print(f"round {round_}: {config} {row['tokens_per_s']:.1f} tokens/s, {row['peak_rss_gb']:.2f} GB", flush=True)
     for config, rows in runs.items():
         speeds, peaks = [r["tokens_per_s"] for r in rows], [r["peak_rss_gb"] for r in rows]
-        print(f"- {' '.join(map(str, config[:5]))}: tokens/s median {statistics.median(speeds):.1f} "
+        print(f"- {' '.join(map(str, config))}: tokens/s median {statistics.median(speeds):.1f} "
               f"(range {min(speeds):.1f}-{max(speeds):.1f}), peak RSS median {statistics.median(peaks):.2f} GB "
               f"(range {min(peaks):.2f}-{max(peaks):.2f})")
     first, second = (runs[c] for c in args.config[:2])

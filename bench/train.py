@@ -73,7 +73,7 @@ def peak_rss_gb() -> float:
 
 
 def run_instructune(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH,
-                    checkpointing: bool = False) -> dict:
+                    checkpointing: bool = False, compile: bool = False) -> dict:
     from instructune.config import load_config
     from instructune.models import load_model
     from instructune.runlog import MetricsLog
@@ -85,10 +85,19 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
         f"train.lr={2e-4 if mode == 'lora' else 2e-5}", f"train.batch_size={micro_batch}",
         f"train.grad_accum_steps={BATCH // micro_batch}", f"data.max_length={MAX_LENGTH}",
         f"data.packing={packing}", f"train.precision={precision}", "model.chat_template=false", "train.warmup_ratio=0",
-        "train.schedule=constant", f"train.gradient_checkpointing={checkpointing}",
+        "train.schedule=constant", f"train.gradient_checkpointing={checkpointing}", f"train.compile={compile}",
     ])
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_examples=examples, progress=False)
     trainer.setup()
+    marks = []  # (clock, tokens) at the end of each optimizer step
+    step = trainer._optimizer_step
+
+    def marked_step(*args, **kwargs):
+        result = step(*args, **kwargs)
+        marks.append((time.perf_counter(), result[2]))
+        return result
+
+    trainer._optimizer_step = marked_step
     started = time.perf_counter()
     summary = trainer.train()
     seconds = time.perf_counter() - started
@@ -96,11 +105,12 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
     tokens = example_tokens(tokenizer, examples)
     return {"tokens_per_s": tokens / seconds, "final_loss": summary["final_loss"], "tokens": tokens,
             "seconds": seconds, "steps": summary["steps"], "losses": losses,
-            "own_clock_tokens_per_s": summary["tokens_per_s"]}
+            "own_clock_tokens_per_s": summary["tokens_per_s"],
+            **steady([t for t, _ in marks], [sum(n for _, n in marks[: i + 1]) for i in range(len(marks))])}
 
 
 def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH,
-            checkpointing: bool = False) -> dict:
+            checkpointing: bool = False, compile: bool = False) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -114,10 +124,15 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
     examples = [examples[i] for i in row_order(len(examples), seed=0, epoch=0)]
     seen = {"losses": []}
 
+    marks = []  # (clock, tokens seen) at the end of each optimizer step
+
     class Meter(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 seen["losses"].append(logs["loss"])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append((time.perf_counter(), state.num_input_tokens_seen))
 
     args = SFTConfig(
         output_dir=f"/tmp/trl-bench-{os.getpid()}", per_device_train_batch_size=micro_batch,
@@ -126,6 +141,8 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
         packing=packing, bf16=precision == "bf16", use_cpu=True, logging_steps=1, save_strategy="no",
         report_to=[], completion_only_loss=True, dataloader_num_workers=0, train_sampling_strategy="sequential",
         gradient_checkpointing=checkpointing,  # SFTConfig's default is True: set both ways explicitly
+        torch_compile=compile,  # transformers' Trainer compiles the whole model (inductor)
+        include_num_input_tokens_seen="non_padding",  # for the steady-state rate (steady())
     )
     if mode == "lora":  # r 16, alpha 32, dropout 0.05, all-linear, initialised as instructune does (seed 0)
         from transformers import set_seed
@@ -142,16 +159,29 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
     seconds = time.perf_counter() - started
     tokens = example_tokens(tokenizer, examples)
     return {"tokens_per_s": tokens / seconds, "final_loss": seen["losses"][-1] if seen["losses"] else None,
-            "tokens": tokens, "seconds": seconds, "steps": len(seen["losses"]), "losses": seen["losses"]}
+            "tokens": tokens, "seconds": seconds, "steps": len(seen["losses"]), "losses": seen["losses"],
+            **steady([t for t, _ in marks], [int(n) for _, n in marks])}
+
+
+def steady(clock: list[float], tokens_seen: list[int]) -> dict:
+    """Tokens/s from the end of the first optimizer step to the end of the last, by the same clock for
+    both engines: leaves out the first step (compilation, first-call allocations) and the run's setup
+    and end-of-run saving, which a longer run amortises. tokens_seen counts non-padding input tokens."""
+    if len(clock) < 2:
+        return {}
+    return {"steady_tokens_per_s": (tokens_seen[-1] - tokens_seen[0]) / (clock[-1] - clock[0]),
+            "step_clock": clock, "step_tokens_seen": tokens_seen}
 
 
 def one(engine: str, mode: str, precision: str, packing: bool, dialogues: int, micro_batch: int = BATCH,
-        checkpointing: bool = False) -> dict:
+        checkpointing: bool = False, compile: bool = False) -> dict:
     examples = load_examples(dialogues)
     runner = run_instructune if engine == "instructune" else run_trl
-    result = runner(examples, mode, precision, packing, micro_batch, checkpointing)
+    result = runner(examples, mode, precision, packing, micro_batch, checkpointing, compile)
+    allocator = "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
     return {"engine": engine, "mode": mode, "precision": precision, "packing": packing, "micro_batch": micro_batch,
-            "checkpointing": checkpointing, **result, "peak_rss_gb": peak_rss_gb()}
+            "checkpointing": checkpointing, "compile": compile, "allocator": allocator, **result,
+            "peak_rss_gb": peak_rss_gb()}
 
 
 # (engine, mode, precision, packing, micro-batch, gradient checkpointing); global batch 8 rows.
@@ -179,11 +209,18 @@ def key(row: dict) -> tuple:
 
 
 def run_subprocess(engine: str, mode: str, precision: str, packing: bool, micro_batch: int, checkpointing: bool,
-                   dialogues: int) -> dict | None:
+                   dialogues: int, compile: bool = False, tcmalloc: bool = False) -> dict | None:
+    """One configuration in a fresh process; `tcmalloc` preloads it for either engine (the same allocator)."""
     cmd = [sys.executable, __file__, "--one", engine, mode, precision, "--dialogues", str(dialogues),
            "--micro-batch", str(micro_batch)] + ([] if packing else ["--no-packing"])
-    cmd += ["--checkpointing"] if checkpointing else []
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    cmd += (["--checkpointing"] if checkpointing else []) + (["--compile"] if compile else [])
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("LD_PRELOAD", None)
+    if tcmalloc:
+        from instructune.allocator import find_tcmalloc
+
+        env["LD_PRELOAD"] = find_tcmalloc() or sys.exit("tcmalloc asked for but not installed (libtcmalloc-minimal4)")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((l for l in reversed(out.stdout.splitlines()) if l.startswith("{")), None)
     if line is None:
         print(f"{engine} {mode} {precision} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
@@ -283,6 +320,8 @@ def main() -> int:
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "MODE", "PRECISION"), help="Run one configuration.")
     parser.add_argument("--no-packing", action="store_true", help="With --one: no packing.")
     parser.add_argument("--checkpointing", action="store_true", help="With --one: gradient checkpointing on.")
+    parser.add_argument("--compile", action="store_true",
+                        help="With --one: instructune train.compile=true; TRL torch_compile=True.")
     parser.add_argument("--micro-batch", type=int, default=BATCH,
                         help=f"Rows per micro-batch; {BATCH} // this many are accumulated per optimizer step.")
     parser.add_argument("--dialogues", type=int, default=256, help="First N DialogSum training dialogues.")
@@ -293,7 +332,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(*args.one, packing=not args.no_packing, dialogues=args.dialogues,
-                             micro_batch=args.micro_batch, checkpointing=args.checkpointing)))
+                             micro_batch=args.micro_batch, checkpointing=args.checkpointing, compile=args.compile)))
         return 0
     out = args.out or Path(__file__).with_name("results") / f"train-{args.dialogues}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 
+from .allocator import reexec_with_tcmalloc
 from .errors import EXIT_BAD_INPUT, InstructuneError
 
 COMMANDS = {
@@ -32,7 +33,12 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+HEAVY = ("quickstart", "train", "eval")  # run under tcmalloc when started from the shell (allocator.py)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] and sys.argv[1] in HEAVY:
+        reexec_with_tcmalloc()
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Libraries' deprecation notices are for their callers (us), not for the person at the terminal.

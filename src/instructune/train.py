@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .adapters import native_bf16, prepare_for_training
 from .attention import use_packed_attention
+from .compiling import compile_blocks, uncompiled
 from .config import RunConfig, config_keys_help, load_config, save_config
 from .data.sources import read_examples
 from .errors import InstructuneError
 from .evaluate.score import evaluate_examples
-from .fsdp import gather_model_state, gather_optimizer_state, refuse_ignored_fsdp, state_loaders
+from .fsdp import gather_model_state, gather_optimizer_state, is_sharded, refuse_ignored_fsdp, state_loaders
 from .loss import causal_lm_loss_sum, seq2seq_loss_sum
 from .models import is_encoder_decoder, load_model
 from .pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
@@ -87,6 +88,8 @@ class Trainer:
         if cfg.train.packed_attention and not self.encoder_decoder:
             use_packed_attention(self.model)
         self.model = prepare_for_training(self.model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
+        if cfg.train.compile and not self.encoder_decoder:
+            self._compile()
 
         self.data_report: dict[str, dict] = {}  # per split: examples cut, dropped, skipped (to metrics.jsonl)
         self.train_rows = self._rows(self.train_examples, cfg.data.train, "train", cfg.data.limit)
@@ -122,6 +125,17 @@ class Trainer:
             f"{self.total_steps} steps; {sum(p.numel() for p in self.params):,} trainable parameters; "
             f"precision {self.accelerator.mixed_precision}"
         )
+
+    def _compile(self) -> None:
+        cfg = self.config
+        why_not = ("train.packed_attention is on" if cfg.train.packed_attention else
+                   "the model is 4-bit (QLoRA)" if cfg.lora.load_in_4bit else
+                   "FSDP shards the blocks" if is_sharded(self.accelerator) else None)
+        if why_not:
+            raise InstructuneError(f"config key 'train.compile': cannot compile while {why_not}; set train.compile=false")
+        n = compile_blocks(self.model)
+        self._say(f"compiled {n} decoder blocks (torch.compile; the first step includes compilation)" if n
+                  else "train.compile: no repeated decoder blocks found; running eagerly")
 
     def _mixed_precision(self) -> str:
         precision = self.config.train.precision
@@ -329,12 +343,13 @@ class Trainer:
         """Generate on the fixed validation sample; ROUGE and exact match against the completions."""
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
-        metrics, _ = evaluate_examples(
-            model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
-            # The native engine decodes the live weights in place, no conversion (HF generate where it cannot).
-            batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
-            chat_template=self.config.model.chat_template,
-        )
+        with uncompiled(model):
+            metrics, _ = evaluate_examples(
+                model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
+                # The native engine decodes the live weights in place, no conversion (HF generate where it cannot).
+                batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
+                chat_template=self.config.model.chat_template,
+            )
         model.train()
         return {f"gen_{k}": metrics[k] for k in ("rouge1", "rougeL", "exact_match", "f1") if k in metrics}
 

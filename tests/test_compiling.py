@@ -1,0 +1,70 @@
+"""train.compile: each decoder block compiled once, against the eager run's loss curve and weights."""
+
+import copy
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import tiny
+from instructune.compiling import block_classes, compile_blocks, uncompiled
+from instructune.config import load_config
+from instructune.errors import InstructuneError
+from instructune.runlog import MetricsLog
+from instructune.train import Trainer
+
+EXAMPLES = [
+    {"prompt": "Where is my order?", "completion": "It has shipped."},
+    {"prompt": "How do I reset my password? " * 3, "completion": "Click the link in the email."},
+    {"prompt": "Cancel my subscription please.", "completion": "Done, it ends this month."},
+    {"prompt": "What are your opening hours? " * 2, "completion": "Nine to five, Monday to Friday."},
+]
+
+
+def _config(tmp_path, name, *extra):
+    return load_config(None, [f"output_dir={tmp_path}", f"run_name={name}", "train.precision=fp32",
+                              "train.warmup_ratio=0", "data.max_length=160", "train.batch_size=2",
+                              "train.max_steps=3", "train.num_threads=1", "lora.enabled=false", *extra])
+
+
+def test_compiled_run_follows_the_eager_loss_curve_and_weights(tmp_path, tokenizer):
+    """Same data, same seed: the compiled blocks (CPU: fused eager attention) train the same model."""
+
+    def run(name, *extra):
+        trainer = tiny.run_trainer(_config(tmp_path, name, *extra), model=tiny.make_llama(tokenizer),
+                                   tokenizer=tokenizer, train_examples=EXAMPLES * 3)
+        curve = [r["loss"] for r in MetricsLog.read(trainer.run_dir / "metrics.jsonl") if "loss" in r]
+        return trainer, curve
+
+    graphs = counters["stats"]["unique_graphs"]
+    (plain, plain_curve), (fast, fast_curve) = run("eager"), run("compiled", "train.compile=true")
+    assert counters["stats"]["unique_graphs"] > graphs  # compiled for real, not dynamo's eager fallback
+    layers = fast.model.model.layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    assert fast.model.config._attn_implementation == "eager"  # on CPU, inside the compiled blocks
+    assert len(plain_curve) == 3
+    assert fast_curve == pytest.approx(plain_curve, abs=1e-4)
+    for (name, got), expected in zip(fast.model.named_parameters(), plain.model.parameters()):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=name)
+    # Generation sees the model as loaded: blocks eager, SDPA; compiled again afterwards.
+    with uncompiled(fast.model) as model:
+        assert model.config._attn_implementation == "sdpa"
+        assert all(layer._compiled_call_impl is None for layer in layers)
+    assert fast.model.config._attn_implementation == "eager"
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+
+
+def test_blocks_are_found_through_a_peft_wrapper(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny.make_llama(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert block_classes(model) == {"LlamaDecoderLayer"}
+    assert compile_blocks(copy.deepcopy(model)) == model.config.num_hidden_layers
+
+
+def test_compile_with_packed_attention_is_one_clear_error(tmp_path, tokenizer):
+    config = _config(tmp_path, "both", "train.compile=true", "train.packed_attention=true")
+    trainer = Trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
+                      progress=False)
+    with pytest.raises(InstructuneError, match="train.compile.*packed_attention"):
+        trainer.setup()
