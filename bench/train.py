@@ -17,7 +17,11 @@ the end-of-run bookkeeping inside it included for both), and tokens are counted 
 prompt + completion tokens of the examples, one epoch (instructune's packed runs top up the last
 step with a few rows of the next epoch; that extra work is not counted in its favour). TRL runs
 with gradient checkpointing off (its SFTConfig default is on: that default is its own row) at the
-same micro-batch sizes as instructune, with and without its packing.
+same micro-batch sizes as instructune, with and without its packing. Both engines run under the
+same allocator: glibc's malloc by default, tcmalloc when `run_subprocess(tcmalloc=True)` preloads it
+(bench/repeat_train.py's `tcmalloc` flag); glibc's page faults slow TRL ~1.8x, instructune ~1.2x.
+Every run also records a steady-state rate, from the end of the first optimizer step to the end of
+the last (`steady()`), which leaves out compilation and end-of-run saving.
 
     .venv/bin/python bench/train.py --dialogues 256 --append   # all configurations, table + plot
     .venv/bin/python bench/train.py --dialogues 256 --report   # table + plot of the finished runs

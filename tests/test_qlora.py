@@ -22,7 +22,9 @@ EXAMPLES = [{"prompt": "Is the order late?", "completion": "yes it is"}] * 8
 def qlora_config(tmp_path, model_dir, *overrides):
     return load_config(None, [
         f"output_dir={tmp_path}", "run_name=qlora", f"model.name={model_dir}", "lora.load_in_4bit=true",
-        "lora.r=8", "data.packing=false", "train.max_steps=8", "train.lr=3e-2", "train.warmup_ratio=0",
+        # 3e-3: at 3e-2 this tiny model's curve jumps by ~0.3 at some seeds and dropout streams, with
+        # or without 4-bit, which the NF4-vs-full comparison below would mistake for rounding.
+        "lora.r=8", "data.packing=false", "train.max_steps=8", "train.lr=3e-3", "train.warmup_ratio=0",
         "train.log_every_n_steps=1", "train.num_threads=1", "train.precision=fp32", *overrides,
     ])
 

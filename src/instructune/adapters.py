@@ -66,3 +66,45 @@ def native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+class FastDropout(torch.nn.Module):
+    """Dropout with the same distribution as `nn.Dropout`, its mask drawn from 16 random bits per element.
+
+    torch's CPU dropout draws one random number per element (~5 ns each): with LoRA on every linear
+    layer that was a quarter of a training step (bench/RESULTS.md). Here one 64-bit draw from torch's
+    seeded generator gives four elements' 16-bit uniforms, and an element is kept when its uniform is
+    at least round(p * 65536) / 65536, so p is honoured to within 2**-17. 3x faster than `nn.Dropout`
+    on a (2, 512, 576) bf16 input. Same scaling (kept elements times 1 / (1 - p)), identity in eval.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = -(2**15) + round(p * 2**16)  # int16 uniforms below this are dropped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        uniform = words.view(torch.int16)[:n].view(x.shape)  # (…), uniform over int16
+        return torch.where(uniform >= self.threshold, x * (1 / (1 - self.p)), 0)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_fast_dropout(model: Any) -> int:
+    """Swap PEFT LoRA layers' `nn.Dropout` for FastDropout in place; returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, torch.nn.ModuleDict):
+            continue
+        for name, dropout in dropouts.items():
+            if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+                dropouts[name] = FastDropout(dropout.p)
+                swapped += 1
+    return swapped
+

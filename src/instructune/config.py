@@ -41,6 +41,7 @@ class LoraConfig(_Section):
     r: int = Field(16, gt=0, description="LoRA rank: higher learns more, costs more memory.")
     alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    fast_dropout: bool = Field(True, description="Training draws LoRA dropout masks from 16 random bits per element (same distribution, p within 2**-17) instead of torch's one draw per element: the masks were a quarter of a CPU LoRA step. false = PEFT's nn.Dropout, for its exact random stream.")
     target_modules: str | list[str] = Field("all-linear", description="Modules to adapt: 'all-linear' or a list of names.")
     load_in_4bit: bool = Field(False, description="QLoRA: hold the frozen base in 4-bit NF4 (bitsandbytes) under the adapter.")
 
@@ -58,7 +59,7 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast; auto = bf16 where the hardware has native bf16 (recent GPUs, AVX512-BF16 CPUs), else fp32.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
     packed_attention: bool = Field(False, description="Decoder-only models on SDPA: attention runs as one causal block per example of a packed row instead of a masked square over the row. Same result; pays on long rows of many examples (attention 5.5x faster on 2,048-token rows of 8), not at 512 tokens, where it costs ~0.4 GB of peak memory (bench/RESULTS.md).")
-    compile: bool = Field(False, description="Decoder-only models: compile each decoder block with torch.compile (inductor, dynamic length; ~30 s once, then cached) and, on CPU, run attention as fused matmul-softmax inside it. Full fine-tune: 1.34x the tokens/s of the eager bf16 step on a 2-core CPU, loss within bf16 rounding; LoRA with dropout gains ~10% in the steady state and loses it to compilation in short runs (its dropout's random numbers dominate) (bench/RESULTS.md). Falls back to eager where compilation fails. Not with train.packed_attention, FSDP or 4-bit QLoRA.")
+    compile: bool = Field(False, description="Decoder-only models: compile each decoder block with torch.compile (inductor, dynamic length; ~30 s once, then cached) and, on CPU, run attention as fused matmul-softmax inside it. Full fine-tune: 1.34x the tokens/s of the eager bf16 step on a 2-core CPU, loss within bf16 rounding; LoRA: 1.16x in the steady state, lost to compiling the LoRA graphs in short runs (bench/RESULTS.md). Falls back to eager where compilation fails. Not with train.packed_attention, FSDP or 4-bit QLoRA.")
     eval_every_n_steps: int | None = Field(None, gt=0, description="Validation loss every N steps; null = at the end only.")
     save_every_n_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps; null = at the end only.")
     keep_last_n_checkpoints: int = Field(2, gt=0, description="Older checkpoints are deleted.")

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .adapters import native_bf16, prepare_for_training
+from .adapters import native_bf16, prepare_for_training, use_fast_dropout
 from .attention import use_packed_attention
 from .compiling import compile_blocks, uncompiled
 from .config import RunConfig, config_keys_help, load_config, save_config
@@ -88,6 +88,8 @@ class Trainer:
         if cfg.train.packed_attention and not self.encoder_decoder:
             use_packed_attention(self.model)
         self.model = prepare_for_training(self.model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
+        if cfg.lora.enabled and cfg.lora.fast_dropout:
+            use_fast_dropout(self.model)
         if cfg.train.compile and not self.encoder_decoder:
             self._compile()
 
