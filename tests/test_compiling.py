@@ -68,3 +68,40 @@ def test_compile_with_packed_attention_is_one_clear_error(tmp_path, tokenizer):
                       progress=False)
     with pytest.raises(InstructuneError, match="train.compile.*packed_attention"):
         trainer.setup()
+
+
+def test_lora_fast_dropout_compiles_without_breaks_and_draws_the_eager_masks(tokenizer):
+    """The masks come from the same seeded generator, in the same order, inside the compiled blocks:
+    a compiled LoRA forward and backward equal the eager ones; no dropout splits a block's graph."""
+    from peft import LoraConfig, get_peft_model
+
+    from instructune.adapters import use_fast_dropout
+
+    torch.manual_seed(0)
+    base = get_peft_model(tiny.make_llama(tokenizer), LoraConfig(r=4, lora_dropout=0.3, target_modules="all-linear"))
+    with torch.no_grad():  # B starts at zero, which would hide the masks
+        for name, parameter in base.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    assert use_fast_dropout(base) > 0
+    ids = torch.randint(3, tokenizer.vocab_size, (2, 24))
+
+    def loss_and_grads(model):
+        model.train()
+        torch.manual_seed(7)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    eager_loss, eager_grads = loss_and_grads(copy.deepcopy(base))
+    compiled = copy.deepcopy(base)
+    compile_blocks(compiled)
+    breaks = sum(counters["graph_break"].values())
+    compiled_loss, compiled_grads = loss_and_grads(compiled)
+    assert sum(counters["graph_break"].values()) == breaks
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, atol=1e-4, rtol=1e-4, msg=name)
+    # A different seed draws other masks (the dropout is live, not an identity).
+    torch.manual_seed(8)
+    assert not torch.allclose(compiled(input_ids=ids, labels=ids).loss, compiled_loss)

@@ -68,28 +68,48 @@ def native_bf16() -> bool:
         return False
 
 
+@torch.library.custom_op("instructune::dropout_keep", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def dropout_keep(x: torch.Tensor, salt: torch.Tensor, threshold: int) -> torch.Tensor:
+    """Keep-mask for `x` (bool, x's shape, contiguous): one 64-bit draw of torch's generator gives four
+    elements' 16-bit uniforms, and an element is kept when its uniform (as int16) is >= `threshold`.
+
+    A custom operator so that a compiled block calls it as it is, from torch's seeded generator: dynamo
+    cannot trace `random_` (a graph break at every LoRA layer), and inductor's own in-kernel random
+    numbers made a compiled LoRA step slower than the eager one (bench/RESULTS.md). `salt` is the
+    calling module's empty buffer: it only makes each call's arguments different, so that compiler
+    passes never merge the masks of two dropouts that see the same input (q, k and v projections).
+    """
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+    return words.view(torch.int16)[:n].view(x.shape) >= threshold
+
+
+@dropout_keep.register_fake
+def _(x: torch.Tensor, salt: torch.Tensor, threshold: int) -> torch.Tensor:
+    return x.new_empty(x.shape, dtype=torch.bool)
+
+
 class FastDropout(torch.nn.Module):
     """Dropout with the same distribution as `nn.Dropout`, its mask drawn from 16 random bits per element.
 
     torch's CPU dropout draws one random number per element (~5 ns each): with LoRA on every linear
-    layer that was a quarter of a training step (bench/RESULTS.md). Here one 64-bit draw from torch's
-    seeded generator gives four elements' 16-bit uniforms, and an element is kept when its uniform is
-    at least round(p * 65536) / 65536, so p is honoured to within 2**-17. 3x faster than `nn.Dropout`
-    on a (2, 512, 576) bf16 input. Same scaling (kept elements times 1 / (1 - p)), identity in eval.
+    layer that was a quarter of a training step (bench/RESULTS.md). Here an element is kept when its
+    16-bit uniform is at least round(p * 65536) / 65536, so p is honoured to within 2**-17
+    (`dropout_keep`). 3x faster than `nn.Dropout` on a (2, 512, 576) bf16 input. Same scaling (kept
+    elements times 1 / (1 - p)), identity in eval; the same masks eager and inside a compiled block.
     """
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
         self.threshold = -(2**15) + round(p * 2**16)  # int16 uniforms below this are dropped
+        self.register_buffer("salt", torch.empty(0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        n = x.numel()
-        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-        uniform = words.view(torch.int16)[:n].view(x.shape)  # (…), uniform over int16
-        return torch.where(uniform >= self.threshold, x * (1 / (1 - self.p)), 0)
+        keep = dropout_keep(x, self.salt, self.threshold)
+        return torch.where(keep, x * (1 / (1 - self.p)), 0)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
