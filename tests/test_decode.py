@@ -7,7 +7,7 @@ import torch
 
 import tiny
 from instructune.errors import InstructuneError
-from instructune.evaluate.decode import NativeDecoder, unsupported_reason
+from instructune.evaluate.decode import NativeDecoder, _Slots, unsupported_reason
 from instructune.evaluate.generate import encode_prompt, generate, stop_token_ids
 from test_generate import _chatty, hf_greedy_ids, lora_with_effect
 
@@ -106,6 +106,34 @@ class TestSlots:
             model.lm_head.bias[stop] = 1e4
         rows = [encode_prompt(model, tokenizer, p) for p in PROMPTS[:3]]
         assert NativeDecoder(model).generate(rows, max_new_tokens=8, stop_ids=[stop], slots=2) == [[], [], []]
+
+
+    def test_prompts_prefilled_together_equal_each_prefilled_alone(self, llama, tokenizer):
+        """One prefill of several prompts end to end: the same first tokens and cache as one at a time."""
+        model = _chatty(llama)
+        decoder = NativeDecoder(model)
+        rows = [encode_prompt(model, tokenizer, p) for p in PROMPTS[:4]]
+        longest = max(map(len, rows))
+        shape = (len(model.model.layers), 4, decoder.kv_heads, longest, decoder.head_dim, torch.float32)
+        together, alone = _Slots(*shape), _Slots(*shape)
+        with torch.inference_mode():
+            first = decoder._prefill(together, [0, 1, 2, 3], rows)
+            assert first == [decoder._prefill(alone, [slot], [row])[0] for slot, row in enumerate(rows)]
+        for a, b in zip(together.keys + together.values, alone.keys + alone.values):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_prefill_attention_equals_sdpa(llama):
+    """The matmul attention of bf16 prefill (grouped query heads, fp32 softmax) is causal SDPA's."""
+    decoder = NativeDecoder(llama)
+    torch.manual_seed(0)
+    tokens = 9
+    q = torch.randn(1, decoder.heads, tokens, decoder.head_dim)
+    k, v = (torch.randn(1, decoder.kv_heads, tokens, decoder.head_dim) for _ in range(2))
+    mask = torch.full((tokens, tokens), float("-inf")).triu_(1)
+    got = decoder._causal_attention(q, k, v, scale=0.125, mask=mask)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.125, enable_gqa=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 class TestCoverage:
