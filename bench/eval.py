@@ -15,6 +15,7 @@ Run from the project root:
     .venv/bin/python bench/eval.py --n 200 --engines hf-fp32,native-fp32,native-bf16   # ROUGE of bf16
     .venv/bin/python bench/eval.py --n 32 --split validation --lora --engines hf-fp32,native-fp32
     .venv/bin/python bench/eval.py --n 48 --append bench/RESULTS.md # record it
+    .venv/bin/python bench/eval.py --n 48 --engines hf-bf16w,native-bf16 --fresh   # each engine its own process
 
 `--choice-limit N` adds issue 13's multiple-choice half to the same run and the same table: the first N
 validation items of PIQA and HellaSwag scored by lm-evaluation-harness and by instructune's lm-eval mode
@@ -26,10 +27,12 @@ process. It needs lm-eval (the bench extra):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -102,6 +105,20 @@ def _multiple_choice(model, tokenizer, limit: int, batch_size: int) -> dict:
     return {"rows": rows, "notes": notes, "lm_eval": f"lm-evaluation-harness {lm_eval.__version__}"}
 
 
+def _run_fresh(name: str, args: argparse.Namespace) -> tuple[list[str], float, float]:
+    """One engine over all prompts in a child process of this script: its answers, seconds and load after."""
+    with tempfile.TemporaryDirectory() as folder:
+        dump = Path(folder) / "answers.json"
+        command = [sys.executable, __file__, "--n", str(args.n), "--split", args.split, "--batch-size",
+                   str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens), "--engines", name,
+                   "--dump", str(dump)]
+        command += ["--native-slots", str(args.native_slots)] if args.native_slots else []
+        command += ["--lora"] if args.lora else []
+        subprocess.run(command, check=True)
+        result = json.loads(dump.read_text())
+    return result["answers"][name], result["seconds"][name], result["loads"][name]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=48, help="first N DialogSum test dialogues (48 for speed, 200 for ROUGE)")
@@ -116,6 +133,10 @@ def main() -> int:
                         help="also score the first N PIQA and HellaSwag validation items with lm-eval and "
                              "instructune --mode lm-eval, in this run and table (needs the bench extra)")
     parser.add_argument("--append", default=None, help="append a results section to this markdown file")
+    parser.add_argument("--fresh", action="store_true",
+                        help="run each generation engine in a fresh process of its own (HF generate slows down "
+                             "after earlier runs in the same process, and so does whatever runs after it)")
+    parser.add_argument("--dump", default=None, help=argparse.SUPPRESS)  # --fresh's child: answers to this JSON
     args = parser.parse_args()
     engines = args.engines.split(",")
     if unknown := [e for e in engines if e not in ENGINES]:
@@ -157,7 +178,7 @@ def main() -> int:
     # Engine setup apart from decoding: CTranslate2's conversion (or its cache), HF's bf16 copy.
     setup_seconds = {}
     bf16_copy = None
-    for name in engines:
+    for name in engines if not args.fresh else ():
         started = time.perf_counter()
         if ENGINES[name][0]["engine"] == "ct2":
             fast.load_engine(model, tokenizer, compute_type=ENGINES[name][0]["compute_type"])
@@ -169,6 +190,10 @@ def main() -> int:
 
     seconds, answers, loads = {}, {}, {}
     for name in engines:
+        if args.fresh:
+            answers[name], seconds[name], loads[name] = _run_fresh(name, args)
+            print(f"{name}: {seconds[name]:.1f} s in a fresh process (1-min load {loads[name]:.2f})", flush=True)
+            continue
         keywords, bf16 = ENGINES[name]
         runner = bf16_copy if bf16 == "weights" else model
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 == "autocast" else nullcontext()
@@ -181,6 +206,9 @@ def main() -> int:
         loads[name] = os.getloadavg()[0]
         print(f"{name}: {seconds[name]:.1f} s (1-min load {loads[name]:.2f})", flush=True)
 
+    if args.dump:
+        Path(args.dump).write_text(json.dumps({"answers": answers, "seconds": seconds, "loads": loads}))
+        return 0
     rows = {}
     for name in engines:
         new_tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers[name])
@@ -209,7 +237,7 @@ def main() -> int:
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; model load {load_seconds:.1f} s",
         f"- generation: default model, template 0, greedy, HF batch {args.batch_size}, native slots "
         f"{max(args.native_slots or args.batch_size, MIN_SLOTS)}, max {args.max_new_tokens} new tokens; engines one after "
-        "another over all prompts in one process; ROUGE-1/2/L as the mean over the references (the DialogSum lab's "
+        f"another over all prompts, {'each in a fresh process' if args.fresh else 'in one process'}; ROUGE-1/2/L as the mean over the references (the DialogSum lab's "
         "protocol), and ROUGE-1 best of the references",
     ]
     if choice:
