@@ -328,7 +328,7 @@ class NativeDecoder:
                     position.pop()
                 if queue and slots - len(owner) >= min(refill_at, len(queue)):
                     admit()
-                # What any slot can still reach: the longest live or next queued prompt plus its answer.
+                # What any slot can still reach: the longest live or queued prompt plus its answer.
                 needed = max([len(prompts[i]) for i in owner] + [queued_longest[len(queue) - 1]] * bool(queue),
                              default=0) + max_new_tokens
                 if needed <= cache.length * 3 // 4:
