@@ -148,3 +148,19 @@ class TestCoverage:
     def test_unknown_compute_type_is_one_line(self, llama):
         with pytest.raises(InstructuneError, match="compute_type 'int4'; expected one of float32, bfloat16"):
             NativeDecoder(llama, "int4")
+
+
+def test_packed_bf16_linears_give_the_plain_layers_numbers(llama):
+    """The bf16 decoding copy's linear weights, laid out once for oneDNN, compute what F.linear does."""
+    import copy
+
+    from instructune.evaluate.decode import _pack_linears
+
+    plain = copy.deepcopy(llama).to(torch.bfloat16).eval()
+    packed = copy.deepcopy(plain)
+    if _pack_linears(packed) == 0:
+        pytest.skip("no oneDNN bf16 kernels on this CPU")
+    ids = torch.randint(3, llama.config.vocab_size, (2, 11))
+    with torch.inference_mode():
+        assert torch.equal(packed(input_ids=ids).logits, plain(input_ids=ids).logits)
+    assert torch.equal(packed.model.embed_tokens.weight, plain.model.embed_tokens.weight)
