@@ -122,6 +122,10 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
     from instructune.models import load_model
 
     model, tokenizer = load_model()
+    if precision == "bf16-true":  # weights, gradients and AdamW state in bf16; torch's AdamW rounds to nearest
+        import torch
+
+        model = model.to(torch.bfloat16)
     from instructune.train import row_order
 
     # instructune's first-epoch order, read without shuffling again: unpacked, the same batches step by step.
@@ -142,7 +146,7 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
         output_dir=f"/tmp/trl-bench-{os.getpid()}", per_device_train_batch_size=micro_batch,
         gradient_accumulation_steps=BATCH // micro_batch, num_train_epochs=1,
         learning_rate=2e-4 if mode == "lora" else 2e-5, lr_scheduler_type="constant", max_length=MAX_LENGTH,
-        packing=packing, bf16=precision == "bf16", use_cpu=True, logging_steps=1, save_strategy="no",
+        packing=packing, bf16=precision in ("bf16", "bf16-true"), use_cpu=True, logging_steps=1, save_strategy="no",
         report_to=[], completion_only_loss=True, dataloader_num_workers=0, train_sampling_strategy="sequential",
         gradient_checkpointing=checkpointing,  # SFTConfig's default is True: set both ways explicitly
         torch_compile=compile,  # transformers' Trainer compiles the whole model (inductor)

@@ -108,7 +108,7 @@ class TestOverrides:
 class TestConfigFields:
     def test_literal_fields_list_their_choices(self):
         fields = {field["key"]: field for field in config_fields()}
-        assert fields["train.precision"]["choices"] == ["auto", "fp32", "bf16"]
+        assert fields["train.precision"]["choices"] == ["auto", "fp32", "bf16", "bf16-true"]
         assert fields["train.lr"]["choices"] is None
         assert fields["train.lr"]["default"] == RunConfig().train.lr
 

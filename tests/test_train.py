@@ -326,6 +326,32 @@ class TestPrecision:
             assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no")
 
 
+    @pytest.mark.parametrize("lora", [False, True])
+    def test_bf16_true_trains_bf16_weights_and_state_along_the_fp32_curve(self, tmp_path, tokenizer, lora):
+        runs = {}
+        for precision in ("fp32", "bf16-true"):
+            config = make_config(tmp_path, "train.max_steps=6", "train.batch_size=2", "train.lr=1e-2",
+                                 f"lora.enabled={str(lora).lower()}", "lora.dropout=0", f"train.precision={precision}",
+                                 name=precision)
+            runs[precision] = run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer,
+                                          train_examples=EXAMPLES)
+        trainer = runs["bf16-true"]
+        assert trainer.accelerator.mixed_precision == "no"  # no autocast: the weights are bf16 themselves
+        assert {p.dtype for p in trainer.params} == {torch.bfloat16}
+        state = trainer.optimizer.optimizer.state if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer.state
+        assert {t.dtype for s in state.values() for k, t in s.items() if k != "step"} == {torch.bfloat16}
+        reference = [loss for _, loss in losses(tmp_path / "fp32")]
+        ours = [loss for _, loss in losses(tmp_path / "bf16-true")]
+        assert ours[-1] < ours[0] - 0.05
+        assert max(abs(a - b) for a, b in zip(ours, reference)) < 0.05
+        saved = load_file(tmp_path / "bf16-true" / ("adapter/adapter_model.safetensors" if lora else "model/model.safetensors"))
+        assert {t.dtype for t in saved.values()} == {torch.bfloat16}
+
+    def test_bf16_true_with_a_4bit_base_is_refused_with_the_fix(self, tmp_path):
+        with pytest.raises(InstructuneError, match="use train.precision=bf16 with lora.load_in_4bit"):
+            make_config(tmp_path, "train.precision=bf16-true", "lora.load_in_4bit=true")
+
+
 class TestLossPlot:
     def test_smoothing_follows_the_trend_without_lagging_at_the_start(self):
         from instructune.runlog import smooth

@@ -56,7 +56,7 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps with linear warmup.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm; null = off.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast; auto = bf16 where the hardware has native bf16 (recent GPUs, AVX512-BF16 CPUs), else fp32.")
+    precision: Literal["auto", "fp32", "bf16", "bf16-true"] = Field("auto", description="bf16 = bf16 autocast over fp32 weights, gradients and AdamW state; auto = bf16 where the hardware has native bf16 (recent GPUs, AVX512-BF16 CPUs), else fp32. bf16-true = weights, gradients and AdamW moments all in bf16 (as torchtune trains), updates rounded stochastically so small ones are not lost: half the training state (a 135M full fine-tune: 1.1 GB instead of 2.2 GB); the loss curve moves by about as much as bf16 autocast's does from fp32 (bench/RESULTS.md). Not with FSDP or 4-bit QLoRA.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% slower.")
     packed_attention: bool = Field(False, description="Decoder-only models on SDPA: attention runs as one causal block per example of a packed row instead of a masked square over the row. Same result; pays on long rows of many examples (attention 5.5x faster on 2,048-token rows of 8), not at 512 tokens, where it costs ~0.4 GB of peak memory (bench/RESULTS.md).")
     compile: bool = Field(False, description="Decoder-only models: compile each decoder block with torch.compile (inductor, dynamic length; ~30 s once, then cached) and, on CPU, run attention as fused matmul-softmax inside it. Full fine-tune: 1.34x the tokens/s of the eager bf16 step on a 2-core CPU, loss within bf16 rounding; LoRA (lora.fast_dropout's masks drawn inside the compiled graph): 1.16x the eager tokens/s over a 16-step run, 1.4x in the steady state, and nearer the fp32 loss curve than eager bf16 (bench/RESULTS.md). Falls back to eager where compilation fails. Not with train.packed_attention, FSDP or 4-bit QLoRA.")
@@ -88,6 +88,9 @@ class RunConfig(_Section):
             raise ValueError(f"train.early_stopping_patience with select_best_by={self.train.select_best_by} needs "
                              f"train.{'eval' if self.train.select_best_by == 'val_loss' else 'generate'}_every_n_steps "
                              "and validation data")
+        if self.lora.load_in_4bit and self.train.precision == "bf16-true":
+            raise ValueError("train.precision=bf16-true casts every weight to bf16; a 4-bit QLoRA base cannot be: "
+                             "use train.precision=bf16 with lora.load_in_4bit")
         if self.lora.load_in_4bit and not self.lora.enabled:
             raise ValueError("lora.load_in_4bit (QLoRA) trains an adapter over a frozen 4-bit base: it needs lora.enabled: true")
         return self

@@ -36,6 +36,7 @@ from .evaluate.score import evaluate_examples
 from .fsdp import gather_model_state, gather_optimizer_state, is_sharded, refuse_ignored_fsdp, state_loaders
 from .loss import causal_lm_loss_sum, seq2seq_loss_sum
 from .models import is_encoder_decoder, load_model
+from .optim import BF16AdamW
 from .pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
 from .runlog import MetricsLog, plot_losses
 from .tokenize import describe_report, tokenize_examples
@@ -88,6 +89,11 @@ class Trainer:
         if cfg.train.packed_attention and not self.encoder_decoder:
             use_packed_attention(self.model)
         self.model = prepare_for_training(self.model, cfg.lora, gradient_checkpointing=cfg.train.gradient_checkpointing)
+        if cfg.train.precision == "bf16-true":
+            if is_sharded(self.accelerator):
+                raise InstructuneError("config key 'train.precision': bf16-true is not supported under FSDP; "
+                                       "use train.precision=bf16 (FSDP's own mixed precision)")
+            self.model.to(torch.bfloat16)  # weights, then gradients and AdamW moments, in bf16
         if cfg.lora.enabled and cfg.lora.fast_dropout:
             use_fast_dropout(self.model)
         if cfg.train.compile and not self.encoder_decoder:
@@ -125,7 +131,7 @@ class Trainer:
             f"{len(self.train_rows)} training rows ({'packed' if cfg.data.packing and not self.encoder_decoder else 'unpacked'}, "
             f"max_length {cfg.data.max_length}), {self.rows_per_step} rows per optimizer step, "
             f"{self.total_steps} steps; {sum(p.numel() for p in self.params):,} trainable parameters; "
-            f"precision {self.accelerator.mixed_precision}"
+            f"precision {'bf16-true (bf16 weights and AdamW state, stochastic rounding)' if cfg.train.precision == 'bf16-true' else self.accelerator.mixed_precision}"
         )
 
     def _compile(self) -> None:
@@ -147,6 +153,8 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config.train
+        if cfg.precision == "bf16-true":
+            return BF16AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         try:
             return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         except (RuntimeError, TypeError):  # fused needs floating-point params on a supported device
