@@ -60,9 +60,12 @@ def main() -> int:
               f"(range {min(speeds):.1f}-{max(speeds):.1f}), peak RSS median {statistics.median(peaks):.2f} GB "
               f"(range {min(peaks):.2f}-{max(peaks):.2f})")
     first, second = (runs[c] for c in args.config[:2])
-    ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(first, second)]
-    print(f"- speed ratio, first / second, per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
-          f"median {statistics.median(ratios):.2f}")
+    for clock in ("tokens_per_s", "steps_tokens_per_s", "steady_tokens_per_s"):
+        if not all(clock in r for r in first + second):
+            continue
+        ratios = [a[clock] / b[clock] for a, b in zip(first, second)]
+        print(f"- {clock} ratio, first / second, per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
+              f"median {statistics.median(ratios):.3f}")
     return 0
 
 

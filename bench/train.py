@@ -21,7 +21,9 @@ same micro-batch sizes as instructune, with and without its packing. Both engine
 same allocator: glibc's malloc by default, tcmalloc when `run_subprocess(tcmalloc=True)` preloads it
 (bench/repeat_train.py's `tcmalloc` flag); glibc's page faults slow TRL ~1.8x, instructune ~1.2x.
 Every run also records a steady-state rate, from the end of the first optimizer step to the end of
-the last (`steady()`), which leaves out compilation and end-of-run saving.
+the last (`steady()`), which leaves out compilation and end-of-run saving, and a steps rate, from
+the start of the first optimizer step to the end of the last (`steps_span()`): compilation counts,
+the end-of-run saves (instructune's checkpoint and model; TRL's runs save nothing) do not.
 
     .venv/bin/python bench/train.py --dialogues 256 --append   # all configurations, table + plot
     .venv/bin/python bench/train.py --dialogues 256 --report   # table + plot of the finished runs
@@ -36,6 +38,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -94,9 +97,11 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
     trainer = Trainer(config, model=model, tokenizer=tokenizer, train_examples=examples, progress=False)
     trainer.setup()
     marks = []  # (clock, tokens) at the end of each optimizer step
+    begun = []  # clock at the start of each optimizer step
     step = trainer._optimizer_step
 
     def marked_step(*args, **kwargs):
+        begun.append(time.perf_counter())
         result = step(*args, **kwargs)
         marks.append((time.perf_counter(), result[2]))
         return result
@@ -106,11 +111,13 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
     summary = trainer.train()
     seconds = time.perf_counter() - started
     losses = [r["loss"] for r in MetricsLog.read(trainer.run_dir / "metrics.jsonl") if "loss" in r]
+    shutil.rmtree(config.output_dir, ignore_errors=True)  # ~2 GB of checkpoint a run: a disk filled up
     tokens = example_tokens(tokenizer, examples)
     return {"tokens_per_s": tokens / seconds, "final_loss": summary["final_loss"], "tokens": tokens,
             "seconds": seconds, "steps": summary["steps"], "losses": losses,
             "own_clock_tokens_per_s": summary["tokens_per_s"],
-            **steady([t for t, _ in marks], [sum(n for _, n in marks[: i + 1]) for i in range(len(marks))])}
+            **steady([t for t, _ in marks], [sum(n for _, n in marks[: i + 1]) for i in range(len(marks))]),
+            **steps_span(begun, marks, tokens)}
 
 
 def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH,
@@ -133,11 +140,15 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
     seen = {"losses": []}
 
     marks = []  # (clock, tokens seen) at the end of each optimizer step
+    begun = []  # clock at the start of each optimizer step (after its micro-batches are fetched)
 
     class Meter(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
                 seen["losses"].append(logs["loss"])
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            begun.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
             marks.append((time.perf_counter(), state.num_input_tokens_seen))
@@ -165,10 +176,20 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
+    shutil.rmtree(args.output_dir, ignore_errors=True)
     tokens = example_tokens(tokenizer, examples)
     return {"tokens_per_s": tokens / seconds, "final_loss": seen["losses"][-1] if seen["losses"] else None,
             "tokens": tokens, "seconds": seconds, "steps": len(seen["losses"]), "losses": seen["losses"],
-            **steady([t for t, _ in marks], [int(n) for _, n in marks])}
+            **steady([t for t, _ in marks], [int(n) for _, n in marks]), **steps_span(begun, marks, tokens)}
+
+
+def steps_span(begun: list[float], marks: list[tuple], tokens: int) -> dict:
+    """Tokens/s from the start of the first optimizer step to the end of the last, the same clock for
+    both engines: the first step's compilation counts, setup before and saving after do not (TRL's
+    runs save nothing, instructune's write a checkpoint and the model at the end)."""
+    if not begun or not marks:
+        return {}
+    return {"steps_tokens_per_s": tokens / (marks[-1][0] - begun[0]), "steps_seconds": marks[-1][0] - begun[0]}
 
 
 def steady(clock: list[float], tokens_seen: list[int]) -> dict:

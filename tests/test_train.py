@@ -204,8 +204,11 @@ class TestStops:
 
 
 class TestSignals:
-    def test_sigterm_right_after_the_weight_update_saves_that_step_and_resume_matches(self, tmp_path, tokenizer):
-        common = ["lora.enabled=false", "train.max_steps=5", "train.batch_size=2", "train.lr=1e-2"]
+    @pytest.mark.parametrize("precision", ["fp32", "bf16-true"])  # bf16-true: the stochastic rounding resumes too
+    def test_sigterm_right_after_the_weight_update_saves_that_step_and_resume_matches(self, tmp_path, tokenizer,
+                                                                                      precision):
+        common = ["lora.enabled=false", "train.max_steps=5", "train.batch_size=2", "train.lr=1e-2",
+                  f"train.precision={precision}"]
         trainer = Trainer(make_config(tmp_path, *common, name="signalled"), model=tiny.make_llama(tokenizer),
                           tokenizer=tokenizer, train_examples=EXAMPLES, progress=False)
         trainer.setup()
