@@ -67,6 +67,27 @@ class TestLatestCheckpoint:
 
 
 class TestSaveCheckpoint:
+    def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(self, tmp_path, tokenizer, monkeypatch):
+        from instructune import checkpoint
+
+        model, optimizer, scheduler = parts(tokenizer)
+        good = save(tmp_path, 2, model, optimizer, scheduler)
+        real_save = torch.save
+
+        def full_disk(obj, path, *args, **kwargs):
+            if str(path).endswith("scheduler.pt"):  # after the weights and the optimizer state were written
+                raise OSError(28, "No space left on device")
+            return real_save(obj, path, *args, **kwargs)
+
+        monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+        with pytest.raises(InstructuneError, match=r"could not write checkpoint step-0000004 in .*No space left on "
+                                                   r"device \(.* GB free there\); the last good checkpoint is kept: "
+                                                   r".*step-0000002"):
+            save(tmp_path, 4, model, optimizer, scheduler)
+        monkeypatch.setattr(checkpoint.torch, "save", real_save)
+        assert latest_checkpoint(tmp_path) == good
+        assert sorted(p.name for p in checkpoint_dir(tmp_path).iterdir()) == ["step-0000002"]  # no half-written folder
+
     def test_keep_last_deletes_older(self, tmp_path, tokenizer):
         model, optimizer, scheduler = parts(tokenizer)
         for step in range(1, 6):

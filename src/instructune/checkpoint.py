@@ -195,17 +195,32 @@ def save_checkpoint(
     folder = checkpoint_dir(run_dir)
     final = folder / f"{PREFIX}{step:07d}"
     _remove_leftovers(folder)
-    with atomic_folder(final) as tmp:
-        save_weights(model, tmp / "weights", model_state)
-        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state() if rng_state is None else rng_state}, tmp / "rng.pt")
-        # The state file goes last: a folder without it is never taken for a checkpoint.
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+    try:
+        with atomic_folder(final) as tmp:
+            save_weights(model, tmp / "weights", model_state)
+            torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state() if rng_state is None else rng_state}, tmp / "rng.pt")
+            # The state file goes last: a folder without it is never taken for a checkpoint.
+            (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1))
+    except Exception as error:  # a full disk, a lost mount: safetensors, torch.save and open raise each their own type
+        last = latest_checkpoint(run_dir)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise InstructuneError(
+            f"could not write checkpoint {final.name} in {folder}: {reason} ({_free_gb(folder)} GB free there); "
+            f"the last good checkpoint is {'kept: ' + str(last) if last else 'none (none was saved yet)'}"
+        ) from error
     for old in _complete_checkpoints(run_dir)[:-keep_last]:
         (old / STATE_FILE).unlink()  # first, so a kill during the removal leaves no folder that looks complete
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _free_gb(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e9:.1f}"
+    except OSError:
+        return "?"
 
 
 def _remove_leftovers(folder: Path) -> None:
