@@ -5,7 +5,7 @@ finished rows from it; its float32 answers equal Hugging Face `generate`'s greed
 (tests/test_fast.py), and int8 trades a little ROUGE for more speed (bench/RESULTS.md). The model is
 converted from the `torch` weights the caller holds, never re-read from disk, so a LoRA-wrapped
 model in the middle of training converts as it is (adapters merged into a copy). The default model's
-conversion is cached beside it (`cache_dir()/models`), keyed by a hash of the weights, so evaluating
+conversion is cached beside it (engine_cache.py), keyed by a hash of the weights, so evaluating
 it again loads in seconds. This file leaves out sampling, encoder-decoder models,
 quantized (bitsandbytes) and GPU models: `unsupported_reason` names them and generate.py falls back
 to Hugging Face `generate` for them.
@@ -13,21 +13,19 @@ to Hugging Face `generate` for them.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
-import weakref
 from pathlib import Path
 from typing import Any
 
 from instructune.errors import InstructuneError
-from instructune.models import cache_dir, is_encoder_decoder, merged_copy, unwrapped_model
+from instructune.evaluate.engine_cache import LoadedEngines, converted_folder, is_temporary
+from instructune.models import is_encoder_decoder, merged_copy, unwrapped_model
 
 COMPUTE_TYPES = ("float32", "int8")
 
-# The engines loaded for one model object in its current state, by compute type: a process that
-# evaluates several tasks (eval, quickstart, the benchmark's batches) converts and loads once.
-_LOADED: dict[str, Any] = {"model": None, "state": None, "engines": {}}
+# The engines loaded for one model object in its current weights, by compute type.
+_LOADED = LoadedEngines()
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -54,23 +52,6 @@ def unsupported_reason(model: Any) -> str | None:
     if type(config).__name__ not in loaders:
         return f"CTranslate2 cannot convert {type(config).__name__}"
     return None
-
-
-def weights_digest(model: Any) -> str:
-    """A hash of every tensor in the model's state dict (names, dtypes, shapes and bytes).
-
-    Example:
-        >>> weights_digest(model)[:16]
-        '5d0c2f0b6f1e9a3c'
-    """
-    import torch
-
-    digest = hashlib.blake2b(digest_size=20)
-    for name, tensor in sorted(model.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).reshape(-1).numpy())
-    return digest.hexdigest()
 
 
 def _plain_copy(model: Any) -> Any:
@@ -132,64 +113,18 @@ def load_engine(model: Any, tokenizer: Any, *, compute_type: str = "float32", ca
 
     if compute_type not in COMPUTE_TYPES:
         raise InstructuneError(f"fast generation: compute_type {compute_type!r}; expected one of {', '.join(COMPUTE_TYPES)}")
-    threads = torch.get_num_threads()
-    if cache:
-        state = _weights_state(model)
-        owner = _LOADED["model"]() if _LOADED["model"] is not None else None
-        if owner is not model or _LOADED["state"] != state:
-            # One model at a time: an engine holds a full copy of the weights.
-            _LOADED.update(model=weakref.ref(model), state=state, engines={})
-        if compute_type in _LOADED["engines"]:
-            return _LOADED["engines"][compute_type]
-    folder = _converted_folder(model, tokenizer, persist=cache)
+    if cache and (engine := _LOADED.get(model, compute_type)) is not None:
+        return engine
+    folder = converted_folder(model, suffix="ct2", marker="model.bin", write=lambda out: convert(model, tokenizer, out),
+                              persist=cache)
     try:
         # The generator reads model.bin into memory, so a temporary folder can go afterwards.
-        engine = ctranslate2.Generator(str(folder), device="cpu", compute_type=compute_type, intra_threads=threads)
+        engine = ctranslate2.Generator(str(folder), device="cpu", compute_type=compute_type,
+                                       intra_threads=torch.get_num_threads())
     finally:
-        if folder.name.startswith("instructune-ct2-"):
+        if is_temporary(folder, "ct2"):
             shutil.rmtree(folder, ignore_errors=True)
-    if cache:
-        _LOADED["engines"][compute_type] = engine
-    return engine
-
-
-def _weights_state(model: Any) -> tuple:
-    """A cheap stand-in for the weights of a live model: each tensor's identity, storage and version.
-
-    An optimizer step or any in-place edit bumps a tensor's version counter; a replaced tensor has a
-    new identity. Only meaningful while the model object lives (`load_engine` holds a weak reference).
-    """
-    return tuple((id(t), t.data_ptr(), t._version) for t in model.state_dict(keep_vars=True).values())
-
-
-def _converted_folder(model: Any, tokenizer: Any, *, persist: bool) -> Path:
-    """Where the conversion of these weights lives, converting (atomically) when missing.
-
-    Models read from instructune's cache (the default model) are cached beside it. Everything else goes
-    to a temporary folder that `load_engine` removes once loaded: a user's own folders (their runs are
-    evaluated once or twice; a 0.5 GB copy each would pile up), LoRA-wrapped models (one per adapter),
-    models built in memory (tests) and `persist=False` (in-training checks).
-    """
-    source = Path(str(getattr(unwrapped_model(model).config, "_name_or_path", "") or ""))
-    wrapped = hasattr(model, "merge_and_unload")
-    cached = persist and not wrapped and source.is_dir() and cache_dir().resolve() in source.resolve().parents
-    folder = cache_dir() / "models" / f"{source.name}.ct2-{weights_digest(model)[:16]}" if cached else None
-    if folder is not None and (folder / "model.bin").is_file():
-        return folder
-    parent = folder.parent if folder is not None else Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="instructune-ct2-", dir=parent))
-    try:
-        convert(model, tokenizer, tmp)
-        if folder is None:
-            return tmp
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return _LOADED.put(model, compute_type, engine) if cache else engine
 
 
 def generate_ids(engine: Any, prompts: list[list[int]], tokenizer: Any, *, max_new_tokens: int,
