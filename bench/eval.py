@@ -16,6 +16,11 @@ Run from the project root:
     .venv/bin/python bench/eval.py --n 32 --split validation --lora --engines hf-fp32,native-fp32
     .venv/bin/python bench/eval.py --n 48 --append bench/RESULTS.md # record it
     .venv/bin/python bench/eval.py --n 48 --engines hf-bf16w,native-bf16 --fresh   # each engine its own process
+    .venv/bin/python bench/eval.py --n 48 --engines hf-bf16w,ov-bf16,native-bf16 --fresh   # OpenVINO too
+
+The OpenVINO engines (ov-fp32, ov-bf16) abort beside a preloaded tcmalloc, so under `LD_PRELOAD=...tcmalloc...`
+run them with --fresh: their child processes drop it, the other engines keep it. Their export and compile
+are timed apart (setup), as CTranslate2's conversion is.
 
 `--choice-limit N` adds issue 13's multiple-choice half to the same run and the same table: the first N
 validation items of PIQA and HellaSwag scored by lm-evaluation-harness and by instructune's lm-eval mode
@@ -48,6 +53,8 @@ ENGINES = {
     "hf-bf16w": ({"engine": "hf"}, "weights"),
     "native-fp32": ({"engine": "native", "compute_type": "float32"}, None),
     "native-bf16": ({"engine": "native", "compute_type": "bfloat16"}, None),
+    "ov-fp32": ({"engine": "openvino", "compute_type": "float32"}, None),
+    "ov-bf16": ({"engine": "openvino", "compute_type": "bfloat16"}, None),
     "ct2-fp32": ({"engine": "ct2", "compute_type": "float32"}, None),
     "ct2-int8": ({"engine": "ct2", "compute_type": "int8"}, None),
 }
@@ -55,6 +62,7 @@ DEFAULT_ENGINES = "hf-fp32,hf-bf16,hf-bf16w,native-fp32,native-bf16"
 LABELS = {
     "hf-fp32": "HF generate, fp32", "hf-bf16": "HF generate, bf16 autocast", "hf-bf16w": "HF generate, bf16 weights",
     "native-fp32": "instructune native, fp32", "native-bf16": "instructune native, bf16 weights",
+    "ov-fp32": "instructune OpenVINO, fp32", "ov-bf16": "instructune OpenVINO, bf16",
     "ct2-fp32": "CTranslate2, fp32", "ct2-int8": "CTranslate2, int8",
 }
 
@@ -114,7 +122,10 @@ def _run_fresh(name: str, args: argparse.Namespace) -> tuple[list[str], float, f
                    "--dump", str(dump)]
         command += ["--native-slots", str(args.native_slots)] if args.native_slots else []
         command += ["--lora"] if args.lora else []
-        subprocess.run(command, check=True)
+        env = dict(os.environ)
+        if name.startswith("ov-"):  # OpenVINO aborts beside a preloaded tcmalloc: it runs on glibc's malloc
+            env["LD_PRELOAD"] = " ".join(p for p in env.get("LD_PRELOAD", "").split() if "malloc" not in Path(p).name)
+        subprocess.run(command, check=True, env=env)
         result = json.loads(dump.read_text())
     return result["answers"][name], result["seconds"][name], result["loads"][name]
 
@@ -149,7 +160,7 @@ def main() -> int:
     from instructune.data.render import extra_references, render_records
     from instructune.data.sources import load_records
     from instructune.data.templates import load_task
-    from instructune.evaluate import fast
+    from instructune.evaluate import fast, openvino_engine
     from instructune.evaluate.decode import MIN_SLOTS
     from instructune.evaluate.generate import generate
     from instructune.evaluate.metrics import generation_metrics
@@ -182,6 +193,8 @@ def main() -> int:
         started = time.perf_counter()
         if ENGINES[name][0]["engine"] == "ct2":
             fast.load_engine(model, tokenizer, compute_type=ENGINES[name][0]["compute_type"])
+        elif ENGINES[name][0]["engine"] == "openvino":  # export (or its cache) and compile, outside the clock
+            openvino_engine.load_engine(model, compute_type=ENGINES[name][0]["compute_type"])
         elif ENGINES[name][1] == "weights":
             bf16_copy = copy.deepcopy(model).to(torch.bfloat16).eval()
         else:
@@ -226,7 +239,7 @@ def main() -> int:
         title = (f"## Evaluation, one run: HF generate vs instructune on {args.n} DialogSum {args.split} dialogues, "
                  f"lm-evaluation-harness vs instructune on {args.choice_limit} PIQA and HellaSwag items")
     else:
-        title = f"## Generation: HF generate vs instructune's native engine, {args.n} DialogSum {args.split} dialogues"
+        title = f"## Generation: HF generate vs instructune's engines, {args.n} DialogSum {args.split} dialogues"
 
     lines = [
         title + (", LoRA-wrapped model" if args.lora else "") + " (issue 13)",

@@ -17,6 +17,22 @@ torch.set_num_threads(1)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _auto_engine_without_openvino(request, monkeypatch):
+    """generate(engine="auto") skips OpenVINO unless a test is marked `openvino_auto`.
+
+    Each new model object costs OpenVINO an export and a compile (~4 s for a tiny model), and most
+    tests build their own models: with OpenVINO in "auto" the suite ran over 15 minutes. The engine
+    and the real "auto" order are tested in test_openvino_engine.py (marked); everywhere else "auto"
+    decodes as it does without openvino-genai installed.
+    """
+    if request.node.get_closest_marker("openvino_auto") is None:
+        import importlib
+
+        generate = importlib.import_module("instructune.evaluate.generate")  # the module, not the function
+        monkeypatch.setattr(generate, "AUTO_ENGINES", tuple(e for e in generate.AUTO_ENGINES if e != "openvino"))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny.make_tokenizer()

@@ -9,7 +9,7 @@ import tiny
 from instructune.errors import InstructuneError
 from instructune.evaluate.decode import NativeDecoder, _Slots, unsupported_reason
 from instructune.evaluate.generate import encode_prompt, generate, stop_token_ids
-from test_generate import _chatty, hf_greedy_ids, lora_with_effect
+from test_generate import _chatty, assert_greedy_equal_with_early_stops, hf_greedy_ids, lora_with_effect
 
 PROMPTS = [
     "Hi", "Where is my order? I want a refund for my purchase", "How do I reset", "abc " * 20,
@@ -43,16 +43,8 @@ class TestGreedyEquality:
     def test_float32_ids_equal_hf_generate_token_for_token(self, llama, tokenizer, slots):
         # 3 slots for 8 prompts: answers stop at different steps, so slots are refilled and compacted.
         model = _chatty(llama)
-        # A stop set with a token some answers write early, so answers end at different steps.
-        free = [hf_greedy_ids(model, tokenizer, p, 24) for p in PROMPTS]
-        rows_with = torch.bincount(torch.tensor([t for row in free for t in set(row)]))
-        early = {t for row in free for t in row[1:16]}
-        stop_ids = stop_token_ids(model, tokenizer) + [min(t for t in early if rows_with[t] <= 3)]
-        got = _native_ids(model, tokenizer, PROMPTS, 24, slots, stop_ids=stop_ids)
-        expected = [hf_greedy_ids(model, tokenizer, p, 24, stop_ids) for p in PROMPTS]
-        assert got == expected
-        assert any(len(ref) == 24 for ref in expected)  # the cap is exercised ...
-        assert any(len(ref) < 24 for ref in expected)   # ... and so are early stops
+        assert_greedy_equal_with_early_stops(model, tokenizer, PROMPTS,
+                                             lambda stop_ids: _native_ids(model, tokenizer, PROMPTS, 24, slots, stop_ids=stop_ids))
 
     def test_qwen2_layers_with_attention_bias(self, tokenizer):
         model = _chatty(_qwen2(tokenizer))

@@ -39,6 +39,22 @@ def hf_greedy_ids(model, tokenizer, prompt: str, max_new_tokens: int, stop_ids=N
     return hf_reference_ids(model, tokenizer, prompt, max_new_tokens, stop_ids)
 
 
+def assert_greedy_equal_with_early_stops(model, tokenizer, prompts, decode, max_new_tokens: int = 24) -> None:
+    """`decode(stop_ids)` (new ids per prompt) equals HF greedy `generate`, with answers that stop early and at the cap.
+
+    The stop set is the model's own plus a token a few greedy answers write early, so answers end at
+    different steps.
+    """
+    free = [hf_greedy_ids(model, tokenizer, p, max_new_tokens) for p in prompts]
+    rows_with = torch.bincount(torch.tensor([t for row in free for t in set(row)]))
+    early = {t for row in free for t in row[1:16]}
+    stop_ids = stop_token_ids(model, tokenizer) + [min(t for t in early if rows_with[t] <= 3)]
+    expected = [hf_greedy_ids(model, tokenizer, p, max_new_tokens, stop_ids) for p in prompts]
+    assert decode(stop_ids) == expected
+    assert any(len(ref) == max_new_tokens for ref in expected)  # the cap is exercised ...
+    assert any(len(ref) < max_new_tokens for ref in expected)   # ... and so are early stops
+
+
 def lora_with_effect(model):
     """`model` under a LoRA adapter whose B matrices are random (zero at init), so the adapter changes answers."""
     from peft import LoraConfig, get_peft_model
@@ -168,8 +184,8 @@ class TestDecoding:
         generate(model, tokenizer, PROMPTS, max_new_tokens=4, progress=False)
         assert beams_seen == [3, 3]  # plain greedy stays on the native engine
 
-    @pytest.mark.parametrize("engine", ["native", "ct2"])
-    def test_native_and_ct2_refuse_in_one_line_naming_hf(self, llama, tokenizer, engine):
+    @pytest.mark.parametrize("engine", ["openvino", "native", "ct2"])
+    def test_greedy_engines_refuse_in_one_line_naming_hf(self, llama, tokenizer, engine):
         with pytest.raises(InstructuneError) as error:
             generate(llama, tokenizer, PROMPTS, progress=False, engine=engine,
                      decoding=Decoding(num_beams=3, no_repeat_ngram_size=3))
@@ -177,7 +193,7 @@ class TestDecoding:
                                     "needs Hugging Face generate; use engine 'auto' or 'hf'")
 
     def test_greedy_engine_precisions_are_refused_with_hf_settings(self, llama, tokenizer):
-        with pytest.raises(InstructuneError, match="compute_type 'bfloat16' needs the native or ct2 engine, but "
+        with pytest.raises(InstructuneError, match="compute_type 'bfloat16' needs the openvino, native or ct2 engine, but "
                                                    "repetition_penalty=1.2 needs Hugging Face generate; leave it out"):
             generate(llama, tokenizer, PROMPTS, progress=False, compute_type="bfloat16",
                      decoding=Decoding(repetition_penalty=1.2))

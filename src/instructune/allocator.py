@@ -12,7 +12,9 @@ guide preload; numbers are unchanged, only where the bytes live.
 An allocator must be in place before the process starts, so the CLI re-executes itself once with
 `LD_PRELOAD` set. Nothing happens when the library is missing (Debian: `libtcmalloc-minimal4`, which
 `make install` adds where apt is available), when `INSTRUCTUNE_ALLOCATOR=system`, off Linux, or when
-instructune runs inside another program (a notebook keeps the allocator it started with).
+instructune runs inside another program (a notebook keeps the allocator it started with), and for
+`eval` when it will generate on OpenVINO, which aborts beside a preloaded tcmalloc (cli.py,
+evaluate/openvino_engine.py).
 """
 
 from __future__ import annotations
@@ -33,12 +35,17 @@ def find_tcmalloc() -> str | None:
     return None
 
 
+def preloaded_allocator() -> str | None:
+    """The malloc replacement named in LD_PRELOAD (tcmalloc, jemalloc), or None."""
+    return next((part for part in os.environ.get("LD_PRELOAD", "").split() if "malloc" in os.path.basename(part)), None)
+
+
 def reexec_with_tcmalloc() -> None:
     """Replace this process by the same command under tcmalloc, once; return when that does not apply."""
     if not sys.platform.startswith("linux") or os.environ.get(ENV):
         return  # set: already re-executed ("tcmalloc"), or the user chose ("system")
     preload = os.environ.get("LD_PRELOAD", "")
-    if "malloc" in preload:  # the user preloads an allocator of their own (jemalloc, tcmalloc)
+    if preloaded_allocator():  # the user preloads an allocator of their own (jemalloc, tcmalloc)
         return
     library = find_tcmalloc()
     if library is None:

@@ -6,6 +6,7 @@ Bad input (InstructuneError) ends in one line on stderr and exit code 2; Ctrl-C 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -36,8 +37,18 @@ def _usage() -> str:
 HEAVY = ("quickstart", "train", "eval")  # run under tcmalloc when started from the shell (allocator.py)
 
 
+def _decodes_on_openvino(argv: list[str]) -> bool:
+    """Whether `eval` will generate on OpenVINO, which aborts beside a preloaded tcmalloc
+    (openvino_engine.unsupported_reason): then it keeps glibc's allocator."""
+    if argv[0] != "eval" or importlib.util.find_spec("openvino_genai") is None:
+        return False
+    engine = next((value.split("=", 1)[1] if "=" in value else argv[i + 1] if i + 1 < len(argv) else "auto"
+                   for i, value in enumerate(argv) if value.split("=", 1)[0] == "--engine"), "auto")
+    return engine in ("auto", "openvino")
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] and sys.argv[1] in HEAVY:
+    if argv is None and sys.argv[1:2] and sys.argv[1] in HEAVY and not _decodes_on_openvino(sys.argv[1:]):
         reexec_with_tcmalloc()
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

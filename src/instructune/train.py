@@ -356,9 +356,10 @@ class Trainer:
         with uncompiled(model):
             metrics, _ = evaluate_examples(
                 model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
-                # The native engine decodes the live weights in place, no conversion (HF generate where it cannot).
+                # The native engine decodes the live weights in place, no export (HF generate where it cannot):
+                # cache_engine=False keeps "auto" off OpenVINO, whose export per check would cost more than it saves.
                 batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
-                chat_template=self.config.model.chat_template,
+                chat_template=self.config.model.chat_template, generate_options={"cache_engine": False},
             )
         model.train()
         return {f"gen_{k}": metrics[k] for k in ("rouge1", "rougeL", "exact_match", "f1") if k in metrics}

@@ -5,11 +5,12 @@ template when the tokenizer has one); batches are left-padded so every row's ans
 same column, and prompts are sorted by length so rows in a batch carry little padding. Generation
 uses the KV cache and stops at EOS or `<|im_end|>`. Encoder-decoder models (T5, FLAN-T5) get the raw
 prompt as encoder input and no chat template. Greedy decoding of Llama-family models runs on the
-native engine (decode.py: unpadded prefill, continuous batching), with the same answers in float32;
-CTranslate2 (fast.py) is there on request; sampling, beam search and the other `Decoding` settings,
-encoder-decoder and quantized models run on Hugging Face `generate`, which stays the reference (beam
-search is HF's own, not reimplemented). Streaming and stop strings other than end tokens are left out
-(chat.py streams).
+OpenVINO engine (openvino_engine.py: GenAI's continuous batching and paged attention) where it is
+installed, else on the native engine (decode.py: unpadded prefill, continuous batching), both with
+the same answers in float32; CTranslate2 (fast.py) is there on request; sampling, beam search and
+the other `Decoding` settings, encoder-decoder and quantized models run on Hugging Face `generate`,
+which stays the reference (beam search is HF's own, not reimplemented). Streaming and stop strings
+other than end tokens are left out (chat.py streams).
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from instructune.errors import InstructuneError
-from instructune.evaluate import decode, fast
+from instructune.evaluate import decode, fast, openvino_engine
 from instructune.models import is_encoder_decoder
 from instructune.tokenize import prompt_token_ids
 
 CHAT_END_TOKEN = "<|im_end|>"
-# "auto": the native engine when it can take the model and decoding is greedy, else Hugging Face.
-ENGINES = ("auto", "hf", "native", "ct2")
+# "auto": for greedy decoding, the OpenVINO engine when it is installed and can take the model (and the
+# export can be kept: not for in-training checks), else the native engine, else Hugging Face.
+ENGINES = ("auto", "hf", "openvino", "native", "ct2")
+# What "auto" tries for greedy decoding, in order (CTranslate2 only for int8, which only it has).
+AUTO_ENGINES = ("openvino", "native", "ct2")
 # Precisions each engine offers; the first is its default. Hugging Face runs in the model's own dtype.
-COMPUTE_TYPES = {"native": decode.COMPUTE_TYPES, "ct2": fast.COMPUTE_TYPES}
+COMPUTE_TYPES = {"openvino": openvino_engine.COMPUTE_TYPES, "native": decode.COMPUTE_TYPES, "ct2": fast.COMPUTE_TYPES}
 
 
 @dataclass(frozen=True)
@@ -153,21 +157,24 @@ def generate(
         prompts: rendered instructions (template inputs), unformatted.
         max_new_tokens: cap on generated tokens per answer.
         batch_size: prompts per `generate` call (Hugging Face, CTranslate2), or answers in flight
-            at once in the native engine's continuous batch (at least `decode.MIN_SLOTS`).
+            at once in the native engine's continuous batch (at least `decode.MIN_SLOTS`). The
+            OpenVINO engine keeps every prompt in flight, as its KV cache allows.
         do_sample: sample instead of greedy decoding; then `temperature` and `top_p` apply.
         temperature: sampling temperature.
         top_p: nucleus sampling mass.
         chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
             Ignored for encoder-decoder models.
         progress: show a tqdm bar over prompts, with prompts/s and an ETA.
-        engine: "auto" (the native engine for plain greedy decoding when it can take the model, else
-            Hugging Face), "hf" (always Hugging Face `generate`), "native" or "ct2" (CTranslate2);
-            the last two are an error when they cannot take the model or the decoding settings.
-        compute_type: the precision of the native or CTranslate2 engine: None or "float32" (the same
-            answers as Hugging Face greedy), "bfloat16" (native: faster, changes some answers) or
-            "int8" (CTranslate2). The Hugging Face path runs in the model's own dtype.
-        cache_engine: keep CTranslate2's conversion on disk and in memory, keyed by a hash of the
-            weights; turn off for weights that change between calls (in-training checks).
+        engine: "auto" (for plain greedy decoding the OpenVINO engine when installed and
+            `cache_engine`, else the native engine, when they can take the model; else Hugging Face),
+            "hf" (always Hugging Face `generate`), "openvino", "native" or "ct2" (CTranslate2); the
+            last three are an error when they cannot take the model or the decoding settings.
+        compute_type: the precision of the OpenVINO, native or CTranslate2 engine: None or "float32"
+            (the same answers as Hugging Face greedy), "bfloat16" (OpenVINO, native: faster, changes
+            some answers) or "int8" (CTranslate2). The Hugging Face path runs in the model's own dtype.
+        cache_engine: keep the OpenVINO export and CTranslate2's conversion on disk and in memory,
+            keyed by a hash of the weights; turn off for weights that change between calls
+            (in-training checks: "auto" then decodes on the native engine, which needs no export).
         decoding: beam search and the other Hugging Face `generate` settings (`Decoding`); None = plain
             greedy. `batch_size` prompts then make batch_size x num_beams rows per call.
 
@@ -191,10 +198,16 @@ def generate(
     # Longest first: similar lengths share a batch (less padding), and a memory error shows at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     decoding = decoding or Decoding()
-    chosen = _choose_engine(model, engine, compute_type, _hf_only_reason(do_sample, decoding))
+    chosen = _choose_engine(model, engine, compute_type, _hf_only_reason(do_sample, decoding), cache_engine)
     new_tokens: list[list[int]] = [[] for _ in prompts]
     with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
-        if chosen == "native":
+        if chosen == "openvino":
+            pipeline = openvino_engine.load_engine(model, compute_type=compute_type or "float32", cache=cache_engine)
+            rows = openvino_engine.generate_ids(pipeline, [encoded[i] for i in order], max_new_tokens=max_new_tokens,
+                                                stop_ids=stop_ids, on_done=lambda _: bar.update(1))
+            for index, row in zip(order, rows):
+                new_tokens[index] = _cut_at_stop(row, set(stop_ids))
+        elif chosen == "native":
             decoder = decode.NativeDecoder(model, compute_type or "float32")
             rows = decoder.generate([encoded[i] for i in order], max_new_tokens=max_new_tokens, stop_ids=stop_ids,
                                     slots=max(batch_size, decode.MIN_SLOTS), on_done=lambda _: bar.update(1))
@@ -224,27 +237,33 @@ def _hf_only_reason(do_sample: bool, decoding: Decoding) -> str | None:
     return None
 
 
-def _choose_engine(model: Any, engine: str, compute_type: str | None, hf_only: str | None) -> str:
-    """The engine that runs: the one asked for, or for "auto" the native one where it can, else "hf".
+def _choose_engine(model: Any, engine: str, compute_type: str | None, hf_only: str | None,
+                   persistent: bool = True) -> str:
+    """The engine that runs: the one asked for, or for "auto" OpenVINO (when `persistent`) or the native
+    one where they can, else "hf".
 
     `hf_only` says why the decoding asked for needs Hugging Face (None: plain greedy, any engine).
+    `persistent` is False for weights that change between calls: an export per call (~10 s for the
+    default model) costs about what OpenVINO saves on a 32-dialogue in-training check, so "auto" skips it.
     """
     if engine == "hf":
         return "hf"
-    # auto prefers the native engine; int8 only exists on CTranslate2.
-    candidates = ("native", "ct2") if engine == "auto" else (engine,)
+    # auto prefers OpenVINO, then the native engine; int8 only exists on CTranslate2.
+    candidates = AUTO_ENGINES if engine == "auto" else (engine,)
+    modules = {"openvino": openvino_engine, "native": decode, "ct2": fast}
     for candidate in candidates:
-        module = decode if candidate == "native" else fast
-        reason = hf_only or module.unsupported_reason(model)
+        reason = hf_only or modules[candidate].unsupported_reason(model)
         if compute_type is not None and compute_type not in COMPUTE_TYPES[candidate]:
             reason = f"compute_type {compute_type!r} is not one of {', '.join(COMPUTE_TYPES[candidate])}"
-        if reason is None and (engine != "auto" or candidate == "native" or compute_type == "int8"):
+        if engine == "auto" and candidate == "openvino" and not persistent:
+            reason = reason or "weights that change between calls decode without an export"
+        if reason is None and (engine != "auto" or candidate != "ct2" or compute_type == "int8"):
             return candidate
         if engine != "auto":
             raise InstructuneError(f"generate: engine {engine!r} cannot run here: {reason}; use engine 'auto' or 'hf'")
     if compute_type not in (None, "float32"):
         why = hf_only or "neither can run this model"
-        raise InstructuneError(f"generate: compute_type {compute_type!r} needs the native or ct2 engine, but {why}; "
+        raise InstructuneError(f"generate: compute_type {compute_type!r} needs the openvino, native or ct2 engine, but {why}; "
                                "leave it out (Hugging Face runs in the model's dtype)")
     return "hf"
 

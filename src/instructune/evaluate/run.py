@@ -24,7 +24,8 @@ from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
 from instructune.models import load_model
 
-_PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score", "ctranslate2")
+_PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score", "ctranslate2", "openvino",
+             "openvino-genai")
 
 
 def package_versions() -> dict[str, str]:
@@ -122,15 +123,16 @@ def make_parser() -> argparse.ArgumentParser:
                              "template, no options listed); 'instruct': prompts as training renders them "
                              "(default: each task's eval_mode; hellaswag_lmeval and piqa_lmeval are lm-eval)")
     parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="generation engine: auto = the native greedy engine for Llama-family models (same "
-                             "answers as HF generate fp32, continuous batching; bench/RESULTS.md), else Hugging "
-                             "Face generate (always under the decoding flags below); ct2 = CTranslate2 (greedy)")
+                        help="generation engine: auto = for Llama-family models OpenVINO (openvino-genai: "
+                             "continuous batching, paged attention; exported once and cached) or, without it, the "
+                             "native greedy engine, both with the same answers as HF generate fp32 (bench/RESULTS.md); "
+                             "else Hugging Face generate (always under the decoding flags below); ct2 = CTranslate2")
     parser.add_argument("--compute-type", choices=("float32", "bfloat16", "int8"), default=None,
-                        help="engine precision (default float32, exact): bfloat16 (native engine) is faster and "
+                        help="engine precision (default float32, exact): bfloat16 (openvino, native) is faster and "
                              "changes some answers, int8 (ct2 only) more; their ROUGE against float32 is in bench/RESULTS.md")
     decoding = parser.add_argument_group(
         "decoding", "how generation tasks search for an answer (default: greedy). These run on Hugging Face generate, "
-                    "slower than the native greedy engine: --engine auto picks it, --engine native/ct2 refuse them")
+                    "slower than the greedy engines: --engine auto picks it, --engine openvino/native/ct2 refuse them")
     decoding.add_argument("--num-beams", type=int, default=1, metavar="N",
                           help="beam search with N beams per prompt (default 1: greedy); each beam is one more row "
                                "in every forward pass")

@@ -1,0 +1,171 @@
+"""The OpenVINO engine: float32 greedy answers equal Hugging Face `generate`'s token for token (Llama and
+Qwen2 layers, LoRA-wrapped too), exports are kept by weights, "auto" picks it only where an export pays,
+and what it cannot take (another allocator, encoder-decoder models) is named and falls back."""
+
+import pytest
+import torch
+
+import tiny
+from instructune.errors import InstructuneError
+from instructune.evaluate import openvino_engine
+from instructune.evaluate.generate import _choose_engine, encode_prompt, generate, stop_token_ids
+from test_decode import _qwen2
+from test_generate import _chatty, assert_greedy_equal_with_early_stops, hf_greedy_ids, lora_with_effect
+
+pytest.importorskip("openvino_genai")
+
+PROMPTS = [
+    "Hi", "Where is my order? I want a refund for my purchase", "How do I reset", "abc " * 20,
+    "Summarize the dialogue. #Person1#: Hello, how are you? #Person2#: I am fine, thank you.",
+    "The quick brown fox", "Question: which option is correct? Answer:", "0123456789",
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_preloaded_allocator(monkeypatch):
+    # The suite may run under tcmalloc (make test does not, a developer's shell might): the engine refuses it.
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+
+
+def _ov_ids(model, tokenizer, prompts, max_new_tokens, stop_ids=None, compute_type="float32"):
+    engine = openvino_engine.load_engine(model, compute_type=compute_type, cache=False)
+    rows = [encode_prompt(model, tokenizer, p) for p in prompts]
+    stops = stop_ids or stop_token_ids(model, tokenizer)
+    got = openvino_engine.generate_ids(engine, rows, max_new_tokens=max_new_tokens, stop_ids=stops)
+    return [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in got]
+
+
+class TestGreedyEquality:
+    def test_float32_ids_equal_hf_generate_token_for_token(self, llama, tokenizer):
+        model = _chatty(llama)
+        assert_greedy_equal_with_early_stops(model, tokenizer, PROMPTS,
+                                             lambda stop_ids: _ov_ids(model, tokenizer, PROMPTS, 24, stop_ids=stop_ids))
+
+    def test_qwen2_layers_with_attention_bias(self, tokenizer):
+        model = _chatty(_qwen2(tokenizer))
+        assert model.model.layers[0].self_attn.q_proj.bias is not None
+        got = _ov_ids(model, tokenizer, PROMPTS, 16)
+        assert got == [hf_greedy_ids(model, tokenizer, p, 16) for p in PROMPTS]
+
+    def test_generate_answers_equal_hf_in_input_order(self, llama, tokenizer):
+        model = _chatty(llama)
+        hf = generate(model, tokenizer, PROMPTS, max_new_tokens=16, batch_size=3, progress=False, engine="hf")
+        ov = generate(model, tokenizer, PROMPTS, max_new_tokens=16, progress=False, engine="openvino",
+                      cache_engine=False)
+        assert ov == hf and all(hf)
+
+    def test_repeated_and_shared_prefix_prompts_keep_their_answers(self, llama, tokenizer):
+        # Prefix caching reuses the KV blocks of a shared beginning; the answers must not notice.
+        model = _chatty(llama)
+        long = "Summarize: " + "#Person1#: Hello there, how are you today? " * 12
+        prompts = [long + "A", long + "B", long + "A", "Hi"]
+        got = _ov_ids(model, tokenizer, prompts, 12)
+        assert got == [hf_greedy_ids(model, tokenizer, p, 12) for p in prompts]
+
+    def test_lora_model_exports_with_adapters_and_is_left_unchanged(self, llama, tokenizer):
+        model = lora_with_effect(_chatty(llama))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        got = _ov_ids(model, tokenizer, PROMPTS, 12)
+        assert got == [hf_greedy_ids(model, tokenizer, p, 12) for p in PROMPTS]
+        after = dict(model.named_parameters())
+        assert after.keys() == before.keys() and all(torch.equal(after[n], before[n]) for n in before)
+        with model.disable_adapter():
+            base = [hf_greedy_ids(model, tokenizer, p, 12) for p in PROMPTS]
+        assert base != got  # the adapters changed the answers, so the export carried them
+
+    def test_bfloat16_runs_and_leaves_the_model_in_float32(self, llama, tokenizer):
+        model = _chatty(llama)
+        got = _ov_ids(model, tokenizer, PROMPTS, 12, compute_type="bfloat16")
+        assert len(got) == len(PROMPTS) and all(len(row) <= 12 for row in got)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        with pytest.raises(InstructuneError, match="compute_type 'int8'"):
+            openvino_engine.load_engine(model, compute_type="int8", cache=False)
+
+
+class TestEngineCache:
+    def test_cached_model_is_kept_by_weights_and_rebuilt_when_they_change(self, tiny_llama_dir, tmp_path,
+                                                                          monkeypatch):
+        import shutil
+
+        from instructune.models import load_model
+
+        monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path))
+        source = shutil.copytree(tiny_llama_dir, tmp_path / "models" / "tiny")
+        model, _ = load_model(source)
+        first = openvino_engine.load_engine(model)
+        assert openvino_engine.load_engine(model) is first  # same weights: the loaded pipeline again
+        exported = sorted((tmp_path / "models").glob("tiny.ov-*"))
+        assert len(exported) == 1 and (exported[0] / openvino_engine.MODEL_FILE).is_file()
+        with torch.no_grad():
+            model.lm_head.weight.add_(1.0)
+        assert openvino_engine.load_engine(model) is not first
+        assert len(list((tmp_path / "models").glob("tiny.ov-*"))) == 2
+
+    def test_users_folders_and_uncached_exports_leave_nothing_behind(self, tiny_llama_dir, tmp_path, monkeypatch):
+        import tempfile
+
+        from instructune.models import load_model
+
+        monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        model, _ = load_model(tiny_llama_dir)
+        openvino_engine.load_engine(model)
+        openvino_engine.load_engine(model, cache=False)
+        assert not (tmp_path / "cache" / "models").exists()
+        assert not list(tmp_path.glob("instructune-ov-*"))
+
+
+@pytest.mark.openvino_auto
+class TestChoice:
+    def test_auto_prefers_openvino_but_not_for_in_training_checks(self, llama):
+        assert _choose_engine(llama, "auto", None, None) == "openvino"
+        assert _choose_engine(llama, "auto", "bfloat16", None) == "openvino"
+        assert _choose_engine(llama, "auto", None, None, persistent=False) == "native"
+        assert _choose_engine(llama, "auto", "int8", None) == "ct2"
+        assert _choose_engine(llama, "auto", None, "it decodes greedily only") == "hf"
+
+    def test_a_preloaded_allocator_is_refused_and_auto_falls_back(self, llama, tokenizer, monkeypatch):
+        monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+        assert "libtcmalloc_minimal" in openvino_engine.unsupported_reason(llama)
+        assert _choose_engine(llama, "auto", None, None) == "native"
+        with pytest.raises(InstructuneError, match="engine 'openvino' cannot run here: OpenVINO aborts beside"):
+            generate(llama, tokenizer, ["Hi"], progress=False, engine="openvino")
+
+    def test_unsupported_models_and_sampling(self, tokenizer, llama):
+        t5 = tiny.make_t5(tokenizer)
+        assert "encoder-decoder" in openvino_engine.unsupported_reason(t5)
+        assert openvino_engine.unsupported_reason(llama) is None
+        with pytest.raises(InstructuneError, match="encoder-decoder"):
+            generate(t5, tokenizer, PROMPTS[:2], max_new_tokens=4, progress=False, engine="openvino")
+        with pytest.raises(InstructuneError, match="greedily"):
+            generate(llama, tokenizer, PROMPTS[:2], do_sample=True, progress=False, engine="openvino")
+
+    def test_eval_command_keeps_glibc_malloc_when_openvino_decodes(self):
+        from instructune.cli import _decodes_on_openvino
+
+        assert _decodes_on_openvino(["eval", "--task", "dialogsum"])
+        assert _decodes_on_openvino(["eval", "--engine", "openvino"])
+        assert not _decodes_on_openvino(["eval", "--engine", "native"])
+        assert not _decodes_on_openvino(["eval", "--engine=hf"])
+        assert not _decodes_on_openvino(["train", "config.yaml"])
+
+    def test_eval_command_decodes_on_openvino_by_default_with_hf_answers(self, tmp_path, tiny_llama_dir, monkeypatch):
+        import json
+
+        from instructune.evaluate import run as run_module
+
+        calls = []
+        real = openvino_engine.generate_ids
+        monkeypatch.setattr(openvino_engine, "generate_ids", lambda *a, **k: calls.append(1) or real(*a, **k))
+        dialogs = tmp_path / "dialogsum.jsonl"
+        dialogs.write_text("\n".join(json.dumps(
+            {"dialogue": f"#Person1#: Hi {i}. #Person2#: Hello.", "summary1": "They greet."}) for i in range(3)) + "\n")
+        predictions = {}
+        for engine in ("auto", "hf"):
+            out = tmp_path / f"{engine}.json"
+            assert run_module.main(["--model", str(tiny_llama_dir), "--task", "dialogsum", "--data", str(dialogs),
+                                    "--max-new-tokens", "6", "--engine", engine, "--no-progress", "-o", str(out)]) == 0
+            lines = (tmp_path / f"{engine}.predictions.jsonl").read_text().splitlines()
+            predictions[engine] = [json.loads(line)["prediction"] for line in lines]
+        assert calls == [1]  # auto decoded on OpenVINO, once
+        assert predictions["auto"] == predictions["hf"]
