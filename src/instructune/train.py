@@ -357,7 +357,7 @@ class Trainer:
             metrics, _ = evaluate_examples(
                 model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
                 # The native engine decodes the live weights in place, no export (HF generate where it cannot):
-                # cache_engine=False keeps "auto" off OpenVINO, whose export per check would cost more than it saves.
+                # cache_engine=False keeps "auto" off OpenVINO (an export per check; it aborts beside tcmalloc).
                 batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
                 chat_template=self.config.model.chat_template, generate_options={"cache_engine": False},
             )

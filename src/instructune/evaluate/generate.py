@@ -243,8 +243,9 @@ def _choose_engine(model: Any, engine: str, compute_type: str | None, hf_only: s
     one where they can, else "hf".
 
     `hf_only` says why the decoding asked for needs Hugging Face (None: plain greedy, any engine).
-    `persistent` is False for weights that change between calls: an export per call (~10 s for the
-    default model) costs about what OpenVINO saves on a 32-dialogue in-training check, so "auto" skips it.
+    `persistent` is False for weights that change between calls (in-training checks): "auto" skips
+    OpenVINO, which would pay an export per call (~10 s for the default model) and cannot run in
+    `instructune train` anyway (it aborts beside the tcmalloc training runs under).
     """
     if engine == "hf":
         return "hf"
