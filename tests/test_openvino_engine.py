@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tiny
+from instructune.allocator import preloaded_allocator
 from instructune.errors import InstructuneError
 from instructune.evaluate import openvino_engine
 from instructune.evaluate.generate import _choose_engine, encode_prompt, generate, stop_token_ids
@@ -21,9 +22,14 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_preloaded_allocator(monkeypatch):
-    # The suite may run under tcmalloc (make test does not, a developer's shell might): the engine refuses it.
+# OpenVINO aborts the whole process beside a preloaded tcmalloc (make test preloads none; a shell might).
+needs_openvino = pytest.mark.skipif(preloaded_allocator() is not None,
+                                    reason="OpenVINO aborts beside a preloaded allocator: run without LD_PRELOAD")
+
+
+@pytest.fixture()
+def no_preload(monkeypatch):
+    """The engine choice as in a process without a preloaded allocator (nothing here loads OpenVINO)."""
     monkeypatch.delenv("LD_PRELOAD", raising=False)
 
 
@@ -35,6 +41,7 @@ def _ov_ids(model, tokenizer, prompts, max_new_tokens, stop_ids=None, compute_ty
     return [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in got]
 
 
+@needs_openvino
 class TestGreedyEquality:
     def test_float32_ids_equal_hf_generate_token_for_token(self, llama, tokenizer):
         model = _chatty(llama)
@@ -82,6 +89,7 @@ class TestGreedyEquality:
             openvino_engine.load_engine(model, compute_type="int8", cache=False)
 
 
+@needs_openvino
 class TestEngineCache:
     def test_cached_model_is_kept_by_weights_and_rebuilt_when_they_change(self, tiny_llama_dir, tmp_path,
                                                                           monkeypatch):
@@ -117,7 +125,7 @@ class TestEngineCache:
 
 @pytest.mark.openvino_auto
 class TestChoice:
-    def test_auto_prefers_openvino_but_not_for_in_training_checks(self, llama):
+    def test_auto_prefers_openvino_but_not_for_in_training_checks(self, llama, no_preload):
         assert _choose_engine(llama, "auto", None, None) == "openvino"
         assert _choose_engine(llama, "auto", "bfloat16", None) == "openvino"
         assert _choose_engine(llama, "auto", None, None, persistent=False) == "native"
@@ -131,7 +139,7 @@ class TestChoice:
         with pytest.raises(InstructuneError, match="engine 'openvino' cannot run here: OpenVINO aborts beside"):
             generate(llama, tokenizer, ["Hi"], progress=False, engine="openvino")
 
-    def test_unsupported_models_and_sampling(self, tokenizer, llama):
+    def test_unsupported_models_and_sampling(self, tokenizer, llama, no_preload):
         t5 = tiny.make_t5(tokenizer)
         assert "encoder-decoder" in openvino_engine.unsupported_reason(t5)
         assert openvino_engine.unsupported_reason(llama) is None
@@ -149,6 +157,7 @@ class TestChoice:
         assert not _decodes_on_openvino(["eval", "--engine=hf"])
         assert not _decodes_on_openvino(["train", "config.yaml"])
 
+    @needs_openvino
     def test_eval_command_decodes_on_openvino_by_default_with_hf_answers(self, tmp_path, tiny_llama_dir, monkeypatch):
         import json
 
