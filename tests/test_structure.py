@@ -113,3 +113,24 @@ class TestBenchExtra:
         project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["project"]
         bench = " ".join(project["optional-dependencies"]["bench"])
         assert "trl" in bench and "lm-eval" in bench
+
+
+class TestInstallFitsTheJob:
+    """`make quickstart` installs the runtime only; `make test` adds the test extra (issue 28.5)."""
+
+    def _recipe(self, target: str) -> str:
+        makefile = (PACKAGE.parents[1] / "Makefile").read_text()
+        return makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+
+    def test_the_quickstart_install_has_no_test_tools(self):
+        project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())["project"]
+        runtime = " ".join(project["dependencies"]).lower()
+        for tool in ("pytest", "hypothesis", "selenium", "gradio", "bitsandbytes", "trl", "lm-eval"):
+            assert tool not in runtime, tool
+        assert "$(STAMP)" in self._recipe("quickstart")
+        stamp = self._recipe("$(STAMP)")
+        assert "install -q -e .\n" in stamp + "\n" and "[test]" not in stamp
+
+    def test_make_test_adds_the_test_extra(self):
+        assert "$(TEST_STAMP)" in self._recipe("test")
+        assert '-e ".[test]"' in self._recipe("$(TEST_STAMP)")
