@@ -160,9 +160,10 @@ def main() -> int:
     from instructune.data.render import extra_references, render_records
     from instructune.data.sources import load_records
     from instructune.data.templates import load_task
-    from instructune.evaluate import fast, openvino_engine
-    from instructune.evaluate.decode import MIN_SLOTS
-    from instructune.evaluate.generate import generate
+    from instructune.generation import fast
+    from instructune.generation import openvino_engine
+    from instructune.generation.native import MIN_SLOTS
+    from instructune.generation.generate import generate
     from instructune.evaluate.metrics import generation_metrics
     from instructune.models import load_model
 

@@ -98,11 +98,11 @@ def main() -> int:
     from instructune.data.render import extra_references, render_records
     from instructune.data.sources import load_records
     from instructune.data.templates import load_task
-    from instructune.evaluate.generate import encode_prompt, stop_token_ids
+    from instructune.generation.generate import encode_prompt, stop_token_ids
     from instructune.evaluate.metrics import generation_metrics
     from instructune.evaluate.score import evaluate_examples
     from instructune.models import load_model
-    from instructune.tokenize import format_prompt
+    from instructune.data.tokenize import format_prompt
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)

@@ -41,7 +41,7 @@ KINDS = (
 def build_trainer(dialogues: int, precision: str, micro_batch: int, lora: bool, packed_attention: bool = True):
     from instructune.config import load_config
     from instructune.models import load_model
-    from instructune.train import Trainer
+    from instructune.train.trainer import Trainer
 
     model, tokenizer = load_model()
     config = load_config(overrides=[
@@ -95,7 +95,7 @@ def main() -> int:
 
     trainer = build_trainer(args.dialogues, args.precision, args.micro_batch, args.lora, args.attn == "packed")
     if args.compile:
-        from instructune.compiling import compile_blocks
+        from instructune.train.compiling import compile_blocks
 
         compile_blocks(trainer.accelerator.unwrap_model(trainer.model))
     if args.attn != "packed":

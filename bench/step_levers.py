@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     args = parser.parse_args()
 
-    from instructune.compiling import compile_blocks
+    from instructune.train.compiling import compile_blocks
 
     trainer = build_trainer(args.dialogues, "bf16", 2, False, False)
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -83,8 +83,8 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
                     checkpointing: bool = False, compile: bool = False) -> dict:
     from instructune.config import load_config
     from instructune.models import load_model
-    from instructune.runlog import MetricsLog
-    from instructune.train import Trainer
+    from instructune.train.runlog import MetricsLog
+    from instructune.train.trainer import Trainer
 
     model, tokenizer = load_model()
     config = load_config(overrides=[
@@ -133,7 +133,7 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
         import torch
 
         model = model.to(torch.bfloat16)
-    from instructune.train import row_order
+    from instructune.train.trainer import row_order
 
     # instructune's first-epoch order, read without shuffling again: unpacked, the same batches step by step.
     examples = [examples[i] for i in row_order(len(examples), seed=0, epoch=0)]
@@ -166,7 +166,7 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
     if mode == "lora":  # r 16, alpha 32, dropout 0.05, all-linear, initialised as instructune does (seed 0)
         from transformers import set_seed
 
-        from instructune.adapters import prepare_for_training
+        from instructune.train.adapters import prepare_for_training
         from instructune.config import LoraConfig
 
         set_seed(0)
@@ -246,7 +246,7 @@ def run_subprocess(engine: str, mode: str, precision: str, packing: bool, micro_
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     env.pop("LD_PRELOAD", None)
     if tcmalloc:
-        from instructune.allocator import find_tcmalloc
+        from instructune.cli.allocator import find_tcmalloc
 
         env["LD_PRELOAD"] = find_tcmalloc() or sys.exit("tcmalloc asked for but not installed (libtcmalloc-minimal4)")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -29,7 +29,7 @@ def _auto_engine_without_openvino(request, monkeypatch):
     if request.node.get_closest_marker("openvino_auto") is None:
         import importlib
 
-        generate = importlib.import_module("instructune.evaluate.generate")  # the module, not the function
+        generate = importlib.import_module("instructune.generation.generate")  # the module, not the function
         monkeypatch.setattr(generate, "AUTO_ENGINES", tuple(e for e in generate.AUTO_ENGINES if e != "openvino"))
 
 

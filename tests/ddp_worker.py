@@ -28,7 +28,7 @@ if "fsdp_on_cpu" in options:
 
     allow_fsdp_on_cpu()
 from instructune.config import load_config  # noqa: E402
-from instructune.train import Trainer, row_order  # noqa: E402
+from instructune.train.trainer import Trainer, row_order  # noqa: E402
 
 N_EXAMPLES = 64
 torch.set_num_threads(1)

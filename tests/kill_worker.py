@@ -17,7 +17,8 @@ import traceback
 
 import torch
 
-from instructune import runlog, train
+from instructune.train import runlog
+from instructune.train import trainer as train
 
 # What a launch would otherwise import lazily, in every child again (peft alone takes seconds).
 import matplotlib.pyplot  # noqa: E402,F401  (the loss plot)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from instructune.adapters import FastDropout, prepare_for_training
+from instructune.train.adapters import FastDropout, prepare_for_training
 from instructune.config import LoraConfig
 from tiny import make_llama, make_tokenizer
 
@@ -74,7 +74,7 @@ class TestFastDropout:
 
     def test_trainer_swaps_every_lora_dropout_unless_asked_not_to(self, tmp_path):
         from instructune.config import load_config
-        from instructune.train import Trainer
+        from instructune.train.trainer import Trainer
 
         tokenizer = make_tokenizer()
         examples = [{"prompt": "Where is my order?", "completion": "It has shipped."}] * 4

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from instructune.allocator import ENV, find_tcmalloc
+from instructune.cli.allocator import ENV, find_tcmalloc
 
-PROBE = ("from instructune.allocator import reexec_with_tcmalloc; reexec_with_tcmalloc(); import os; "
+PROBE = ("from instructune.cli.allocator import reexec_with_tcmalloc; reexec_with_tcmalloc(); import os; "
          "print(os.environ.get('INSTRUCTUNE_ALLOCATOR'), any('tcmalloc' in l for l in open('/proc/self/maps')))")
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from instructune.atomic import atomic_folder, complete_copy, old_copy
+from instructune.fileio.atomic import atomic_folder, complete_copy, old_copy
 
 
 class TestAtomicFolder:

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import tiny
-from instructune.attention import NAME, segments, use_packed_attention, uses_packed_attention
+from instructune.train.attention import NAME, segments, use_packed_attention, uses_packed_attention
 from instructune.config import load_config
-from instructune.loss import causal_lm_loss_sum
-from instructune.pack import collate, pack_examples
-from instructune.runlog import MetricsLog
-from instructune.tokenize import encode_prompt_completion
+from instructune.train.loss import causal_lm_loss_sum
+from instructune.train.pack import collate, pack_examples
+from instructune.train.runlog import MetricsLog
+from instructune.data.tokenize import encode_prompt_completion
 
 EXAMPLES = [
     {"prompt": "Where is my order?", "completion": "It has shipped."},

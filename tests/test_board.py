@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from instructune import checkpoint as ckpt
+from instructune.train import checkpoint as ckpt
 from instructune.board import chat_tab, data_tab, eval_tab, export_tab
 from instructune.board.form import form_fields, form_overrides, form_values, yaml_text
 from instructune.board.metrics import curve_points, format_progress, read_run, run_progress
@@ -240,7 +240,7 @@ class TestExportTab:
     def test_gguf_is_offered_only_when_export_has_the_option(self, monkeypatch):
         import argparse
 
-        import instructune.export as export
+        import instructune.export.merge as export
 
         with_gguf = argparse.ArgumentParser()
         with_gguf.add_argument("--gguf", choices=["f16", "q8_0"])

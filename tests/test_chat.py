@@ -3,9 +3,9 @@ import io
 
 import pytest
 
-from instructune.chat import ChatSession, chat_loop, main, make_parser
+from instructune.generation.chat import ChatSession, chat_loop, main, make_parser
 from instructune.errors import InstructuneError
-from instructune.tokenize import format_prompt
+from instructune.data.tokenize import format_prompt
 
 
 def _record_prompts(model):
@@ -185,7 +185,7 @@ class TestMain:
             loaded.append((model, adapter))
             return llama.eval(), tokenizer
 
-        monkeypatch.setattr("instructune.chat.load_model", load_model)
+        monkeypatch.setattr("instructune.generation.chat.load_model", load_model)
         return loaded
 
     def test_one_shot_prints_one_answer(self, fake_models, llama, tokenizer, capsys):

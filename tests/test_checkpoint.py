@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
 import tiny
-from instructune.checkpoint import (
+from instructune.train.checkpoint import (
     STATE_FILE,
     checkpoint_dir,
     latest_checkpoint,
@@ -68,7 +68,7 @@ class TestLatestCheckpoint:
 
 class TestSaveCheckpoint:
     def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(self, tmp_path, tokenizer, monkeypatch):
-        from instructune import checkpoint
+        from instructune.train import checkpoint
 
         model, optimizer, scheduler = parts(tokenizer)
         good = save(tmp_path, 2, model, optimizer, scheduler)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from instructune import cli
-from instructune.runlog import MetricsLog
+from instructune.train.runlog import MetricsLog
 
 INSTRUCTUNE = Path(sys.executable).parent / "instructune"
 SUPPORT_ROWS = [

@@ -7,11 +7,11 @@ import torch
 from torch._dynamo.utils import counters
 
 import tiny
-from instructune.compiling import block_classes, compile_blocks, uncompiled
+from instructune.train.compiling import block_classes, compile_blocks, uncompiled
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.runlog import MetricsLog
-from instructune.train import Trainer
+from instructune.train.runlog import MetricsLog
+from instructune.train.trainer import Trainer
 
 EXAMPLES = [
     {"prompt": "Where is my order?", "completion": "It has shipped."},
@@ -75,7 +75,7 @@ def test_lora_fast_dropout_compiles_without_breaks_and_draws_the_eager_masks(tok
     a compiled LoRA forward and backward equal the eager ones; no dropout splits a block's graph."""
     from peft import LoraConfig, get_peft_model
 
-    from instructune.adapters import use_fast_dropout
+    from instructune.train.adapters import use_fast_dropout
 
     torch.manual_seed(0)
     base = get_peft_model(tiny.make_llama(tokenizer), LoraConfig(r=4, lora_dropout=0.3, target_modules="all-linear"))

@@ -7,8 +7,8 @@ import torch
 
 import tiny
 from instructune.errors import InstructuneError
-from instructune.evaluate.decode import NativeDecoder, _Slots, unsupported_reason
-from instructune.evaluate.generate import encode_prompt, generate, stop_token_ids
+from instructune.generation.native import NativeDecoder, _Slots, unsupported_reason
+from instructune.generation.generate import encode_prompt, generate, stop_token_ids
 from test_generate import _chatty, assert_greedy_equal_with_early_stops, hf_greedy_ids, lora_with_effect
 
 PROMPTS = [
@@ -146,7 +146,7 @@ def test_packed_bf16_linears_give_the_plain_layers_numbers(llama):
     """The bf16 decoding copy's linear weights, laid out once for oneDNN, compute what F.linear does."""
     import copy
 
-    from instructune.evaluate.decode import _pack_linears
+    from instructune.generation.native import _pack_linears
 
     plain = copy.deepcopy(llama).to(torch.bfloat16).eval()
     packed = copy.deepcopy(plain)

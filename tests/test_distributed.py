@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from instructune import cli
 from instructune.models import load_model
-from instructune.runlog import MetricsLog
+from instructune.train.runlog import MetricsLog
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 BIN = Path(sys.executable).parent

@@ -7,9 +7,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import tiny
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.export import export_merged, main
+from instructune.export.merge import export_merged, main
 from instructune.models import load_model
-from instructune.train import Trainer
+from instructune.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import tiny
 from instructune import models
 from instructune.errors import InstructuneError
-from instructune.export import main
+from instructune.export.merge import main
 from instructune.models import merge_adapter
-from instructune.export_gguf import GGUF_TYPES, export_gguf, permute_for_rope, write_gguf
+from instructune.export.gguf import GGUF_TYPES, export_gguf, permute_for_rope, write_gguf
 
 PROMPTS = [
     "Where is my order?",

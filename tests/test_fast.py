@@ -7,8 +7,8 @@ import torch
 
 import tiny
 from instructune.errors import InstructuneError
-from instructune.evaluate import fast
-from instructune.evaluate.generate import encode_prompt, generate, stop_token_ids
+from instructune.generation import fast
+from instructune.generation.generate import encode_prompt, generate, stop_token_ids
 from test_generate import _chatty, hf_greedy_ids, lora_with_effect
 
 PROMPTS = [

@@ -6,7 +6,7 @@ import torch
 
 import tiny
 from instructune.errors import InstructuneError
-from instructune.evaluate.generate import Decoding, encode_prompt, generate, stop_token_ids
+from instructune.generation.generate import Decoding, encode_prompt, generate, stop_token_ids
 
 PROMPTS = ["Hi", "Where is my order? I want a refund for my purchase", "How do I reset", "abc " * 20]
 

@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 import tiny
 from instructune import models
 from instructune.errors import InstructuneError
-from instructune.export_gguf import write_gguf
-from instructune.gguf_tokenizer import CONTROL, NORMAL, llama_cpp_fingerprint, pre_tokenizer_name
+from instructune.export.gguf import write_gguf
+from instructune.export.gguf_tokenizer import CONTROL, NORMAL, llama_cpp_fingerprint, pre_tokenizer_name
 
 TEXTS = [
     "Where is my order? It shipped today.",

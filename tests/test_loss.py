@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instructune.loss import causal_lm_loss_sum
-from instructune.pack import collate
-from instructune.tokenize import IGNORE_INDEX, encode_prompt_completion
+from instructune.train.loss import causal_lm_loss_sum
+from instructune.train.pack import collate
+from instructune.data.tokenize import IGNORE_INDEX, encode_prompt_completion
 
 
 def reference_loss_sum(model, batch):

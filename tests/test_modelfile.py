@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import tiny
-from instructune.modelfile import chat_pieces, go_template, stop_tokens, write_modelfile
+from instructune.export.modelfile import chat_pieces, go_template, stop_tokens, write_modelfile
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Where is my order?"}],

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import tiny
-from instructune.allocator import preloaded_allocator
+from instructune.cli.allocator import preloaded_allocator
 from instructune.errors import InstructuneError
-from instructune.evaluate import openvino_engine
-from instructune.evaluate.generate import _choose_engine, encode_prompt, generate, stop_token_ids
+from instructune.generation import openvino_engine
+from instructune.generation.generate import _choose_engine, encode_prompt, generate, stop_token_ids
 from test_decode import _qwen2
 from test_generate import _chatty, assert_greedy_equal_with_early_stops, hf_greedy_ids, lora_with_effect
 

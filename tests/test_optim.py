@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from instructune.optim import CHUNK, BF16AdamW
+from instructune.train.optim import CHUNK, BF16AdamW
 
 
 def _bf16_neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
-from instructune.loss import causal_lm_loss_sum
-from instructune.pack import collate, pack_best_fit, pack_examples
-from instructune.tokenize import IGNORE_INDEX, encode_prompt_completion
+from instructune.train.loss import causal_lm_loss_sum
+from instructune.train.pack import collate, pack_best_fit, pack_examples
+from instructune.data.tokenize import IGNORE_INDEX, encode_prompt_completion
 
 PROMPTS = ["Where is my order?", "How do I reset my password?", "I want a refund for my purchase.",
            "Summarize the dialogue.", "Which option is correct?", "Hello, how are you?"]

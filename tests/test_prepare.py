@@ -116,7 +116,7 @@ class TestTruncationCounts:
 
     def test_prepare_reports_what_training_reports(self, tmp_path, tokenizer, llama):
         from instructune.config import load_config
-        from instructune.train import Trainer
+        from instructune.train.trainer import Trainer
 
         long = "The quick brown fox jumps over the lazy dog. " * 12
         rows = [{"instruction": f"Say {i}", "input": long if i % 3 == 0 else "", "output": long if i % 4 == 0 else "ok"}

@@ -8,11 +8,11 @@ import torch
 import tiny
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.loss import causal_lm_loss_sum
+from instructune.train.loss import causal_lm_loss_sum
 from instructune.models import load_model
-from instructune.pack import collate
-from instructune.runlog import MetricsLog
-from instructune.tokenize import encode_prompt_completion
+from instructune.train.pack import collate
+from instructune.train.runlog import MetricsLog
+from instructune.data.tokenize import encode_prompt_completion
 
 pytest.importorskip("bitsandbytes")
 

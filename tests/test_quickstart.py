@@ -3,7 +3,8 @@
 import json
 
 from instructune.config import load_config
-from instructune.quickstart import default_config_path, run_quickstart
+from instructune.cli.quickstart import run_quickstart
+from instructune.config import default_config_path
 
 
 class TestQuickstart:
@@ -29,7 +30,7 @@ class TestQuickstart:
 
     def test_test_split_never_overlaps_training_data(self, tmp_path, tiny_llama_dir):
         from instructune.data.sources import read_jsonl
-        from instructune.quickstart import build_support_instructions
+        from instructune.data.support import build_support_instructions
 
         paths = build_support_instructions(tmp_path)
         train_prompts = {e["prompt"] for e in read_jsonl(paths["train"])}

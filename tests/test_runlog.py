@@ -5,7 +5,7 @@ import json
 import pytest
 
 from instructune.errors import InstructuneError
-from instructune.runlog import MetricsLog
+from instructune.train.runlog import MetricsLog
 
 
 def _write(path, records, torn=""):

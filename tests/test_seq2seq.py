@@ -14,18 +14,18 @@ from transformers import T5ForConditionalGeneration
 
 import tiny
 from instructune import cli
-from instructune.chat import ChatSession
+from instructune.generation.chat import ChatSession
 from instructune.config import load_config
 from instructune.errors import InstructuneError
 from instructune.evaluate.score import evaluate_examples
-from instructune.export import main as export_main
-from instructune.loss import seq2seq_loss_sum
+from instructune.export.merge import main as export_main
+from instructune.train.loss import seq2seq_loss_sum
 from instructune.models import is_encoder_decoder, load_model
-from instructune.pack import collate_seq2seq
-from instructune.runlog import MetricsLog
-from instructune.tokenize import IGNORE_INDEX, encode_example
-from instructune.tokenize import tokenize_examples
-from instructune.train import Trainer
+from instructune.train.pack import collate_seq2seq
+from instructune.train.runlog import MetricsLog
+from instructune.data.tokenize import IGNORE_INDEX, encode_example
+from instructune.data.tokenize import tokenize_examples
+from instructune.train.trainer import Trainer
 
 # Targets of different lengths: a mean of per-micro-batch means would weigh their tokens unequally.
 EXAMPLES = [

@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from instructune.config import config_fields
-from instructune.train import make_parser as train_parser
+from instructune.train.trainer import make_parser as train_parser
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "instructune"
 
@@ -47,6 +47,34 @@ def _internal_imports(path: Path) -> list[tuple[str, int, bool]]:
 
 MODULES = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
 
+# The import layers, first to last: a module may import its own layer and the layers before it.
+FACES = ("instructune.cli", "instructune.board")
+LAYERS = (
+    ("instructune.errors",),
+    ("instructune.fileio",),
+    ("instructune.config",),
+    ("instructune.models",),
+    ("instructune.data",),
+    ("instructune.generation",),
+    ("instructune.evaluate",),
+    ("instructune.train",),
+    ("instructune.export",),
+    FACES,
+)
+
+
+def _package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def _layer(module: str) -> int:
+    if module == "instructune":
+        return 0  # the package face holds only the version
+    for index, layer in enumerate(LAYERS):
+        if _package(module) in layer:
+            return index
+    raise AssertionError(f"{module} belongs to no layer: add its package to LAYERS")
+
 
 class TestImports:
     def test_no_import_circles(self):
@@ -75,6 +103,34 @@ class TestImports:
                 for target, line, top in _internal_imports(path) if not top]
         assert not lazy, lazy
 
+    def test_imports_follow_the_stages(self):
+        """Each module imports only its own package and the layers before it (issue 29).
+
+        The stages read as the data flow, data -> train -> generation -> evaluate -> export; as a
+        library, training comes after evaluation: its in-training checks score with the evaluation
+        library (DESIGN.md), and nothing in generation/ or evaluate/ imports training. The faces (the
+        CLI and the board) sit on top and may import every stage; nothing imports them.
+        """
+        against = []
+        for name, path in MODULES.items():
+            own = _layer(name)
+            for target, line, _ in _internal_imports(path):
+                theirs = _layer(target)
+                if theirs > own or (theirs == own and LAYERS[own] is FACES and _package(target) != _package(name)):
+                    against.append(f"{path.relative_to(PACKAGE)}:{line} imports {target}")
+        assert not against, against
+
+    def test_every_module_has_a_layer(self):
+        for name in MODULES:
+            _layer(name)
+
+    def test_nothing_but_the_package_face_at_the_top(self):
+        top = sorted(path.name for path in PACKAGE.glob("*.py"))
+        assert top == ["__init__.py", "config.py", "errors.py"], top
+        folders = sorted(path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__")
+        assert folders == ["board", "cli", "configs", "data", "evaluate", "export", "fileio", "generation", "models",
+                           "train"], folders
+
     def test_report_only_draws(self):
         imported = {target for target, _, _ in _internal_imports(MODULES["instructune.evaluate.report"])}
         assert "instructune.evaluate.compare" not in imported
@@ -92,7 +148,7 @@ class TestOneOwner:
 
     def test_encoder_decoder_is_asked_of_models_only(self):
         direct = self._definitions(r"getattr\([^)]*\"is_encoder_decoder\"")
-        assert direct == ["models.py"], direct
+        assert direct == ["models/__init__.py"], direct
 
 
 class TestTrainHelp:

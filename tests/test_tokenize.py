@@ -6,7 +6,7 @@ import json
 import pytest
 
 from instructune.errors import InstructuneError
-from instructune.tokenize import (
+from instructune.data.tokenize import (
     IGNORE_INDEX,
     describe_report,
     encode_example,

@@ -14,17 +14,17 @@ import torch
 from safetensors.torch import load_file
 
 import tiny
-from instructune import checkpoint as ckpt
+from instructune.train import checkpoint as ckpt
 from instructune import cli
-from instructune import train as train_module
+from instructune.train import trainer as train_module
 from instructune.config import load_config
 from instructune.errors import InstructuneError
-from instructune.loss import causal_lm_loss_sum
+from instructune.train.loss import causal_lm_loss_sum
 from instructune.models import load_model
-from instructune.pack import collate
-from instructune.runlog import MetricsLog
-from instructune.tokenize import encode_prompt_completion
-from instructune.train import Trainer
+from instructune.train.pack import collate
+from instructune.train.runlog import MetricsLog
+from instructune.data.tokenize import encode_prompt_completion
+from instructune.train.trainer import Trainer
 
 # Answers of different lengths: a mean of per-micro-batch means would weigh their tokens unequally.
 EXAMPLES = [
@@ -357,7 +357,7 @@ class TestPrecision:
 
 class TestLossPlot:
     def test_smoothing_follows_the_trend_without_lagging_at_the_start(self):
-        from instructune.runlog import smooth
+        from instructune.train.runlog import smooth
 
         assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # debiased: no ramp up from zero
         noisy = [1.0 + (0.5 if i % 2 else -0.5) for i in range(200)]

@@ -103,7 +103,7 @@ def train_capturing_first_grads(trainer) -> tuple[dict, dict]:
 
 def run_trainer(config, **kwargs):
     """Set up and run a quiet Trainer; the summary lands on `trainer.summary`."""
-    from instructune.train import Trainer
+    from instructune.train.trainer import Trainer
 
     trainer = Trainer(config, progress=False, **kwargs)
     trainer.setup()

@@ -7,14 +7,15 @@ What this file leaves out: mixture and task configs, which belong to the data st
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import InstructuneError
-from .yaml_io import read_yaml_mapping, validation_message
+from instructune.errors import InstructuneError
+from instructune.fileio.yaml_io import read_yaml_mapping, validation_message
 
 
 class _Section(BaseModel):
@@ -182,3 +183,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+
+
+def default_config_path() -> Path:
+    """The packaged quickstart config (src/instructune/configs/quickstart.yaml)."""
+    return Path(str(resources.files("instructune") / "configs" / "quickstart.yaml"))

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from instructune.board.state import Board, guarded
-from instructune.chat import ChatSession
+from instructune.generation.chat import ChatSession
 from instructune.errors import InstructuneError
 
 _REFRESH_S = 0.15

@@ -1,6 +1,6 @@
 """The Data tab: a raw file and a task, templates previewed on real rows, a mixture, the instruction JSONL.
 
-Each button is one call into the data API: `quickstart.build_support_instructions` (the built-in
+Each button is one call into the data API: `data.support.build_support_instructions` (the built-in
 data), `templates.load_task` (the task YAML, edited in the page), `render.render_records` (the
 preview), `prepare.build_mixture_examples` (the realised proportions) and `prepare.prepare` (the same
 files `instructune prepare` writes). Leaves out: any rendering or mixing of its own.
@@ -21,8 +21,8 @@ from instructune.data.render import parse_template_choice, render_records
 from instructune.data.sources import load_records
 from instructune.data.templates import TASKS_DIR, list_tasks, load_task
 from instructune.errors import InstructuneError
-from instructune.quickstart import build_support_instructions
-from instructune.yaml_io import validation_message
+from instructune.data.support import build_support_instructions
+from instructune.fileio.yaml_io import validation_message
 
 MIX_COLUMNS = ["task", "data", "limit", "weight"]
 QUICKSTART_TASKS = ("support_response", "support_intent")
@@ -138,43 +138,6 @@ def quickstart_data(board: Board) -> dict[str, str]:
     """The quickstart's data step in the working folder: raw support splits and their instruction JSONL."""
     paths = build_support_instructions(board.work.root)
     return {split: board.work.show(path) for split, path in paths.items()}
-
-
-def task_data_rows(board: Board, table: Any, columns: list[str], where: str) -> list[tuple[int, dict, str, str]]:
-    """The filled rows of a (task, data, ...) table: (row number, row, task reference, data path).
-
-    Empty rows are skipped; a task YAML and the data must lie in the working folder.
-    """
-    if table is None:
-        rows = []
-    elif isinstance(table, pd.DataFrame):
-        rows = table.to_dict("records")
-    else:
-        rows = [dict(zip(columns, row)) for row in table]
-    filled = []
-    for number, row in enumerate(rows, start=1):
-        task, data = str(row.get("task") or "").strip(), str(row.get("data") or "").strip()
-        if not task and not data:
-            continue
-        if not task or not data:
-            raise InstructuneError(f"{where} row {number}: give both a task and a data file")
-        if task.endswith((".yaml", ".yml")):
-            task = str(board.work.path(task, must_exist=True, what="task YAML"))
-        filled.append((number, row, task, str(board.work.path(data, must_exist=True, what="data file"))))
-    return filled
-
-
-def whole_number_or_none(value: Any, what: str) -> int | None:
-    """A number typed in the page: None when blank, else a whole number or a one-line error naming `what`."""
-    if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        raise InstructuneError(f"{what}: {value!r} is not a whole number") from None
-    if number != int(number):
-        raise InstructuneError(f"{what}: {value!r} is not a whole number")
-    return int(number)
 
 
 def _number(value: Any, what: str) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from instructune.board.data_tab import task_data_rows, whole_number_or_none
+from instructune.board.form import task_data_rows, whole_number_or_none
 from instructune.board.state import Board, guarded
 from instructune.errors import InstructuneError
 from instructune.evaluate import compare as compare_command

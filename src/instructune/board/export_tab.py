@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from instructune import export as export_command
+from instructune.export import merge as export_command
 from instructune.board.state import Board, guarded
 from instructune.errors import InstructuneError
 

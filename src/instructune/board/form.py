@@ -3,16 +3,20 @@
 `config_fields()` (config.py) is the only source of keys, defaults and descriptions, so the form
 cannot drift from `instructune train --help`. A key with a fixed set of values becomes a dropdown,
 a plain boolean a checkbox, and every other key a text box holding a YAML scalar, exactly what
-`key=value` takes on the command line. Leaves out: the widgets themselves (train_tab.py).
+`key=value` takes on the command line. Also the page's other typed values every tab reads the same
+way: (task, data) tables and whole numbers. Leaves out: the widgets themselves (the tabs).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import yaml
 
+from instructune.board.state import Board
 from instructune.config import RunConfig, config_fields
+from instructune.errors import InstructuneError
 
 
 def form_fields() -> list[dict[str, Any]]:
@@ -89,3 +93,39 @@ def form_overrides(fields: list[dict[str, Any]], values: list[Any], base: RunCon
             overrides.append(f"{field['key']}={text}")
     return overrides
 
+
+def task_data_rows(board: Board, table: Any, columns: list[str], where: str) -> list[tuple[int, dict, str, str]]:
+    """The filled rows of a (task, data, ...) table: (row number, row, task reference, data path).
+
+    Empty rows are skipped; a task YAML and the data must lie in the working folder.
+    """
+    if table is None:
+        rows = []
+    elif isinstance(table, pd.DataFrame):
+        rows = table.to_dict("records")
+    else:
+        rows = [dict(zip(columns, row)) for row in table]
+    filled = []
+    for number, row in enumerate(rows, start=1):
+        task, data = str(row.get("task") or "").strip(), str(row.get("data") or "").strip()
+        if not task and not data:
+            continue
+        if not task or not data:
+            raise InstructuneError(f"{where} row {number}: give both a task and a data file")
+        if task.endswith((".yaml", ".yml")):
+            task = str(board.work.path(task, must_exist=True, what="task YAML"))
+        filled.append((number, row, task, str(board.work.path(data, must_exist=True, what="data file"))))
+    return filled
+
+
+def whole_number_or_none(value: Any, what: str) -> int | None:
+    """A number typed in the page: None when blank, else a whole number or a one-line error naming `what`."""
+    if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InstructuneError(f"{what}: {value!r} is not a whole number") from None
+    if number != int(number):
+        raise InstructuneError(f"{what}: {value!r} is not a whole number")
+    return int(number)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from instructune.runlog import MetricsLog
+from instructune.train.runlog import MetricsLog
 
 # Chart -> (record key, series label). ROUGE comes from train.generate_every_n_steps.
 CURVES = {

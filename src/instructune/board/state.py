@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from instructune.board.paths import Workdir
 from instructune.board.process import TrainingProcess
-from instructune.checkpoint import run_weights
+from instructune.train.checkpoint import run_weights
 from instructune.errors import InstructuneError
 from instructune.models import load_model
 

@@ -20,7 +20,7 @@ from instructune.board.metrics import curve_points, format_progress, read_run
 from instructune.board.state import Board, guarded
 from instructune.config import RunConfig, load_config
 from instructune.errors import InstructuneError
-from instructune.quickstart import default_config_path
+from instructune.config import default_config_path
 
 BUILTIN_CONFIG = "quickstart (built-in)"
 SECTIONS = {"": "Run", "model": "Model", "data": "Data", "lora": "LoRA", "train": "Training"}

@@ -32,8 +32,8 @@ from instructune.data.render import render_records
 from instructune.data.templates import load_task
 from instructune.errors import InstructuneError
 from instructune.models import load_tokenizer, resolve_model_path
-from instructune.tokenize import FIRST_ROWS, describe_report, describe_rows, tokenize_examples
-from instructune.yaml_io import read_yaml_mapping, validation_message
+from instructune.data.tokenize import FIRST_ROWS, describe_report, describe_rows, tokenize_examples
+from instructune.fileio.yaml_io import read_yaml_mapping, validation_message
 
 PERCENTILES = (50, 90, 95, 99)
 _SINGLE_TASK_ONLY = " [single-task form; a mixture YAML sets its own]"

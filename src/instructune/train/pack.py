@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .errors import InstructuneError
-from .tokenize import IGNORE_INDEX
+from instructune.errors import InstructuneError
+from instructune.data.tokenize import IGNORE_INDEX
 
 
 def pack_best_fit(lengths: list[int], max_length: int) -> list[list[int]]:

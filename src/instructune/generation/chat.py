@@ -20,9 +20,9 @@ import threading
 from typing import Any, Callable, TextIO
 
 from instructune.errors import InstructuneError
-from instructune.evaluate.generate import stop_token_ids
+from instructune.generation.generate import stop_token_ids
 from instructune.models import is_encoder_decoder, load_model
-from instructune.tokenize import format_prompt, uses_chat_template
+from instructune.data.tokenize import format_prompt, uses_chat_template
 
 HELP_TEXT = "Commands: /reset clears the conversation, /exit quits (so do Ctrl-D and Ctrl-C)."
 

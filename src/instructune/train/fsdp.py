@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import InstructuneError
+from instructune.errors import InstructuneError
 
 
 def is_sharded(accelerator: Any) -> bool:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .atomic import atomic_folder
-from .errors import InstructuneError
-from .export_gguf import export_gguf
-from .models import is_encoder_decoder, merge_adapter
+from instructune.fileio.atomic import atomic_folder
+from instructune.errors import InstructuneError
+from instructune.export.gguf import export_gguf
+from instructune.models import is_encoder_decoder, merge_adapter
 
 
 def export_merged(adapter: str | Path, output: str | Path, *, model: str | None = None) -> Path:

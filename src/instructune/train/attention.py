@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .models import is_encoder_decoder
+from instructune.models import is_encoder_decoder
 
 NAME = "instructune_packed"
 _REGISTERED = False

@@ -15,7 +15,7 @@ import hashlib
 import json
 from typing import Any
 
-from .errors import InstructuneError
+from instructune.errors import InstructuneError
 
 # llama.cpp token types (gguf.TokenType): what its tokenizer does with each vocabulary entry.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 6

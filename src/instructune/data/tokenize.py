@@ -23,8 +23,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .data.sources import record_locations
-from .errors import InstructuneError
+from instructune.data.sources import record_locations
+from instructune.errors import InstructuneError
 
 IGNORE_INDEX = -100
 ROLES = ("user", "assistant", "system", "tool")

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .models import is_encoder_decoder
+from instructune.models import is_encoder_decoder
 
 
 def block_classes(model: Any) -> set[str]:

@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from instructune.errors import InstructuneError
-from instructune.evaluate import decode, fast, openvino_engine
+from instructune.generation import native as decode
+from instructune.generation import fast
+from instructune.generation import openvino_engine
 from instructune.models import is_encoder_decoder
-from instructune.tokenize import prompt_token_ids
+from instructune.data.tokenize import prompt_token_ids
 
 CHAT_END_TOKEN = "<|im_end|>"
 # "auto": for greedy decoding, the OpenVINO engine when it is installed and can take the model (and the

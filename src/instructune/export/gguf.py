@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InstructuneError
-from .gguf_tokenizer import add_tokenizer
-from .models import load_model, merge_adapter
-from .modelfile import write_modelfile
+from instructune.errors import InstructuneError
+from instructune.export.gguf_tokenizer import add_tokenizer
+from instructune.models import load_model, merge_adapter
+from instructune.export.modelfile import write_modelfile
 
 # --gguf name -> (gguf.LlamaFileType member, gguf.GGMLQuantizationType member of the big matrices)
 GGUF_TYPES = {

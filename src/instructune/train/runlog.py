@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import InstructuneError
+from instructune.errors import InstructuneError
 
 # Record keys that place a record (x axis, run length) rather than measure anything.
 _NOT_CURVES = ("step", "total_steps")

@@ -12,48 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_config
-from .data.mixture import MixtureConfig
-from .data.prepare import build_mixture_examples, write_examples
-from .data.sources import read_jsonl
-from .data.support import write_support_data
-from .data.templates import load_task
-from .evaluate.compare import compare
-from .evaluate.report import before_after_markdown
-from .evaluate.score import evaluate_examples
-from .models import load_model
-from .train import Trainer
-
-TASKS = ("support_response", "support_intent")
-SPLITS = ("train", "validation", "test")
-
-
-def default_config_path() -> Path:
-    return Path(str(resources.files("instructune") / "configs" / "quickstart.yaml"))
-
-
-def build_support_instructions(run_dir: Path, seed: int = 0) -> dict[str, Path]:
-    """Write the built-in support data and render every split with both tasks, mixed 1:1.
-
-    Returns:
-        split -> path of its instruction JSONL (prompt, completion, task, template).
-    """
-    raw = write_support_data(run_dir / "data" / "raw", seed=seed)
-    out = {}
-    for split in SPLITS:
-        mixture = MixtureConfig.model_validate({
-            "tasks": [{"task": task, "data": str(raw[split])} for task in TASKS],
-            "strategy": "proportional", "seed": seed, "template": "sample",
-        })
-        examples, report = build_mixture_examples(mixture)
-        out[split] = write_examples(examples, run_dir / "data" / f"{split}.jsonl")
-        print(f"  {split}: {len(examples)} examples ({', '.join(f'{k} {v}' for k, v in report.counts.items())})")
-    return out
-
+from instructune.config import RunConfig, default_config_path, load_config
+from instructune.data.sources import read_jsonl
+from instructune.data.support import TASKS, build_support_instructions
+from instructune.data.templates import load_task
+from instructune.evaluate.compare import compare
+from instructune.evaluate.report import before_after_markdown
+from instructune.evaluate.score import evaluate_examples
+from instructune.models import load_model
+from instructune.train.trainer import Trainer
 
 def evaluate_split(model: Any, tokenizer: Any, examples: list[dict], *, limit: int, batch_size: int,
                    max_new_tokens: int) -> tuple[dict[str, dict], list[dict]]:

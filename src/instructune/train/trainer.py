@@ -25,21 +25,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .adapters import native_bf16, prepare_for_training, use_fast_dropout
-from .attention import use_packed_attention
-from .compiling import compile_blocks, uncompiled
-from .config import RunConfig, config_keys_help, load_config, save_config
-from .data.sources import read_examples
-from .errors import InstructuneError
-from .evaluate.score import evaluate_examples
-from .fsdp import gather_model_state, gather_optimizer_state, is_sharded, refuse_ignored_fsdp, state_loaders
-from .loss import causal_lm_loss_sum, seq2seq_loss_sum
-from .models import is_encoder_decoder, load_model
-from .optim import BF16AdamW
-from .pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
-from .runlog import MetricsLog, plot_losses
-from .tokenize import describe_report, tokenize_examples
+from instructune.train import checkpoint as ckpt
+from instructune.train.adapters import native_bf16, prepare_for_training, use_fast_dropout
+from instructune.train.attention import use_packed_attention
+from instructune.train.compiling import compile_blocks, uncompiled
+from instructune.config import RunConfig, config_keys_help, load_config, save_config
+from instructune.data.sources import read_examples
+from instructune.errors import InstructuneError
+from instructune.evaluate.score import evaluate_examples
+from instructune.train.fsdp import gather_model_state, gather_optimizer_state, is_sharded, refuse_ignored_fsdp, state_loaders
+from instructune.train.loss import causal_lm_loss_sum, seq2seq_loss_sum
+from instructune.models import is_encoder_decoder, load_model
+from instructune.train.optim import BF16AdamW
+from instructune.train.pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
+from instructune.train.runlog import MetricsLog, plot_losses
+from instructune.data.tokenize import describe_report, tokenize_examples
 
 
 class Trainer:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from instructune.errors import InstructuneError
-from instructune.evaluate.engine_cache import LoadedEngines, converted_folder, is_temporary
+from instructune.generation.engine_cache import LoadedEngines, converted_folder, is_temporary
 from instructune.models import is_encoder_decoder, merged_copy, unwrapped_model
 
 COMPUTE_TYPES = ("float32", "int8")

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from .config import LoraConfig as LoraSettings
-from .errors import InstructuneError
-from .models import is_encoder_decoder
+from instructune.config import LoraConfig as LoraSettings
+from instructune.errors import InstructuneError
+from instructune.models import is_encoder_decoder
 
 
 def prepare_for_training(model: Any, lora: LoraSettings, *, gradient_checkpointing: bool = False) -> Any:
