@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from instructune.errors import InstructuneError
 from instructune.models import is_encoder_decoder, merged_copy, unwrapped_model
+from instructune.models.families import FAMILIES, family_of
 
 COMPUTE_TYPES = ("float32", "bfloat16")
 # Answers in flight at least: a decode step reads every weight once whatever the number of rows, so on
@@ -42,7 +43,6 @@ COMPUTE_TYPES = ("float32", "bfloat16")
 MIN_SLOTS = 32
 # Prompt tokens per prefill forward at most (a single longer prompt still runs alone).
 PREFILL_TOKENS = 4096
-MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -56,15 +56,14 @@ def unsupported_reason(model: Any) -> str | None:
         return "encoder-decoder models use Hugging Face generate"
     base = unwrapped_model(model)
     config = base.config
-    if config.model_type not in MODEL_TYPES:
-        return f"model type {config.model_type!r} is not one of {', '.join(MODEL_TYPES)}"
+    family = family_of(config)
+    if family is None:
+        return f"model type {config.model_type!r} is not one of {', '.join(FAMILIES)}"
     if getattr(config, "quantization_config", None) is not None:
         return "quantized models use Hugging Face generate"
     if any(p.device.type != "cpu" for p in base.parameters()):
         return "the native engine runs on the CPU"
-    if getattr(config, "use_sliding_window", True) and getattr(config, "sliding_window", None):
-        return "sliding-window attention is not implemented"
-    return None
+    return family.engine_unsupported_reason(config)
 
 
 def decoding_model(model: Any, compute_type: str) -> Any:
@@ -172,28 +171,19 @@ class NativeDecoder:
         base = unwrapped_model(self.model)
         self.inner = base.model
         self.lm_head = base.lm_head
-        config = base.config
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.family = family_of(base.config)
+        self.dims = self.family.dims(base.config)
+        self.heads, self.kv_heads, self.head_dim = self.dims
         self.dtype = next(base.parameters()).dtype
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        self._rotate = apply_rotary_pos_emb
-
-    # The attention of one layer, for both phases; q, k, v arrive as (rows, heads, tokens, head dim).
+    # One decoder layer, for both phases: the family's layer, with this engine's cache write and attention
+    # (q, k, v arrive as (rows, heads, tokens, head dim)).
     def _layer(self, layer: Any, index: int, x: Any, cos: Any, sin: Any, write: Callable, attend: Callable) -> Any:
-        attention = layer.self_attn
-        rows, tokens, _ = x.shape
-        h = layer.input_layernorm(x)
-        q = attention.q_proj(h).view(rows, tokens, self.heads, self.head_dim).transpose(1, 2)
-        k = attention.k_proj(h).view(rows, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = attention.v_proj(h).view(rows, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = self._rotate(q, k, cos, sin)
-        write(index, k, v)
-        out = attend(index, q, k, v, attention.scaling)
-        x = x + attention.o_proj(out.transpose(1, 2).reshape(rows, tokens, self.heads * self.head_dim))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+        def cached_attention(q, k, v, scale):
+            write(index, k, v)
+            return attend(index, q, k, v, scale)
+
+        return self.family.decoder_layer(layer, x, cos, sin, self.dims, cached_attention)
 
     def _prefill(self, cache: _Slots, slots: list[int], rows: list[list[int]]) -> list[int]:
         """Run prompts through the model into their slots of the cache, in one forward; their first greedy tokens.

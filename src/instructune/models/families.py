@@ -1,0 +1,43 @@
+"""Model families: which module knows a model's architecture, and what falls back when none does.
+
+A family module (llama.py) holds everything instructune's own code needs to know of one architecture:
+the decoder layer its engines run and trace, its GGUF architecture, tensor names and norm convention,
+its tokenizer kind and the chat template to use when a model has none. Everything else in instructune
+is family-blind: a model of a family with no module still trains, evaluates and chats through
+transformers, and `fallbacks` says at run time what it runs without. A new family is one module here,
+one line in FAMILIES, and its tests.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from instructune.models import llama
+
+# transformers model_type -> the family module that covers it.
+FAMILIES: dict[str, ModuleType] = {model_type: llama for model_type in llama.MODEL_TYPES}
+
+
+def family_of(model_or_config: Any) -> ModuleType | None:
+    """The family module of a model (or its config, PEFT wrapper included), or None.
+
+    Example:
+        >>> family_of(load_model()[0]).NAME
+        'llama'
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    return FAMILIES.get(getattr(config, "model_type", None))
+
+
+def fallbacks(model_or_config: Any) -> list[str]:
+    """What a model of no known family runs without, one phrase each ([] for a known family).
+
+    Example:
+        >>> fallbacks(t5_config)
+        ["generation on Hugging Face generate (instructune's engines cover llama, mistral, qwen2)", 'no GGUF export']
+    """
+    if family_of(model_or_config) is not None:
+        return []
+    known = ", ".join(sorted(FAMILIES))
+    return [f"generation on Hugging Face generate (instructune's engines cover {known})", "no GGUF export"]
