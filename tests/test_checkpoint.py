@@ -1,5 +1,6 @@
 """Checkpoints: atomic folders, a kill during a save leaves the last good one, keep-last-K, exact round trip,
-strict loading (another model or LoRA shape is a one-line error), fsync before the rename."""
+strict loading (another model or LoRA shape is a one-line error), fsync before the rename, and unreadable
+files (one line naming the file; resume passes over them to the checkpoint before)."""
 
 import json
 import os
@@ -12,9 +13,12 @@ from safetensors.torch import load_file, save_file
 import tiny
 from instructune.train.checkpoint import (
     STATE_FILE,
+    UnreadableFile,
     checkpoint_dir,
     latest_checkpoint,
     load_checkpoint,
+    load_latest_checkpoint,
+    read_json_object,
     run_weights,
     save_checkpoint,
 )
@@ -225,3 +229,86 @@ class TestRunWeights:
         (tmp_path / "config.yaml").write_text("run_name: r\n")
         with pytest.raises(InstructuneError, match="has not finished"):
             run_weights(tmp_path)
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+class TestUnreadable:
+    @pytest.mark.parametrize("name, reason", [
+        (STATE_FILE, "not valid JSON"),
+        ("optimizer.pt", "truncated or corrupt (PytorchStreamReader failed reading zip archive"),
+        ("scheduler.pt", "truncated or corrupt ("),
+        ("rng.pt", "truncated or corrupt ("),
+        ("weights/model.safetensors", "truncated or corrupt safetensors file (incomplete metadata, file not fully covered)"),
+    ])
+    def test_a_truncated_file_is_one_line_naming_it_and_restores_nothing(self, tmp_path, tokenizer, name, reason):
+        model, optimizer, scheduler = parts(tokenizer)
+        take_step(model, optimizer, scheduler)
+        folder = save(tmp_path, 1, model, optimizer, scheduler)
+        truncate(folder / name)
+        fresh, fresh_optimizer, fresh_scheduler = parts(tokenizer, seed=1)
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        rng = torch.get_rng_state()
+        with pytest.raises(UnreadableFile) as error:
+            load_into(folder, fresh, fresh_optimizer, fresh_scheduler)
+        assert str(error.value).startswith(f"{folder / name}") and reason in str(error.value)
+        assert "\n" not in str(error.value)
+        # Every file is read before anything is restored: the model, optimizer and RNG are as they were.
+        assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+        assert not fresh_optimizer.state and torch.equal(torch.get_rng_state(), rng)
+
+    def test_a_checkpoint_without_weights_is_unreadable_not_another_model(self, tmp_path, tokenizer):
+        folder = save(tmp_path, 1, *parts(tokenizer))
+        (folder / "weights" / "model.safetensors").unlink()
+        with pytest.raises(UnreadableFile, match=r"weights: no weights \(\*.safetensors\) in this checkpoint"):
+            load_into(folder, *parts(tokenizer))
+
+    def test_json_that_is_not_an_object_or_not_json(self, tmp_path):
+        (tmp_path / "a.json").write_text('{"step": 1,\n "x": }')
+        with pytest.raises(UnreadableFile, match=r"a.json:2: not valid JSON \(Expecting value, column 7\)$"):
+            read_json_object(tmp_path / "a.json")
+        (tmp_path / "a.json").write_text("[1, 2]")
+        with pytest.raises(UnreadableFile, match="a.json: expected a JSON object, got list"):
+            read_json_object(tmp_path / "a.json")
+
+
+class TestLoadLatestCheckpoint:
+    def test_passes_over_an_unreadable_newest_checkpoint_says_so_and_sets_it_aside(self, tmp_path, tokenizer):
+        model, optimizer, scheduler = parts(tokenizer)
+        save(tmp_path, 1, model, optimizer, scheduler, note="good")
+        take_step(model, optimizer, scheduler)
+        bad = save(tmp_path, 2, model, optimizer, scheduler)
+        truncate(bad / "optimizer.pt")
+        said = []
+        folder, state = load_latest_checkpoint(tmp_path, say=said.append, set_aside=True,
+                                               **dict(zip(("model", "optimizer", "scheduler"), parts(tokenizer))))
+        assert folder.name == "step-0000001" and state == {"note": "good", "step": 1}
+        aside = checkpoint_dir(tmp_path) / "unreadable-step-0000002"
+        assert said == [f"passing over checkpoint step-0000002: {bad / 'optimizer.pt'}: truncated or corrupt "
+                        "(PytorchStreamReader failed reading zip archive: failed finding central directory); "
+                        f"moved to {aside}"]
+        assert (aside / "optimizer.pt").is_file() and latest_checkpoint(tmp_path).name == "step-0000001"
+
+    def test_no_readable_checkpoint_is_one_line_naming_the_newest_file(self, tmp_path, tokenizer):
+        model, optimizer, scheduler = parts(tokenizer)
+        for step in (1, 2):
+            truncate(save(tmp_path, step, model, optimizer, scheduler) / "rng.pt")
+        with pytest.raises(InstructuneError) as error:
+            load_latest_checkpoint(tmp_path, say=print, set_aside=True, model=model, optimizer=optimizer,
+                                   scheduler=scheduler)
+        message = str(error.value)
+        assert message.startswith(f"{checkpoint_dir(tmp_path) / 'step-0000002' / 'rng.pt'}: truncated or corrupt")
+        assert message.endswith("(the 1 earlier checkpoint cannot be read either); nothing to resume from: "
+                                "drop --resume and pass --overwrite to start again")
+        assert latest_checkpoint(tmp_path).name == "step-0000002"  # nothing moved when nothing loaded
+
+    def test_a_checkpoint_of_another_shape_is_an_error_not_passed_over(self, tmp_path, tokenizer):
+        save(tmp_path, 1, *lora_parts(tokenizer, r=4))
+        save(tmp_path, 2, *lora_parts(tokenizer, r=4))
+        model, optimizer, scheduler = lora_parts(tokenizer, r=8)
+        with pytest.raises(InstructuneError, match=r"step-0000002: checkpoint does not match the model"):
+            load_latest_checkpoint(tmp_path, say=pytest.fail, set_aside=True, model=model, optimizer=optimizer,
+                                   scheduler=scheduler)

@@ -1,7 +1,11 @@
-"""`instructune export`: a LoRA adapter merged into its base loads as a plain transformers model."""
+"""`instructune export`: a LoRA adapter merged into its base loads as a plain transformers model; a place that
+cannot be written is one line before the merge, and a write that fails midway leaves nothing."""
+
+import errno
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tiny
@@ -47,3 +51,18 @@ class TestExport:
         with pytest.raises(InstructuneError, match="not empty"):
             export_merged(adapter_run, tmp_path / "taken")
         assert (tmp_path / "taken" / "keep.txt").read_text() == "user data"
+
+    def test_missing_parent_folders_are_created(self, tmp_path, adapter_run):
+        assert main(["--adapter", str(adapter_run), "-o", str(tmp_path / "exported" / "deeper" / "merged")]) == 0
+        assert (tmp_path / "exported" / "deeper" / "merged" / "model.safetensors").is_file()
+
+    def test_a_full_disk_midway_is_one_line_and_leaves_nothing(self, tmp_path, adapter_run, monkeypatch):
+        def full_disk(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(transformers.PreTrainedTokenizerBase, "save_pretrained", full_disk)
+        out = tmp_path / "exported" / "merged"
+        with pytest.raises(InstructuneError) as error:
+            main(["--adapter", str(adapter_run), "-o", str(out)])
+        assert str(error.value) == f"{out}: could not write the merged model (No space left on device); nothing was left there"
+        assert list((tmp_path / "exported").iterdir()) == []  # the weights written before the tokenizer went too

@@ -1,6 +1,7 @@
 """`instructune export --gguf`: the file loads in transformers' GGUF reader with the merged model's logits,
 and the default model's own llama.cpp-made Q4_1 file is reproduced byte for byte."""
 
+import errno
 import importlib.util
 
 import gguf
@@ -113,6 +114,22 @@ class TestWriteGguf:
         with pytest.raises(InstructuneError, match="expected one of f32, f16, bf16, q8_0, q4_0, q4_1"):
             write_gguf(model, tokenizer, tmp_path / "m.gguf", "q6_k")
         assert (tmp_path / "taken.gguf").read_text() == "user data" and not (tmp_path / "m.gguf").exists()
+
+
+    def test_missing_parent_folders_are_created(self, merged, tmp_path):
+        out = write_gguf(*merged, tmp_path / "exported" / "deeper" / "m.gguf", "f16")
+        assert gguf.GGUFReader(out).fields["general.architecture"].contents() == "llama"
+
+    def test_a_full_disk_midway_is_one_line_and_leaves_no_partial_file(self, merged, tmp_path, monkeypatch):
+        def full_disk(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full_disk)
+        with pytest.raises(InstructuneError) as error:
+            write_gguf(*merged, tmp_path / "m.gguf", "f16")
+        assert str(error.value) == (f"{tmp_path / 'm.gguf'}: could not write the GGUF file (No space left on device); "
+                                    "nothing was left there")
+        assert list(tmp_path.iterdir()) == []
 
 
 class TestExportCli:

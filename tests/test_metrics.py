@@ -3,6 +3,8 @@
 import pytest
 from rouge_score import rouge_scorer
 
+from instructune.data.render import extra_references
+from instructune.data.templates import load_task
 from instructune.errors import InstructuneError
 from instructune.evaluate.metrics import (
     exact_match, generation_item_scores, generation_metrics, normalize_answer, rouge_scores, token_f1,
@@ -98,6 +100,25 @@ class TestGenerationMetrics:
         flat = generation_metrics([p for p, refs in zip(predictions, references) for _ in refs],
                                   [ref for refs in references for ref in refs])
         assert generation_metrics(predictions, references)["rouge1_mean_ref"] == pytest.approx(flat["rouge1"])
+
+    def test_repeated_reference_counts_once_per_row(self):
+        # DialogSum test_19: summary2 == summary3. The mean over references is over the 3 rows, by hand
+        # with rouge-score; best of 3 and the first reference do not change.
+        record = {"dialogue": "#Person1#: Can I help you? #Person2#: I'd like a new phone.",
+                  "summary1": "#Person1# helps #Person2# to choose a new phone.",
+                  "summary2": "#Person2# wants to buy a new mobile phone from #Person1#.",
+                  "summary3": "#Person2# wants to buy a new mobile phone from #Person1#."}
+        references = extra_references(load_task("dialogsum"), record, 0)
+        prediction = "#Person2# buys a new phone with a camera."
+        metrics = generation_metrics([prediction], [references])
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+        rows = [scorer.score(record[f"summary{k}"], prediction) for k in (1, 2, 3)]
+        for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+            values = [row[key].fmeasure for row in rows]
+            assert metrics[f"{key}_mean_ref"] == pytest.approx(sum(values) / 3)
+            assert metrics[f"{key}_mean_ref"] != pytest.approx((values[0] + values[1]) / 2)
+            assert metrics[key] == pytest.approx(max(values))
+            assert metrics[f"{key}_first_ref"] == pytest.approx(values[0])
 
     def test_mismatched_lengths_raise(self):
         with pytest.raises(InstructuneError, match="2 predictions but 1 references"):

@@ -1,14 +1,16 @@
-"""Model loading: local folders, adapters, clear errors, and the default model's GGUF -> safetensors conversion."""
+"""Model loading: local folders, adapters, clear errors (unreadable files named), context length, and the default
+model's GGUF -> safetensors conversion."""
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
 
 from instructune import models
 from instructune.errors import InstructuneError
-from instructune.models import load_model, resolve_model_path
+from instructune.models import check_adapter_folder, context_length, load_model, resolve_model_path
 
 
 class TestLoadModel:
@@ -32,6 +34,30 @@ class TestLoadModel:
     def test_missing_adapter_folder_is_an_error(self, tiny_llama_dir, tmp_path):
         with pytest.raises(InstructuneError, match="no adapter_config.json"):
             load_model(tiny_llama_dir, adapter=tmp_path)
+
+    def test_config_that_is_not_json_names_the_file_and_line(self, tiny_llama_dir, tmp_path):
+        folder = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+        (folder / "config.json").write_text('{\n  "model_type": "llama",\n}\n')
+        with pytest.raises(InstructuneError) as error:
+            load_model(folder)
+        assert str(error.value) == (f"{folder / 'config.json'}:3: not valid JSON "
+                                    "(Expecting property name enclosed in double quotes, column 1)")
+
+    def test_truncated_weights_or_none_at_all_name_the_folder_or_file(self, tiny_llama_dir, tmp_path):
+        folder = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:7])
+        with pytest.raises(InstructuneError, match=r"model.safetensors: truncated or corrupt safetensors file \(header too small\)"):
+            load_model(folder)
+        weights.unlink()
+        with pytest.raises(InstructuneError, match=r"model: no \*.safetensors weights \(instructune loads safetensors only"):
+            load_model(folder)
+
+    def test_context_length_is_read_from_the_config_and_none_for_relative_positions(self, llama, tokenizer):
+        import tiny
+
+        assert context_length(llama) == (512, "max_position_embeddings")
+        assert context_length(tiny.make_t5(tokenizer)) is None
 
     def test_cache_dir_follows_environment(self, monkeypatch, tmp_path):
         monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path))
@@ -67,6 +93,39 @@ class TestLoadAdapter:
         save_file({k: v for k, v in tensors.items() if k != sorted(tensors)[0]}, file)
         with pytest.raises(InstructuneError, match="1 missing"):
             load_model(tiny_llama_dir, adapter=adapter)
+
+
+class TestCheckAdapterFolder:
+    def test_a_good_adapter_gives_its_config(self, tiny_llama_dir, tmp_path):
+        adapter = _save_adapter(tiny_llama_dir, tmp_path / "adapter")
+        assert check_adapter_folder(adapter)["peft_type"] == "LORA"
+
+    @pytest.mark.parametrize("damage, message", [
+        (lambda a: (a / "adapter_model.safetensors").write_bytes(b""),
+         "adapter_model.safetensors: truncated or corrupt safetensors file (header too small)"),
+        (lambda a: (a / "adapter_config.json").write_text("[]"), "adapter_config.json: expected a JSON object, got list"),
+        (lambda a: (a / "adapter_config.json").write_text('{"r": 4}'),
+         "adapter_config.json: no 'peft_type' key (expected a PEFT adapter config)"),
+        (lambda a: (a / "adapter_config.json").write_bytes(b'{"r": "\xe9"}'),
+         "adapter_config.json: not UTF-8 text (byte offset 7); expected JSON"),
+    ])
+    def test_damaged_files_are_one_line_naming_the_file(self, tiny_llama_dir, tmp_path, damage, message):
+        adapter = _save_adapter(tiny_llama_dir, tmp_path / "adapter")
+        damage(adapter)
+        with pytest.raises(InstructuneError) as error:
+            load_model(tiny_llama_dir, adapter=adapter)
+        assert str(error.value) == f"{adapter}/{message}"
+        with pytest.raises(InstructuneError) as again:
+            models.adapter_base_model(adapter)  # export reads the base from here first: the same line
+        assert str(again.value) == str(error.value)
+
+    def test_an_adapter_peft_cannot_put_on_this_model_is_one_line(self, tiny_llama_dir, tmp_path):
+        adapter = _save_adapter(tiny_llama_dir, tmp_path / "adapter")
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["c_attn"]}))
+        with pytest.raises(InstructuneError, match=r"adapter: peft cannot load this adapter onto the model \(.*c_attn") as error:
+            load_model(tiny_llama_dir, adapter=adapter)
+        assert "\n" not in str(error.value)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from instructune.data.render import format_options, render_example, render_records
+from instructune.data.render import extra_references, format_options, render_example, render_records
 from instructune.data.templates import Options, Task, Template, list_tasks, load_task
 from instructune.errors import InstructuneError
 
@@ -277,6 +277,24 @@ def test_list_tasks_has_the_library():
     assert {"hellaswag", "piqa", "dialogsum", "dialogsum_reverse", "alpaca", "dolly", "support_response",
             "support_intent", "boolq"} <= set(list_tasks())
     assert all(set(name) <= set(string.ascii_lowercase + "_") for name in list_tasks())
+
+
+class TestExtraReferences:
+    """Numbered target columns (DialogSum test's summary1..3) give one reference per column."""
+
+    RECORD = {"dialogue": "#Person1#: Hi.", "summary1": "They greet.", "summary2": "A greeting.",
+              "summary3": "They greet.", "topic1": "hello", "topic2": "greeting", "topic3": "hi"}
+
+    def test_one_reference_per_column_duplicates_kept(self):
+        # DialogSum test_114 repeats summary1 as summary3: both rows count (issue 28).
+        assert extra_references(load_task("dialogsum"), self.RECORD, 0) == ["They greet.", "A greeting.", "They greet."]
+
+    def test_groups_the_target_does_not_read_give_none(self):
+        # dialogsum_reverse's target is the dialogue: summary1..3 and topic1..3 only change the prompt.
+        assert extra_references(load_task("dialogsum_reverse"), self.RECORD, 1) == []
+
+    def test_without_numbered_columns(self):
+        assert extra_references(load_task("dialogsum"), {"dialogue": "...", "summary": "S"}, 0) == []
 
 
 class TestLmEvalTasks:

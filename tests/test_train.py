@@ -1,9 +1,12 @@
-"""The training engine on a tiny Llama: learning, gradient accumulation, resume after SIGKILL, NaN, Ctrl-C, outputs."""
+"""The training engine on a tiny Llama: learning, gradient accumulation, resume after SIGKILL, NaN, Ctrl-C, outputs,
+and bad input as one line (issue 28): out of memory, max_length past the model's context, --resume without or
+with an unreadable checkpoint, overrides anywhere on the command line."""
 
 import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -105,7 +108,69 @@ def _write_jsonl(path, rows):
     return path
 
 
+def _cli_overrides(tmp_path, tiny_llama_dir, *more):
+    data = _write_jsonl(tmp_path / "train.jsonl", EXAMPLES)
+    return [f"output_dir={tmp_path}", f"model.name={tiny_llama_dir}", f"data.train={data}", *QUIET,
+            "train.batch_size=2", "lora.r=4", "run_name=run", *more]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    return line
+
+
 class TestResume:
+    def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(self, tmp_path, tiny_llama_dir, capsys):
+        overrides = _cli_overrides(tmp_path, tiny_llama_dir, "train.max_steps=2")
+        assert cli.main(["train", "--resume", *overrides]) == 0
+        out = capsys.readouterr().out
+        assert f"--resume: no checkpoint in {tmp_path / 'run' / 'checkpoints'} yet; starting the run at step 0\n" in out
+        assert [s for s, _ in losses(tmp_path / "run")] == [1, 2]
+
+    def test_help_says_what_resume_does_without_a_checkpoint(self):
+        text = " ".join(train_module.make_parser().format_help().split())
+        assert "With no checkpoint yet it says so in one line and starts at step 0." in text
+        assert "anywhere on the line, before or after the flags" in text
+
+    def test_overrides_after_the_flags_are_taken(self, tmp_path, tiny_llama_dir, capsys):
+        overrides = _cli_overrides(tmp_path, tiny_llama_dir)
+        assert cli.main(["train", *overrides, "train.max_steps=2"]) == 0
+        # `train CFG --resume key=value`: the override after the flag sets the new end of the run.
+        assert cli.main(["train", *overrides[:3], "--resume", *overrides[3:], "train.max_steps=3"]) == 0
+        assert f"resuming from {tmp_path / 'run' / 'checkpoints' / 'step-0000002'} (step 2)" in capsys.readouterr().out
+        assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3]
+
+    def test_a_word_that_is_no_override_or_an_unknown_flag_is_one_line(self, tmp_path, tiny_llama_dir, capsys):
+        overrides = _cli_overrides(tmp_path, tiny_llama_dir)
+        assert cli.main(["train", *overrides, "--resume", "max_steps"]) == 2
+        assert _error_line(capsys) == "instructune train: error: override 'max_steps': expected key=value, e.g. train.lr=1e-4"
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["train", *overrides, "--resmue"])
+        assert exit_info.value.code == 2
+        assert _error_line(capsys) == "instructune train: error: unrecognized arguments: --resmue"
+        assert not (tmp_path / "run").exists()
+
+    def test_an_unreadable_newest_checkpoint_is_passed_over_and_the_curve_continues(self, tmp_path, tiny_llama_dir,
+                                                                                   capsys):
+        overrides = _cli_overrides(tmp_path, tiny_llama_dir, "train.save_every_n_steps=1", "train.lr=1e-2")
+        assert cli.main(["train", *overrides, "train.max_steps=4"]) == 0
+        checkpoints = tmp_path / "run" / "checkpoints"
+        optimizer_file = checkpoints / "step-0000004" / "optimizer.pt"
+        optimizer_file.write_bytes(optimizer_file.read_bytes()[:100])  # a copy cut short
+        capsys.readouterr()
+        assert cli.main(["train", *overrides, "--resume", "train.max_steps=4"]) == 0
+        out = capsys.readouterr().out
+        assert (f"passing over checkpoint step-0000004: {optimizer_file}: truncated or corrupt (PytorchStreamReader "
+                f"failed reading zip archive: failed finding central directory); moved to "
+                f"{checkpoints / 'unreadable-step-0000004'}\n") in out
+        assert f"resuming from {checkpoints / 'step-0000003'} (step 3)" in out
+        assert cli.main(["train", *overrides, "train.max_steps=4", "run_name=straight"]) == 0
+        resumed, straight = losses(tmp_path / "run"), losses(tmp_path / "straight")
+        assert [s for s, _ in resumed] == [1, 2, 3, 4]
+        assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], abs=1e-6)
+
     def test_resume_with_another_lora_rank_is_one_line_naming_the_checkpoint(self, tmp_path, tiny_llama_dir, capsys):
         data = _write_jsonl(tmp_path / "train.jsonl", EXAMPLES)
         overrides = [f"output_dir={tmp_path}", f"model.name={tiny_llama_dir}", f"data.train={data}", *QUIET,
@@ -201,6 +266,102 @@ class TestStops:
                               resume=True)
         assert trainer.summary["steps"] == 4
         assert [s for s, _ in losses(config.run_dir)] == [1, 2, 3, 4]
+
+
+FORGETFUL = "DefaultCPUAllocator: can't allocate memory: you tried to allocate 53687091200 bytes. Error code 12"
+
+
+def _out_of_memory_at_call(monkeypatch, call_number):
+    """The trainer's loss raises the CPU allocator's error on its `call_number`-th micro-batch (1-based)."""
+    calls = []
+
+    def loss_sum(model, batch):
+        calls.append(1)
+        if len(calls) == call_number:
+            raise RuntimeError(FORGETFUL)
+        return causal_lm_loss_sum(model, batch)
+
+    monkeypatch.setattr(train_module, "causal_lm_loss_sum", loss_sum)
+
+
+class TestOutOfMemory:
+    def test_in_a_step_names_step_batch_shape_and_settings_and_keeps_the_last_checkpoint(self, tmp_path, tiny_llama_dir,
+                                                                                        capsys, monkeypatch):
+        overrides = _cli_overrides(tmp_path, tiny_llama_dir, "train.max_steps=5", "train.save_every_n_steps=1",
+                                   "train.keep_last_n_checkpoints=5", "data.packing=false")
+        _out_of_memory_at_call(monkeypatch, 3)
+        assert cli.main(["train", *overrides]) == 2
+        line = _error_line(capsys)
+        last = tmp_path / "run" / "checkpoints" / "step-0000002"
+        assert re.fullmatch(
+            r"instructune train: error: out of memory at step 3 on a batch of 2 row\(s\) x \d+ tokens "
+            r"\(train.batch_size=2, data.max_length=128\): lower train.batch_size \(raising train.grad_accum_steps "
+            r"keeps 2 rows per step\) or data.max_length, or set train.gradient_checkpointing=true; "
+            + re.escape(f"last good checkpoint: {last}"), line), line
+        # Nothing was saved from the failed state: step 2 is the newest checkpoint, no final weights.
+        assert ckpt.latest_checkpoint(tmp_path / "run") == last
+        assert not (tmp_path / "run" / "adapter").exists()
+        assert [s for s, _ in losses(tmp_path / "run")] == [1, 2]
+        monkeypatch.setattr(train_module, "causal_lm_loss_sum", causal_lm_loss_sum)
+        assert cli.main(["train", *overrides, "--resume"]) == 0  # and the run continues from it
+        assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+    @staticmethod
+    def _failing_run(tmp_path, tokenizer, n_validation, *overrides):
+        """A 4-step full fine-tune with `n_validation` validation examples that must fail; (config, its error)."""
+        config = make_config(tmp_path, "lora.enabled=false", "train.max_steps=4", "train.batch_size=4", *overrides)
+        with pytest.raises(InstructuneError) as error:
+            run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
+                        validation_examples=EXAMPLES[:n_validation])
+        return config, error
+
+    def test_in_the_validation_loss_names_the_step(self, tmp_path, tokenizer, monkeypatch):
+        # Steps 1 and 2 take one call each; validation after step 2 takes the 3rd.
+        _out_of_memory_at_call(monkeypatch, 3)
+        _, error = self._failing_run(tmp_path, tokenizer, 3, "train.eval_every_n_steps=2", "data.packing=false")
+        assert re.fullmatch(r"out of memory in the validation loss after step 2 on a batch of 3 row\(s\) x \d+ tokens "
+                            r"\(train.batch_size=4, data.max_length=128\): lower train.batch_size \(validation "
+                            r"batches use it\) or data.max_length; no checkpoint was saved yet", str(error.value))
+
+    def test_in_in_training_generation_names_the_step_and_the_train_settings(self, tmp_path, tokenizer, monkeypatch):
+        from instructune.evaluate import score
+
+        def generate(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        monkeypatch.setattr(score, "generate", generate)
+        config, error = self._failing_run(tmp_path, tokenizer, 2, "train.generate_every_n_steps=2",
+                                          "train.generate_samples=2", "train.generate_max_new_tokens=8",
+                                          "train.save_every_n_steps=1")
+        assert re.fullmatch(r"in-training generation after step 2: out of memory on batches of 2 prompt\(s\) of up to \d+ "
+                            r"tokens \+ up to 8 new tokens: lower train.batch_size or train.generate_max_new_tokens; "
+                            + re.escape(f"last good checkpoint: {config.run_dir / 'checkpoints' / 'step-0000001'}"),
+                            str(error.value)), str(error.value)
+
+    def test_other_runtime_errors_are_not_taken_for_out_of_memory(self, tmp_path, tokenizer, monkeypatch):
+        def loss_sum(model, batch):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+        monkeypatch.setattr(train_module, "causal_lm_loss_sum", loss_sum)
+        config = make_config(tmp_path, "lora.enabled=false", "train.max_steps=1")
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES)
+
+
+class TestContextLength:
+    def test_max_length_past_the_models_positions_is_one_line_before_anything_is_written(self, tmp_path,
+                                                                                          tiny_llama_dir, capsys):
+        overrides = _cli_overrides(tmp_path, tiny_llama_dir, "data.max_length=100000")
+        assert cli.main(["train", *overrides]) == 2
+        assert _error_line(capsys) == (
+            f"instructune train: error: config key 'data.max_length': 100000 tokens, but the model ({tiny_llama_dir}) "
+            "has a context of 512 (max_position_embeddings in its config.json); set data.max_length=512 or less")
+        assert not (tmp_path / "run").exists()
+
+    def test_the_full_context_is_allowed(self, tmp_path, tokenizer):
+        config = make_config(tmp_path, "lora.enabled=false", "train.max_steps=1", "data.max_length=512")
+        assert run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer,
+                           train_examples=EXAMPLES).summary["steps"] == 1
 
 
 class TestSignals:

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
+from instructune.board.form import task_data_rows, whole_number_or_none
 from instructune.board.state import Board, guarded
 from instructune.data.mixture import STRATEGIES, MixtureConfig
 from instructune.data.prepare import build_mixture_examples, format_summary, prepare

@@ -116,6 +116,12 @@ class _CompiledTask:
         self.inputs = [t.input for t in task.templates]
         self.inputs_without_options = [_OPTIONS_SLOT.sub("", t.input) for t in task.templates]
         self.targets = [t.target for t in task.templates]
+        # Raw columns each target reads (extra_references varies only these).
+        self.target_columns = [
+            frozenset(column for _, name, _, _ in string.Formatter().parse(t.target) if name
+                      for column in self.sources.get(name, (name,)))
+            for t in task.templates
+        ]
         self.show_options = [t.show_options for t in task.templates]
         self.used = [t.placeholders() for t in task.templates]
         self.conditional = [i for i, t in enumerate(task.templates) if t.when]
@@ -414,22 +420,27 @@ class _FewShot:
 def extra_references(task: Any, record: dict, template_index: int) -> list[str]:
     """All references of a record whose target columns come numbered (summary1, summary2, summary3).
 
-    Each numbered group (columns `<stem>1..<stem>N`, N >= 2) is read N times, the k-th time with every
-    column of the group holding the k-th value, and the template's target is rendered each time.
-    Records without numbered columns give [] (the example's completion is then the only reference).
+    Each numbered group (columns `<stem>1..<stem>N`, N >= 2) that the template's target reads is read N
+    times, the k-th time with every column of the group holding the k-th value, and the target is
+    rendered each time. Equal references are kept, one per column: the mean over the references counts
+    each human row, as the one-row-per-reference tables do (10 of DialogSum's 500 test dialogues repeat
+    a summary; issue 28). Empty renders are left out. Records without numbered columns that the target
+    reads give [] (the example's completion is then the only reference).
 
     Example:
         >>> extra_references(load_task("dialogsum"), {"dialogue": "...", "summary1": "A", "summary2": "B",
-        ...                  "summary3": "C"}, 0)
-        ['A', 'B', 'C']
+        ...                  "summary3": "B"}, 0)
+        ['A', 'B', 'B']
     """
     groups: dict[str, list[str]] = {}
     for column in record:
         match = _NUMBERED_COLUMN.match(column)
         if match and match.group(1):
             groups.setdefault(match.group(1), []).append(column)
+    # Groups the target does not read (topic1..3 under a summary target) would only repeat one reference.
+    read = _compiled(task).target_columns[template_index]
     groups = {stem: sorted(cols, key=lambda c: int(_NUMBERED_COLUMN.match(c).group(2)))
-              for stem, cols in groups.items() if len(cols) >= 2}
+              for stem, cols in groups.items() if len(cols) >= 2 and read & {stem, *cols}}
     if not groups:
         return []
     references = []
@@ -439,6 +450,6 @@ def extra_references(task: Any, record: dict, template_index: int) -> list[str]:
             value = record[cols[min(k, len(cols) - 1)]]
             variant.update({col: value for col in cols} | {stem: value})
         completion = render_example(task, variant, template_index)["completion"]
-        if completion.strip() and completion not in references:
+        if completion.strip():
             references.append(completion)
     return references

@@ -9,7 +9,8 @@ ROUGE-1 on DialogSum between the first and the last):
   SQuAD do; the most flattering.
 - first reference (`rouge1_first_ref`): the official DialogSum baseline's protocol (summary1).
 - mean over the references (`rouge1_mean_ref`): each reference scored alone, averaged; the protocol
-  of tables computed on the Hugging Face copy of DialogSum test (one row per reference).
+  of tables computed on the Hugging Face copy of DialogSum test (one row per reference), so a
+  reference given twice counts twice (data/render.py keeps DialogSum's repeated summaries).
 Exact match and token F1 take the best reference.
 
 Exact match and token F1 normalise text as the SQuAD evaluation script does: lower case, punctuation

@@ -4,18 +4,23 @@ For each --task/--data pair the raw records are rendered with the task's templat
 few-shot, a fixed template or a seeded sample) and scored by score.py in a named mode ("instruct" or
 "lm-eval", each task's own unless --mode says). Writes one metrics JSON (model, adapter, and per task
 its mode, split, template, start, every, limit, seed; package versions, timestamps) and the
-predictions JSONL beside it. Comparing runs is compare.py's job.
+predictions JSONL beside it. Where -o points is checked before the model loads, and both files are
+written beside their names and renamed into place, so a failed write leaves no half file. Running
+out of memory is one line naming the batch shape and what to lower (score.py). Comparing runs is
+compare.py's job.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from instructune.fileio.atomic import check_writable
 from instructune.data.render import parse_template_choice
 from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
@@ -166,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     decoding = Decoding(num_beams=args.num_beams, length_penalty=args.length_penalty,
                         no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    model, tokenizer = load_model(args.model, args.adapter)
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(output)  # before the model loads and the tasks run: an unwritable -o costs no waiting
+    model, tokenizer = load_model(args.model, args.adapter)
     tasks: dict[str, dict] = {}
     all_rows: list[dict] = []
     for task_name, data, limit, start, every in zip(args.task, args.data, limits, starts, strides):
@@ -189,9 +194,20 @@ def main(argv: list[str] | None = None) -> int:
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": package_versions(),
         "predictions": predictions_path(output).name, "tasks": tasks,
     }
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    with predictions_path(output).open("w") as handle:
-        for row in all_rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    predictions = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in all_rows)
+    _write_text(predictions_path(output), predictions)
+    _write_text(output, json.dumps(result, indent=2) + "\n")
     print(f"wrote {output} and {predictions_path(output)}")
     return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write beside `path`, then rename into place: a full disk leaves the old file or none, never half a one."""
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise InstructuneError(f"{path}: could not write it ({error.strerror or error}); nothing was left there") from None

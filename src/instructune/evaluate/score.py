@@ -5,8 +5,9 @@ and the other Hugging Face settings a `Decoding` names (generate.py, metrics.py)
 tasks (and classification tasks with options) by option log-likelihood (choice.py), in one of two
 named modes: "instruct" (prompts as training renders them, chat template) or "lm-eval"
 (lm-evaluation-harness 0.4's plain-text rules). Training's in-training checks, `instructune eval`, the
-quickstart and the benchmarks all call this file. Leaves out: the `eval` command and its files
-(run.py), comparing runs (compare.py).
+quickstart and the benchmarks all call this file. Running out of memory while scoring is one line
+(`OutOfMemory`) naming the batch shape and the settings to lower, under the caller's names for them.
+Leaves out: the `eval` command and its files (run.py), comparing runs (compare.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from typing import Any
 from instructune.data.render import extra_references, render_records
 from instructune.data.sources import load_records
 from instructune.data.templates import EVAL_MODES, KINDS, load_task
-from instructune.errors import InstructuneError
+from instructune.errors import InstructuneError, OutOfMemory, is_out_of_memory
 from instructune.evaluate.choice import score_choices
-from instructune.generation.generate import Decoding, generate
+from instructune.generation.generate import Decoding, encode_prompt, generate
 from instructune.evaluate.metrics import generation_item_scores, mean_scores
+from instructune.models import is_encoder_decoder
+
+# The `eval` command's names for batch_size and max_new_tokens, which an out-of-memory line tells to lower.
+EVAL_SETTINGS = ("--batch-size", "--max-new-tokens")
 
 
 def evaluate_examples(
@@ -37,6 +42,8 @@ def evaluate_examples(
     progress: bool = True,
     generate_options: dict | None = None,
     decoding: Decoding | None = None,
+    where: str = "scoring",
+    settings: tuple[str, str] = ("batch_size", "max_new_tokens"),
 ) -> tuple[dict[str, float], list[dict]]:
     """Score rendered examples with the method their kind calls for.
 
@@ -56,6 +63,9 @@ def evaluate_examples(
         generate_options: more keywords for `generate` (engine, compute_type, cache_engine).
         decoding: how generation searches (beam search, n-gram blocking, repetition penalty; Hugging
             Face `generate` only); None = plain greedy, which in-training checks keep.
+        where: what runs, for the out-of-memory line ("eval dialogsum", "in-training generation after step 40").
+        settings: the caller's names for batch_size and max_new_tokens, which that line tells to lower
+            (`instructune eval`: EVAL_SETTINGS; training: its train.* keys).
 
     Returns:
         (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
@@ -69,7 +79,27 @@ def evaluate_examples(
         ...                                   kind="generation")
         >>> rows[0]["prediction"], rows[0]["scores"]["exact_match"]
         ('4', 1.0)
+
+    Raises:
+        OutOfMemory: one line, e.g. `eval dialogsum: out of memory on batches of 8 prompts of up to 412
+            tokens + up to 128 new tokens: lower --batch-size or --max-new-tokens`.
     """
+    try:
+        return _evaluate_examples(model, tokenizer, examples, kind=kind, batch_size=batch_size,
+                                  max_new_tokens=max_new_tokens, chat_template=chat_template, mode=mode,
+                                  progress=progress, generate_options=generate_options, decoding=decoding)
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        lower = _out_of_memory_advice(model, tokenizer, examples, kind=kind, batch_size=batch_size,
+                                      max_new_tokens=max_new_tokens, chat_template=chat_template, mode=mode,
+                                      decoding=decoding, settings=settings)
+        raise OutOfMemory(f"{where}: out of memory on {lower}") from None
+
+
+def _evaluate_examples(model: Any, tokenizer: Any, examples: list[dict], *, kind: str, batch_size: int,
+                       max_new_tokens: int, chat_template: bool | None, mode: str, progress: bool,
+                       generate_options: dict | None, decoding: Decoding | None) -> tuple[dict[str, float], list[dict]]:
     if kind not in KINDS:
         raise InstructuneError(f"evaluate_examples: kind {kind!r}; expected one of {', '.join(KINDS)}")
     if not examples:
@@ -80,8 +110,7 @@ def evaluate_examples(
         if chat_template:
             raise InstructuneError("evaluate: mode 'lm-eval' scores plain text; drop --chat-template (or use --mode instruct)")
         chat_template = False
-    multiple_choice = kind == "multiple_choice" or (kind == "classification" and "options" in examples[0])
-    if multiple_choice:
+    if _multiple_choice(kind, examples):
         metrics, scored = score_choices(
             model, tokenizer, examples, batch_size=batch_size, chat_template=chat_template, mode=mode, progress=progress
         )
@@ -108,6 +137,28 @@ def evaluate_examples(
         for example, prediction, refs, scores in zip(examples, predictions, references, item_scores)
     ]
     return mean_scores(item_scores), rows
+
+
+def _multiple_choice(kind: str, examples: list[dict]) -> bool:
+    return kind == "multiple_choice" or (kind == "classification" and "options" in examples[0])
+
+
+def _out_of_memory_advice(model: Any, tokenizer: Any, examples: list[dict], *, kind: str, batch_size: int,
+                          max_new_tokens: int, chat_template: bool | None, mode: str, decoding: Decoding | None,
+                          settings: tuple[str, str]) -> str:
+    """The batch shape that did not fit and what to lower, for the out-of-memory line (runs only then)."""
+    rows = min(batch_size, len(examples))
+    if _multiple_choice(kind, examples):
+        if is_encoder_decoder(model):
+            return f"batches of {rows} example(s) with all their options: lower {settings[0]}"
+        return (f"packed rows of items and their options (decoder-only multiple choice packs by tokens, so "
+                f"{settings[0]} does not change it): free memory or use a smaller model")
+    template = False if mode == "lm-eval" else chat_template
+    longest = max(len(encode_prompt(model, tokenizer, example["prompt"], template)) for example in examples)
+    beams = decoding.num_beams if decoding else 1
+    per_prompt = f" x {beams} beams" if beams > 1 else ""
+    return (f"batches of {rows} prompt(s){per_prompt} of up to {longest} tokens + up to {max_new_tokens} new tokens: "
+            f"lower {settings[0]} or {settings[1]}")
 
 
 def _references_of(example: dict, index: int) -> list[str]:
@@ -186,7 +237,7 @@ def evaluate_task(
     metrics, rows = evaluate_examples(
         model, tokenizer, examples, kind=task.kind, batch_size=batch_size, max_new_tokens=max_new_tokens,
         chat_template=chat_template, mode=mode, progress=progress, generate_options=generate_options,
-        decoding=decoding,
+        decoding=decoding, where=f"eval {task.name}", settings=EVAL_SETTINGS,
     )
     seconds = time.perf_counter() - started
     generation = task.kind == "generation"

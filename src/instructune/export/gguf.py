@@ -6,6 +6,8 @@ the chat template; an Ollama Modelfile is written beside it (modelfile.py). Quan
 `gguf` package's own quantizers, so no compiler and no network are needed. Tensor types follow
 llama.cpp: norms stay F32; for 4-bit files the output matrix (the token embedding when tied) stays
 Q8_0, where llama-quantize would use Q6_K and falls back to Q8_0 on shapes like SmolLM2's.
+Missing parent folders of the output are created; a place that cannot be written is one line before
+the merge, and a write that fails midway (a full disk) removes its `.partial` file.
 What this file leaves out: other architectures (one error line names the supported one), K-quants
 (the `gguf` package cannot write them), and LoRA merging (models.merge_adapter).
 """
@@ -16,9 +18,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from instructune.fileio.atomic import check_writable
 from instructune.errors import InstructuneError
 from instructune.export.gguf_tokenizer import add_tokenizer
-from instructune.models import load_model, merge_adapter
+from instructune.models import check_adapter_folder, load_model, merge_adapter
 from instructune.export.modelfile import write_modelfile
 
 # --gguf name -> (gguf.LlamaFileType member, gguf.GGMLQuantizationType member of the big matrices)
@@ -166,10 +169,11 @@ def write_gguf(model: Any, tokenizer: Any, output: str | os.PathLike, gguf_type:
     output = Path(output)
     if output.exists():
         raise InstructuneError(f"{output}: file exists; choose a new path")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(output)
     tmp = output.with_name(f".{output.name}.partial")
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name or output.stem)
         add_hyperparameters(writer, model.config, gguf.LlamaFileType[GGUF_TYPES[gguf_type][0]])
@@ -182,6 +186,9 @@ def write_gguf(model: Any, tokenizer: Any, output: str | os.PathLike, gguf_type:
         writer.write_tensors_to_file()
         writer.close()
         tmp.rename(output)
+    except OSError as error:  # a full disk or a lost mount midway
+        raise InstructuneError(f"{output}: could not write the GGUF file ({error.strerror or error}); "
+                               "nothing was left there") from None
     finally:
         writer.close()
         tmp.unlink(missing_ok=True)
@@ -214,6 +221,11 @@ def export_gguf(output: str | os.PathLike, gguf_type: str, *, adapter: str | Non
     modelfile = output.with_suffix(".Modelfile")
     if modelfile.exists():
         raise InstructuneError(f"{modelfile}: file exists; choose a new output path")
+    if output.exists():
+        raise InstructuneError(f"{output}: file exists; choose a new path")
+    if adapter is not None:
+        check_adapter_folder(adapter)  # a bad adapter, then a bad place: both before the merge, nothing created
+    check_writable(output)
     if adapter is not None:
         loaded, tokenizer = merge_adapter(adapter, model=model)
     else:

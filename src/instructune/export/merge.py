@@ -5,7 +5,9 @@ writing lives in export_gguf.py, the merge (models.merge_adapter) is shared by b
 
 The result (safetensors weights, tokenizer with its chat template, generation config) loads with
 `AutoModelForCausalLM.from_pretrained` (or `AutoModelForSeq2SeqLM`) and needs neither peft nor
-instructune. What this file leaves out: training (train.py) and loading (models.py).
+instructune. Missing parent folders of `-o` are created; a place that cannot be written is one line
+before the merge starts (nothing created), and a write that fails midway (a full disk) leaves nothing at `-o`.
+What this file leaves out: training (train.py) and loading (models.py).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from instructune.fileio.atomic import atomic_folder
+from safetensors import SafetensorError
+
+from instructune.fileio.atomic import atomic_folder, check_writable
 from instructune.errors import InstructuneError
 from instructune.export.gguf import export_gguf
-from instructune.models import is_encoder_decoder, merge_adapter
+from instructune.models import check_adapter_folder, is_encoder_decoder, merge_adapter
 
 
 def export_merged(adapter: str | Path, output: str | Path, *, model: str | None = None) -> Path:
@@ -32,12 +36,20 @@ def export_merged(adapter: str | Path, output: str | Path, *, model: str | None 
         PosixPath('exported/smollm2-support')
     """
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise InstructuneError(f"{output}: a file is there; choose a new folder path")
     if output.exists() and any(output.iterdir()):
         raise InstructuneError(f"{output}: output folder exists and is not empty; choose a new path")
+    check_adapter_folder(adapter)  # a bad adapter, then a bad place: both before the merge, nothing created
+    check_writable(output)
     merged, tokenizer = merge_adapter(adapter, model=model)
-    with atomic_folder(output) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    try:
+        with atomic_folder(output) as tmp:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    except (OSError, SafetensorError) as error:  # a full disk midway: the temp folder is gone, nothing at output
+        reason = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise InstructuneError(f"{output}: could not write the merged model ({reason}); nothing was left there") from None
     return output
 
 

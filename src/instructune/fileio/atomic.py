@@ -8,6 +8,8 @@ without an error, every file and folder in it is fsynced, and it is swapped into
     remove .old-<name>
 
 At every moment one complete copy exists under `final` or `.old-<name>`; `complete_copy` finds it.
+`check_writable` checks, before any slow work, that a new file or folder can be made where the user
+asked, so a place that cannot be written is one line up front and nothing is created there yet.
 What this file leaves out: what goes into the folder (checkpoint.py, export.py, models.py) and
 which copies to keep (checkpoint.py prunes old steps).
 """
@@ -20,6 +22,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from instructune.errors import InstructuneError
 
 TMP_PREFIX = ".tmp-"
 OLD_PREFIX = ".old-"
@@ -37,6 +41,38 @@ def complete_copy(final: Path) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def check_writable(target: str | Path) -> Path:
+    """Check that `target` (a new file or folder) can be created: its missing parents too, by the writer.
+
+    Run it before slow work (a merge, an evaluation) so that a place that cannot be written costs no
+    waiting. Nothing is created: one empty probe file is made and removed in the nearest existing
+    parent folder, which catches a read-only disk or a place like /proc that a permission check misses.
+
+    Returns:
+        The nearest existing parent folder.
+
+    Raises:
+        InstructuneError: one line naming `target` and the reason, e.g.
+            `exported/x.gguf: cannot write there: exported is a file, not a folder` or
+            `/readonly/x.gguf: cannot write in /readonly (Read-only file system)`.
+
+    Example:
+        >>> check_writable("exported/support-bot.gguf")  # exported/ does not exist yet
+        PosixPath('.')
+    """
+    target = Path(target)
+    existing = next(p for p in target.parents if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        raise InstructuneError(f"{target}: cannot write there: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f"{TMP_PREFIX}probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise InstructuneError(f"{target}: cannot write in {existing} ({error.strerror or error})") from None
+    return existing
 
 
 @contextmanager

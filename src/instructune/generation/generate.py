@@ -9,12 +9,15 @@ OpenVINO engine (openvino_engine.py: GenAI's continuous batching and paged atten
 installed, else on the native engine (decode.py: unpadded prefill, continuous batching), both with
 the same answers in float32; CTranslate2 (fast.py) is there on request; sampling, beam search and
 the other `Decoding` settings, encoder-decoder and quantized models run on Hugging Face `generate`,
-which stays the reference (beam search is HF's own, not reimplemented). Streaming and stop strings
-other than end tokens are left out (chat.py streams).
+which stays the reference (beam search is HF's own, not reimplemented). A configuration OpenVINO
+crashes on (openvino_engine.crash_reason, or a probe in a child process that dies) is one line on
+stderr, and "auto" decodes on the next engine. Streaming and stop strings other than end tokens are
+left out (chat.py streams).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -200,11 +203,24 @@ def generate(
     # Longest first: similar lengths share a batch (less padding), and a memory error shows at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     decoding = decoding or Decoding()
-    chosen = _choose_engine(model, engine, compute_type, _hf_only_reason(do_sample, decoding), cache_engine)
+    hf_only = _hf_only_reason(do_sample, decoding)
+    notes: list[str] = []
+    chosen = _choose_engine(model, engine, compute_type, hf_only, cache_engine, notes)
+    pipeline = None
+    if chosen == "openvino":
+        try:
+            pipeline = openvino_engine.load_engine(model, compute_type=compute_type or "float32", cache=cache_engine)
+        except openvino_engine.EngineCrashed as crash:
+            if engine != "auto":
+                raise InstructuneError(f"generate: engine 'openvino' cannot run here: {crash.reason}; "
+                                       "use engine 'auto' or 'hf'") from None
+            # The verdict is kept now, so the choice passes OpenVINO over (and notes why).
+            chosen = _choose_engine(model, engine, compute_type, hf_only, cache_engine, notes)
+    for note in notes:
+        print(f"generate: {note}; decoding on the {chosen} engine", file=sys.stderr)
     new_tokens: list[list[int]] = [[] for _ in prompts]
     with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
         if chosen == "openvino":
-            pipeline = openvino_engine.load_engine(model, compute_type=compute_type or "float32", cache=cache_engine)
             rows = openvino_engine.generate_ids(pipeline, [encoded[i] for i in order], max_new_tokens=max_new_tokens,
                                                 stop_ids=stop_ids, on_done=lambda _: bar.update(1))
             for index, row in zip(order, rows):
@@ -240,14 +256,15 @@ def _hf_only_reason(do_sample: bool, decoding: Decoding) -> str | None:
 
 
 def _choose_engine(model: Any, engine: str, compute_type: str | None, hf_only: str | None,
-                   persistent: bool = True) -> str:
+                   persistent: bool = True, notes: list[str] | None = None) -> str:
     """The engine that runs: the one asked for, or for "auto" OpenVINO (when `persistent`) or the native
     one where they can, else "hf".
 
     `hf_only` says why the decoding asked for needs Hugging Face (None: plain greedy, any engine).
     `persistent` is False for weights that change between calls (in-training checks): "auto" skips
     OpenVINO, which would pay an export per call (~10 s for the default model) and cannot run in
-    `instructune train` anyway (it aborts beside the tcmalloc training runs under).
+    `instructune train` anyway (it aborts beside the tcmalloc training runs under). When "auto" passes
+    OpenVINO over because it would crash here (openvino_engine.crash_reason), `notes` gets the reason.
     """
     if engine == "hf":
         return "hf"
@@ -260,6 +277,11 @@ def _choose_engine(model: Any, engine: str, compute_type: str | None, hf_only: s
             reason = f"compute_type {compute_type!r} is not one of {', '.join(COMPUTE_TYPES[candidate])}"
         if engine == "auto" and candidate == "openvino" and not persistent:
             reason = reason or "weights that change between calls decode without an export"
+        if reason is None and candidate == "openvino" and (crash := openvino_engine.crash_reason(
+                model, compute_type or "float32")) is not None:
+            reason = crash
+            if engine == "auto" and notes is not None and f"openvino engine skipped: {crash}" not in notes:
+                notes.append(f"openvino engine skipped: {crash}")
         if reason is None and (engine != "auto" or candidate != "ct2" or compute_type == "int8"):
             return candidate
         if engine != "auto":

@@ -20,12 +20,29 @@ Exports of instructune's cached models (the default model) are kept beside them,
 the weights, so evaluating one again loads in seconds. Everything else is exported to a temporary
 folder removed after loading. What the engine cannot take (`unsupported_reason`) goes to the native
 engine or Hugging Face `generate` (generate.py).
+
+A crash in OpenVINO's C++ is a fatal signal, not an exception: it would end `instructune eval` with
+every answer. One is known and refused before any export (`crash_reason`): on CPUs with AMX, bfloat16
+on one thread dies with SIGFPE while compiling (OpenVINO 2026.4.1; every Llama shape tried, from the
+tests' tiny model to SmolLM2-135M). The CPU plugin fuses each gated MLP (gate, up, SiLU, down; hidden
+and intermediate sizes multiples of 32) into its AMX-only LLMMLP node, whose down projection is split
+over `threads / 2` workers, and divides by that (`LinearKsplit2::setup` in llm_mlp.cpp): zero on one
+thread. Float32, two or more threads (OpenVINO counts at most the CPUs the process may run on), or a
+CPU without AMX (oneDNN capped below AMX with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 runs) compile
+fine; the KV-cache precision, prefix caching and the scheduler's batch size play no part.
+
+Whatever else would crash is contained: before this process compiles a model in a configuration the
+machine has not proven, a child process loads the export with the same settings and generates two
+tokens (`_PROBE_SCRIPT`, engine_probe.py): 0.5-1 s for the tests' tiny model, 2.5-3.3 s and 1.1 GB
+at its peak for SmolLM2-135M on a 2-core Xeon, paid once per configuration and machine. A child that
+dies or fails raises `EngineCrashed`, and "auto" decodes on the next engine.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +50,7 @@ from typing import Any, Callable
 from instructune.cli.allocator import preloaded_allocator
 from instructune.errors import InstructuneError
 from instructune.generation import native as decode
+from instructune.generation import engine_probe
 from instructune.generation.engine_cache import LoadedEngines, converted_folder, is_temporary
 from instructune.models import merged_copy, unwrapped_model
 
@@ -48,6 +66,33 @@ MODEL_FILE = "openvino_model.xml"
 
 # The pipelines loaded for one model object in its current weights, by compute type.
 _LOADED = LoadedEngines()
+
+# The probe's child: only OpenVINO is imported (no torch: it starts in ~0.4 s). argv: the exported
+# folder, the scheduler's fields and the compile properties as JSON. Two prompts with a shared beginning
+# run two steps: prefill with prefix caching, then a decode step over the paged KV cache.
+_PROBE_SCRIPT = """
+import json, sys
+import numpy as np, openvino as ov, openvino_genai
+folder, fields, properties = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+scheduler = openvino_genai.SchedulerConfig()
+for name, value in fields.items():
+    setattr(scheduler, name, value)
+pipeline = openvino_genai.ContinuousBatchingPipeline(folder, scheduler, "CPU", properties)
+config = openvino_genai.GenerationConfig()
+config.max_new_tokens, config.do_sample = 2, False
+for index, row in enumerate([[1, 2, 3, 4], [1, 2, 3]]):
+    pipeline.add_request(index, ov.Tensor(np.array([row], dtype=np.int64)), config)
+while pipeline.has_non_finished_requests():
+    pipeline.step()
+"""
+
+
+class EngineCrashed(InstructuneError):
+    """OpenVINO crashes (or crashed in a probe) on this model and compute type here; `reason` says how."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"openvino engine: {reason}")
+        self.reason = reason
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -74,6 +119,66 @@ def unsupported_reason(model: Any) -> str | None:
     return decode.unsupported_reason(model)
 
 
+def crash_reason(model: Any, compute_type: str = "float32") -> str | None:
+    """Why OpenVINO would crash loading `model` in `compute_type` on this machine, or None when not known to.
+
+    Known without trying: bfloat16 on one thread on an AMX CPU (SIGFPE compiling; the module docstring
+    has the cause). Else the verdict of an earlier probe of the same configuration (engine_probe.py).
+    The thread count is PyTorch's, which the engine is given, capped by the CPUs the process may use.
+
+    Example:
+        >>> torch.set_num_threads(1); crash_reason(model, "bfloat16")  # on a Xeon with AMX
+        'bfloat16 on one thread crashes OpenVINO on AMX CPUs (SIGFPE compiling its fused MLP, which splits work over threads / 2)'
+    """
+    threads = _threads()
+    if (known := _known_crash(compute_type, threads)) is not None:
+        return known
+    outcome = engine_probe.known_failure(_probe_key(model, compute_type, threads))
+    return None if outcome is None else _probe_reason(outcome, compute_type, threads)
+
+
+def _known_crash(compute_type: str, threads: int) -> str | None:
+    """The crash found in OpenVINO 2026.4.1, refused without a probe (the module docstring has the cause)."""
+    if compute_type == "bfloat16" and threads == 1 and "amx_bf16" in engine_probe.cpu_flags():
+        return ("bfloat16 on one thread crashes OpenVINO on AMX CPUs (SIGFPE compiling its fused MLP, "
+                "which splits work over threads / 2)")
+    return None
+
+
+def _threads() -> int:
+    """The threads OpenVINO runs on: PyTorch's count (`load_engine` passes it on), at most the usable CPUs."""
+    import torch
+
+    return min(torch.get_num_threads(), engine_probe.usable_cpus())
+
+
+def _probe_key(model: Any, compute_type: str, threads: int) -> dict[str, Any]:
+    """What a probe's verdict depends on: OpenVINO's version, the model's shape, the compute type, threads, CPU."""
+    import openvino
+
+    config = unwrapped_model(model).config
+    return engine_probe.machine_key(
+        engine="openvino", version=openvino.__version__, model_type=config.model_type,
+        layers=config.num_hidden_layers, hidden=config.hidden_size, intermediate=config.intermediate_size,
+        heads=config.num_attention_heads, kv_heads=config.num_key_value_heads, head_dim=_head_dim(config),
+        vocab=config.vocab_size, compute_type=compute_type, threads=threads,
+    )
+
+
+def _probe_reason(outcome: str, compute_type: str, threads: int) -> str:
+    return (f"OpenVINO {outcome} in a probe (a child process loading this model in {compute_type} on {threads} "
+            f"thread{'s' * (threads > 1)}; verdicts are kept in {engine_probe.probes_path()}: delete it to probe again)")
+
+
+def _probe_command(folder: Path, scheduler_fields: dict[str, Any], properties: dict[str, Any]) -> list[str]:
+    """The probe child's argv: `_PROBE_SCRIPT` on the exported folder with the settings the pipeline gets."""
+    return [sys.executable, "-c", _PROBE_SCRIPT, str(folder), json.dumps(scheduler_fields), json.dumps(properties)]
+
+
+def _head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _traceable(model: Any) -> Any:
     """`model` (plain, float32) as a module whose forward takes and returns the KV cache as tensors.
 
@@ -88,7 +193,7 @@ def _traceable(model: Any) -> Any:
 
     inner, lm_head, config = model.model, model.lm_head, model.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    head_dim = _head_dim(config)
     group = heads // kv_heads
 
     class Traceable(torch.nn.Module):
@@ -148,7 +253,7 @@ def export(model: Any, out_dir: str | Path) -> Path:
     plain = merged_copy(model).float().eval()
     config = plain.config
     layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = _head_dim(config)
     past_names = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     inputs = ["input_ids", "attention_mask", "position_ids", *past_names]
     outputs = ["logits", *(name.replace("past_key_values", "present") for name in past_names)]
@@ -198,6 +303,10 @@ def load_engine(model: Any, *, compute_type: str = "float32", cache: bool = True
         cache: keep the loaded pipeline in this process while the weights stay the same, and the
             default model's export under `cache_dir()/models`, keyed by a hash of the weights. Off for
             weights that change between calls: then the export goes to a temporary folder.
+
+    Raises:
+        EngineCrashed: OpenVINO crashes on this configuration here (`crash_reason`), or the probe of a
+            configuration new to this machine crashed or failed; this process goes on.
     """
     import openvino_genai
     import torch
@@ -206,19 +315,27 @@ def load_engine(model: Any, *, compute_type: str = "float32", cache: bool = True
         raise InstructuneError(f"openvino engine: compute_type {compute_type!r}; expected one of {', '.join(COMPUTE_TYPES)}")
     if cache and (engine := _LOADED.get(model, compute_type)) is not None:
         return engine
+    if (reason := crash_reason(model, compute_type)) is not None:
+        raise EngineCrashed(reason)
     config = unwrapped_model(model).config
-    kv_heads, layers = config.num_key_value_heads, config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    bytes_per_token = layers * 2 * kv_heads * head_dim * (4 if compute_type == "float32" else 2)
-    scheduler = openvino_genai.SchedulerConfig()
-    scheduler.cache_size = max(1, -(-bytes_per_token * CACHE_TOKENS // 2**30))  # whole GB
-    scheduler.max_num_batched_tokens = PREFILL_TOKENS
-    scheduler.enable_prefix_caching = True
+    bytes_per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * _head_dim(config) * (
+        4 if compute_type == "float32" else 2)
+    scheduler_fields = {"cache_size": max(1, -(-bytes_per_token * CACHE_TOKENS // 2**30)),  # whole GB
+                        "max_num_batched_tokens": PREFILL_TOKENS, "enable_prefix_caching": True}
     precision = _PRECISION[compute_type]
     properties = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": precision,
                   "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     folder = converted_folder(model, suffix="ov", marker=MODEL_FILE, write=lambda out: export(model, out), persist=cache)
     try:
+        # A configuration this machine has not run yet is tried in a child first: a crash ends only it.
+        threads = _threads()
+        outcome = engine_probe.probe(_probe_key(model, compute_type, threads),
+                                     _probe_command(folder, scheduler_fields, properties))
+        if outcome is not None:
+            raise EngineCrashed(_probe_reason(outcome, compute_type, threads))
+        scheduler = openvino_genai.SchedulerConfig()
+        for name, value in scheduler_fields.items():
+            setattr(scheduler, name, value)
         engine = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", properties)
     finally:
         if is_temporary(folder, "ov"):

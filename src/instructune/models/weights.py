@@ -9,19 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from instructune.errors import InstructuneError
+from instructune.errors import InstructuneError, UnreadableFile
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def saved_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    """{tensor name: shape} of safetensors files, read from their headers without loading the tensors."""
+    """{tensor name: shape} of safetensors files, read from their headers without loading the tensors.
+
+    safetensors checks that the header is whole and that its tensors cover the file exactly, so a
+    truncated or overwritten file is caught here, before any tensor is loaded.
+
+    Raises:
+        UnreadableFile: one line naming the file, e.g.
+            `adapter/adapter_model.safetensors: truncated or corrupt safetensors file (invalid header length)`.
+    """
     shapes = {}
     for path in files:
-        with safe_open(path, framework="pt") as handle:
-            shapes.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})
+        try:
+            with safe_open(path, framework="pt") as handle:
+                shapes.update({k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()})
+        except SafetensorError as error:
+            reason = str(error).removeprefix("Error while deserializing header: ")
+            raise UnreadableFile(f"{path}: truncated or corrupt safetensors file ({reason})") from None
+        except OSError as error:
+            raise UnreadableFile(f"{path}: cannot read it ({error.strerror or error})") from None
     return shapes
 
 

@@ -3,7 +3,10 @@
 A checkpoint folder is written through `atomic.atomic_folder` (temp folder, fsync, rename), so a
 kill or a power loss during a save never damages the last good one, not even a re-save of the same
 step; `latest_checkpoint` only sees complete folders. Loading is strict: weights of another model,
-LoRA shape or training mode are a one-line error naming the checkpoint and the mismatch.
+LoRA shape or training mode are a one-line error naming the checkpoint and the mismatch. A file
+that cannot be read at all (truncated by a full disk, corrupted in a copy, not JSON) is an
+`UnreadableFile` naming it; every file of a checkpoint is read before anything is restored, so
+`load_latest_checkpoint` can pass over an unreadable checkpoint to the one before it.
 The data position is the optimizer step: the trainer's batch order is a pure function of
 (seed, step), so restoring the step restores the data stream exactly.
 """
@@ -11,20 +14,23 @@ The data position is the optimizer step: the trainer's batch order is a pure fun
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
+from instructune.errors import InstructuneError, UnreadableFile
 from instructune.fileio.atomic import OLD_PREFIX, TMP_PREFIX, atomic_folder, complete_copy
-from instructune.errors import InstructuneError
+from instructune.fileio.jsonio import read_json_object
 from instructune.models.weights import ADAPTER_FILE, check_weights_match, saved_shapes
 
 STATE_FILE = "trainer_state.json"
 PREFIX = "step-"
+UNREADABLE_PREFIX = "unreadable-"  # where resume moves a checkpoint it cannot read (never deleted)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -98,6 +104,8 @@ def load_weights(model: Any, folder: Path, load_state: Callable[[dict], None] | 
     """
     folder = Path(folder)
     checkpoint = folder.parent if folder.name == "weights" else folder
+    if not any(folder.glob("*.safetensors")):
+        raise UnreadableFile(f"{folder}: no weights (*.safetensors) in this checkpoint")
     is_adapter, is_peft = (folder / ADAPTER_FILE).is_file(), hasattr(model, "peft_config")
     if is_adapter != is_peft:
         held = "a LoRA adapter" if is_adapter else "full model weights"
@@ -202,13 +210,84 @@ def load_checkpoint(
 ) -> dict:
     """Restore weights, optimizer, scheduler and RNG from `folder`; returns the saved trainer state.
 
+    Every file is read (and the weights' headers checked) before anything is restored, so an
+    unreadable file (`UnreadableFile`) leaves the model, optimizer, scheduler and RNG as they were.
     The `load_*_state` callables put full states into an FSDP-sharded model and its optimizer (fsdp.py).
     """
+    folder = Path(folder)
+    state = read_json_object(folder / STATE_FILE)
+    if not isinstance(state.get("step"), int):
+        raise UnreadableFile(f"{folder / STATE_FILE}: no integer 'step' (not a trainer state written by instructune)")
+    optimizer_state, scheduler_state, rng = (_torch_load(folder / name) for name in ("optimizer.pt", "scheduler.pt", "rng.pt"))
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor):
+        raise UnreadableFile(f"{folder / 'rng.pt'}: no torch RNG state (not a checkpoint file written by instructune)")
     load_weights(model, folder / "weights", load_model_state)
     try:
-        (load_optimizer_state or optimizer.load_state_dict)(torch.load(folder / "optimizer.pt", weights_only=True))
+        (load_optimizer_state or optimizer.load_state_dict)(optimizer_state)
     except (ValueError, KeyError) as error:
         raise InstructuneError(f"{folder}: optimizer state does not match this run's parameters ({error})") from None
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(torch.load(folder / "rng.pt", weights_only=True)["torch"])
-    return json.loads((folder / STATE_FILE).read_text())
+    scheduler.load_state_dict(scheduler_state)
+    torch.set_rng_state(rng["torch"])
+    return state
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load (tensors and plain containers only); a file it cannot read is one UnreadableFile line."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        reason = str(error).split(". ")[0].strip() or ("empty or cut short" if isinstance(error, EOFError) else type(error).__name__)
+        raise UnreadableFile(f"{path}: truncated or corrupt ({reason})") from None
+
+
+def load_latest_checkpoint(run_dir: Path, *, say: Callable[[str], None], set_aside: bool, **parts: Any) -> tuple[Path, dict]:
+    """Load the newest checkpoint that can be read; an unreadable one is passed over, said, and set aside.
+
+    `parts` are `load_checkpoint`'s keywords (model, optimizer, scheduler, ...). A checkpoint that reads
+    but does not fit the run (another model, LoRA rank) is an error at once: the ones before it would not
+    fit either. With `set_aside` (the main process) an unreadable folder passed over is renamed to
+    `unreadable-step-N` beside the others and kept for the user, so it is neither resumed from nor
+    taken for the last good checkpoint again.
+
+    Returns:
+        (the checkpoint folder loaded, its trainer state).
+
+    Raises:
+        InstructuneError: no checkpoint at all, or none readable (naming the newest one's unreadable file).
+
+    Example:
+        >>> load_latest_checkpoint(Path("runs/x"), say=print, set_aside=True, model=m, optimizer=o, scheduler=s)
+        passing over checkpoint step-0000004: runs/x/checkpoints/step-0000004/optimizer.pt: truncated or corrupt (...); moved to runs/x/checkpoints/unreadable-step-0000004
+        (PosixPath('runs/x/checkpoints/step-0000002'), {'step': 2, ...})
+    """
+    candidates = _complete_checkpoints(run_dir)[::-1]
+    if not candidates:
+        raise InstructuneError(f"{run_dir}: no checkpoint to resume from in {checkpoint_dir(run_dir)}")
+    unreadable: list[tuple[Path, UnreadableFile]] = []
+    for folder in candidates:
+        try:
+            state = load_checkpoint(folder, **parts)
+        except UnreadableFile as error:
+            unreadable.append((folder, error))
+            continue
+        for bad, error in unreadable:
+            say(f"passing over checkpoint {bad.name}: {error}; {_set_aside(bad) if set_aside else 'kept'}")
+        return folder, state
+    newest = unreadable[0][1]
+    earlier = len(unreadable) - 1
+    more = f" (the {earlier} earlier checkpoint{'s' if earlier > 1 else ''} cannot be read either)" if earlier else ""
+    raise InstructuneError(f"{newest}{more}; nothing to resume from: drop --resume and pass --overwrite to start again")
+
+
+def _set_aside(folder: Path) -> str:
+    """Rename an unreadable checkpoint to `unreadable-step-N` (a free name); it stays on disk for the user."""
+    name = UNREADABLE_PREFIX + folder.name.removeprefix(OLD_PREFIX)
+    target, n = folder.with_name(name), 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{name}.{n}")
+    try:
+        os.replace(folder, target)
+    except OSError as error:
+        return f"left in place ({error.strerror or error})"
+    return f"moved to {target}"

@@ -4,7 +4,11 @@ Reads top to bottom: `Trainer.__init__` takes the validated config, `setup()` bu
 dependency order, `train()` runs the optimizer steps, `cleanup()` leaves the process group of a
 multi-process launch, and `main()` is the `instructune train` command.
 The batch order is a pure function of (seed, step), so a checkpoint's step is its data position and
-a resumed run continues the same loss curve. What this file leaves out: tokenization (tokenize.py),
+a resumed run continues the same loss curve. `--resume` with no checkpoint yet says so in one line
+and starts at step 0 (so a job that always passes it can be relaunched); an unreadable newest
+checkpoint is passed over for the one before it, saying so. Running out of memory in a step or a validation is one line naming
+the step, the batch shape and the settings to lower; nothing is saved from that state, so the last
+good checkpoint stays the newest. What this file leaves out: tokenization (tokenize.py),
 packing (pack.py), LoRA/QLoRA wrapping (adapters.py), the loss (loss.py), checkpoint files
 (checkpoint.py) and evaluation (evaluate/).
 """
@@ -31,11 +35,11 @@ from instructune.train.attention import use_packed_attention
 from instructune.train.compiling import compile_blocks, uncompiled
 from instructune.config import RunConfig, config_keys_help, load_config, save_config
 from instructune.data.sources import read_examples
-from instructune.errors import InstructuneError
+from instructune.errors import InstructuneError, OutOfMemory, is_out_of_memory
 from instructune.evaluate.score import evaluate_examples
 from instructune.train.fsdp import gather_model_state, gather_optimizer_state, is_sharded, refuse_ignored_fsdp, state_loaders
 from instructune.train.loss import causal_lm_loss_sum, seq2seq_loss_sum
-from instructune.models import is_encoder_decoder, load_model
+from instructune.models import DEFAULT_MODEL, context_length, is_encoder_decoder, load_model
 from instructune.train.optim import BF16AdamW
 from instructune.train.pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
 from instructune.train.runlog import MetricsLog, plot_losses
@@ -75,7 +79,11 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=self._mixed_precision(), cpu=not torch.cuda.is_available())
         refuse_ignored_fsdp(self.accelerator)
         self.world = self.accelerator.num_processes
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume and ckpt.latest_checkpoint(self.run_dir) is None:
+            # Said before the model loads, so a mistyped run_name shows at once; a job that always passes
+            # --resume (a requeued or killed launch) still starts when nothing was saved yet.
+            self._say(f"--resume: no checkpoint in {ckpt.checkpoint_dir(self.run_dir)} yet; starting the run at step 0")
+            self.resume = False
 
         # Model before data: tokenization needs the tokenizer and the model kind.
         if self.model is None:
@@ -83,6 +91,8 @@ class Trainer:
                 cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, load_in_4bit=cfg.lora.load_in_4bit,
                 device=self.accelerator.device,
             )
+        self._check_context_length()  # before the run folder exists: a bad max_length writes nothing
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.encoder_decoder = is_encoder_decoder(self.model)
         if cfg.data.packing and not self.encoder_decoder:
             refuse_packed_flash_attention(self.model, cfg.train.batch_size)
@@ -133,6 +143,15 @@ class Trainer:
             f"{self.total_steps} steps; {sum(p.numel() for p in self.params):,} trainable parameters; "
             f"precision {'bf16-true (bf16 weights and AdamW state, stochastic rounding)' if cfg.train.precision == 'bf16-true' else self.accelerator.mixed_precision}"
         )
+
+    def _check_context_length(self) -> None:
+        """Refuse rows longer than the model's positions: past them the attention mask alone can ask for tens of GB."""
+        limit = context_length(self.model)
+        max_length = self.config.data.max_length
+        if limit is not None and max_length > limit[0]:
+            raise InstructuneError(
+                f"config key 'data.max_length': {max_length} tokens, but the model ({self.config.model.name or DEFAULT_MODEL}) "
+                f"has a context of {limit[0]} ({limit[1]} in its config.json); set data.max_length={limit[0]} or less")
 
     def _compile(self) -> None:
         cfg = self.config
@@ -213,11 +232,11 @@ class Trainer:
         """Run (or resume) training to `total_steps`; returns a summary dict."""
         cfg = self.config
         start_step, state = 0, {"best_val_loss": None, "bad_evals": 0}
-        last = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
-        if last is not None:
-            state = ckpt.load_checkpoint(last, model=self.accelerator.unwrap_model(self.model),
-                                         optimizer=self.optimizer, scheduler=self.scheduler,
-                                         **state_loaders(self.accelerator, self.model, self.optimizer))
+        if self.resume:
+            last, state = ckpt.load_latest_checkpoint(
+                self.run_dir, say=self._say, set_aside=self.accelerator.is_main_process,
+                model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer, scheduler=self.scheduler,
+                **state_loaders(self.accelerator, self.model, self.optimizer))
             start_step = state["step"]
             self._say(f"resuming from {last} (step {start_step})")
         elif self.accelerator.is_main_process and ckpt.latest_checkpoint(self.run_dir) is not None:
@@ -248,7 +267,13 @@ class Trainer:
                 if self._stop_requested():
                     raise KeyboardInterrupt
                 step_started = time.perf_counter()
-                loss, grad_norm, tokens = self._optimizer_step(step)
+                try:
+                    loss, grad_norm, tokens = self._optimizer_step(step)
+                except (RuntimeError, MemoryError) as error:
+                    if not is_out_of_memory(error):
+                        raise
+                    self.optimizer.zero_grad(set_to_none=True)  # the step's gradients; its weights are never saved
+                    raise InstructuneError(self._out_of_memory(f"at step {step + 1}", training=True)) from None
                 train_seconds += time.perf_counter() - step_started
                 step += 1
                 self._updating = False  # the weights are those of `step` again
@@ -259,9 +284,18 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 if self._due(step, cfg.train.eval_every_n_steps) and self.validation_rows:
-                    record["val_loss"] = self.validation_loss()
+                    try:
+                        record["val_loss"] = self.validation_loss()
+                    except (RuntimeError, MemoryError) as error:
+                        if not is_out_of_memory(error):
+                            raise
+                        raise InstructuneError(self._out_of_memory(f"in the validation loss after step {step}",
+                                                                   training=False)) from None
                 if self._due(step, cfg.train.generate_every_n_steps) and self.generation_sample:
-                    record.update(self.generation_metrics())
+                    try:
+                        record.update(self.generation_metrics(step))
+                    except OutOfMemory as error:
+                        raise InstructuneError(f"{error}; {self._kept()}") from None
                 scored = {k: v for k, v in record.items() if k.startswith(("val_", "gen_"))}
                 if scored:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scored.items()))
@@ -295,6 +329,7 @@ class Trainer:
 
     def _optimizer_step(self, step: int) -> tuple[float, float, int]:
         """One optimizer step over all its micro-batches; loss = sum over label tokens / their count."""
+        self._batch_shape = None
         batches = self.step_batches(step)
         # Count the labels of the whole step (all micro-batches, all processes) before any backward,
         # so each token weighs the same however the step is split.
@@ -303,6 +338,7 @@ class Trainer:
         total = max(float(total), 1.0)
         loss_total = 0.0
         for i, batch in enumerate(batches):
+            self._batch_shape = tuple(batch["input_ids"].shape)  # (B, T), for an out-of-memory line
             sync = i == len(batches) - 1
             context = self.accelerator.no_sync(self.model) if not sync else nullcontext()
             with context:
@@ -312,9 +348,7 @@ class Trainer:
             loss_total += float(loss_sum.detach())
         loss = float(self.accelerator.reduce(torch.tensor(loss_total, device=self.accelerator.device), "sum")) / total
         if not math.isfinite(loss):
-            last = ckpt.latest_checkpoint(self.run_dir)
-            kept = f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
-            raise InstructuneError(f"loss became {loss} at step {step + 1}; training stopped ({kept}). "
+            raise InstructuneError(f"loss became {loss} at step {step + 1}; training stopped ({self._kept()}). "
                                    "Try a lower train.lr or precision=fp32")
         grad_norm = 0.0
         self._updating = True  # from here until the loop counts the step, no checkpoint may be written
@@ -325,6 +359,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         tokens = sum(b["num_tokens"] for b in batches)
         return loss, grad_norm, tokens
+
+    def _kept(self) -> str:
+        last = ckpt.latest_checkpoint(self.run_dir)
+        return f"last good checkpoint: {last}" if last else "no checkpoint was saved yet"
+
+    def _out_of_memory(self, where: str, *, training: bool) -> str:
+        """The out-of-memory line: where, the micro-batch that did not fit (rows x tokens), what to lower."""
+        cfg = self.config
+        shape = getattr(self, "_batch_shape", None)  # None: memory ran out before the first micro-batch ran
+        batch = (f"a batch of {shape[0]} row(s) x {shape[-1]} tokens" if shape else
+                 f"batches of up to {cfg.train.batch_size} row(s) x {cfg.data.max_length} tokens")
+        lower = (f"lower train.batch_size (raising train.grad_accum_steps keeps {self.rows_per_step} rows per step) "
+                 f"or data.max_length" if training else "lower train.batch_size (validation batches use it) or "
+                 "data.max_length")
+        if training and not cfg.train.gradient_checkpointing:
+            lower += ", or set train.gradient_checkpointing=true"
+        return (f"out of memory {where} on {batch} (train.batch_size="
+                f"{cfg.train.batch_size}, data.max_length={cfg.data.max_length}): {lower}; {self._kept()}")
 
     def _request_stop(self, signum, frame) -> None:
         """Signal handler: stop after the step in flight; a second signal stops at once, but never mid-update."""
@@ -342,15 +394,22 @@ class Trainer:
         self.model.eval()
         total, count = 0.0, 0
         size = self.config.train.batch_size
+        self._batch_shape = None
         with torch.no_grad():
             for i in range(0, len(self.validation_rows), size):
-                loss_sum, n = self._loss_sum(self._collate(self.validation_rows[i : i + size]))
+                batch = self._collate(self.validation_rows[i : i + size])
+                self._batch_shape = tuple(batch["input_ids"].shape)
+                loss_sum, n = self._loss_sum(batch)
                 total, count = total + float(loss_sum), count + n
         self.model.train()
         return total / max(count, 1)
 
-    def generation_metrics(self) -> dict[str, float]:
-        """Generate on the fixed validation sample; ROUGE and exact match against the completions."""
+    def generation_metrics(self, step: int | None = None) -> dict[str, float]:
+        """Generate on the fixed validation sample; ROUGE and exact match against the completions.
+
+        Raises:
+            OutOfMemory: one line naming `step`, the batch shape and the train.* settings to lower.
+        """
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
         with uncompiled(model):
@@ -360,6 +419,7 @@ class Trainer:
                 # cache_engine=False keeps "auto" off OpenVINO (an export per check; it aborts beside tcmalloc).
                 batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
                 chat_template=self.config.model.chat_template, generate_options={"cache_engine": False},
+                where=f"in-training generation after step {step}", settings=("train.batch_size", "train.generate_max_new_tokens"),
             )
         model.train()
         return {f"gen_{k}": metrics[k] for k in ("rouge1", "rougeL", "exact_match", "f1") if k in metrics}
@@ -483,14 +543,19 @@ def make_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="YAML run config (e.g. src/instructune/configs/quickstart.yaml, configs/).")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 data.packing=false")
-    parser.add_argument("--resume", action="store_true", help="Continue from the run's latest checkpoint.")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 data.packing=false; "
+                        "anywhere on the line, before or after the flags")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue from the run's latest checkpoint; an unreadable one is passed over for the one "
+                        "before it (said, and moved to checkpoints/unreadable-step-N). With no checkpoint yet it "
+                        "says so in one line and starts at step 0.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an earlier run's checkpoints in the run folder.")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    # Intermixed: `train CFG --resume train.max_steps=4` puts the override after a flag.
+    args = make_parser().parse_intermixed_args(argv)
     config_path = args.config
     overrides = list(args.overrides)
     if config_path and "=" in config_path and not Path(config_path).exists():
