@@ -20,7 +20,7 @@ Run from the project root:
 
 The OpenVINO engines (ov-fp32, ov-bf16) abort beside a preloaded tcmalloc, so under `LD_PRELOAD=...tcmalloc...`
 run them with --fresh: their child processes drop it, the other engines keep it. Their export and compile
-are timed apart (setup), as CTranslate2's conversion is.
+are timed apart (setup).
 
 `--choice-limit N` adds issue 13's multiple-choice half to the same run and the same table: the first N
 validation items of PIQA and HellaSwag scored by lm-evaluation-harness and by instructune's lm-eval mode
@@ -55,15 +55,12 @@ ENGINES = {
     "native-bf16": ({"engine": "native", "compute_type": "bfloat16"}, None),
     "ov-fp32": ({"engine": "openvino", "compute_type": "float32"}, None),
     "ov-bf16": ({"engine": "openvino", "compute_type": "bfloat16"}, None),
-    "ct2-fp32": ({"engine": "ct2", "compute_type": "float32"}, None),
-    "ct2-int8": ({"engine": "ct2", "compute_type": "int8"}, None),
 }
 DEFAULT_ENGINES = "hf-fp32,hf-bf16,hf-bf16w,native-fp32,native-bf16"
 LABELS = {
     "hf-fp32": "HF generate, fp32", "hf-bf16": "HF generate, bf16 autocast", "hf-bf16w": "HF generate, bf16 weights",
     "native-fp32": "instructune native, fp32", "native-bf16": "instructune native, bf16 weights",
     "ov-fp32": "instructune OpenVINO, fp32", "ov-bf16": "instructune OpenVINO, bf16",
-    "ct2-fp32": "CTranslate2, fp32", "ct2-int8": "CTranslate2, int8",
 }
 
 
@@ -160,7 +157,6 @@ def main() -> int:
     from instructune.data.render import extra_references, render_records
     from instructune.data.sources import load_records
     from instructune.data.templates import load_task
-    from instructune.generation import fast
     from instructune.generation import openvino_engine
     from instructune.generation.native import MIN_SLOTS
     from instructune.generation.generate import generate
@@ -187,14 +183,12 @@ def main() -> int:
     references = [extra_references(task, record, 0) or [example["completion"]]
                   for example, record in zip(examples, records)]
 
-    # Engine setup apart from decoding: CTranslate2's conversion (or its cache), HF's bf16 copy.
+    # Engine setup apart from decoding: OpenVINO's export (or its cache) and compile, HF's bf16 copy.
     setup_seconds = {}
     bf16_copy = None
     for name in engines if not args.fresh else ():
         started = time.perf_counter()
-        if ENGINES[name][0]["engine"] == "ct2":
-            fast.load_engine(model, tokenizer, compute_type=ENGINES[name][0]["compute_type"])
-        elif ENGINES[name][0]["engine"] == "openvino":  # export (or its cache) and compile, outside the clock
+        if ENGINES[name][0]["engine"] == "openvino":  # export (or its cache) and compile, outside the clock
             openvino_engine.load_engine(model, compute_type=ENGINES[name][0]["compute_type"])
         elif ENGINES[name][1] == "weights":
             bf16_copy = copy.deepcopy(model).to(torch.bfloat16).eval()
@@ -275,7 +269,7 @@ def main() -> int:
     if choice:
         lines.extend(choice["rows"])
     if setup_seconds:
-        lines += ["", "Engine setup, not in the table (CTranslate2's conversion or cache, HF's bf16 copy): "
+        lines += ["", "Engine setup, not in the table (OpenVINO's export and compile, HF's bf16 copy): "
                   + ", ".join(f"{name} {value:.1f} s" for name, value in setup_seconds.items())]
     if choice:
         lines += ["", *choice["notes"]]

@@ -136,7 +136,7 @@ class TestEvalOutOfMemory:
         examples = [{"prompt": "Which one?", "options": ["the first one", "the second one"], "label": 0}]
         with pytest.raises(OutOfMemory) as error:
             evaluate_examples(tiny.make_llama(tokenizer), tokenizer, examples, kind="multiple_choice", progress=False,
-                              where="eval piqa", settings=EVAL_SETTINGS)
+                              label="eval piqa", settings=EVAL_SETTINGS)
         assert str(error.value) == ("eval piqa: out of memory on packed rows of items and their options (decoder-only "
                                     "multiple choice packs by tokens, so --batch-size does not change it): free memory "
                                     "or use a smaller model")

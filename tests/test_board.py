@@ -195,15 +195,17 @@ class TestDataTab:
 
 
 class TestEvalTab:
-    def test_arguments_pair_tasks_with_data_inside_the_folder(self, board, support):
+    def test_settings_pair_tasks_with_data_inside_the_folder(self, board, support):
+        from instructune.evaluate.run import TaskData
+
         table = pd.DataFrame([["support_intent", "data/raw/test.jsonl"], ["", ""]], columns=eval_tab.TASK_COLUMNS)
-        argv = eval_tab.eval_arguments(board, table, "5", "16")
-        assert argv == ["--task", "support_intent", "--data", str(board.work.root / "data/raw/test.jsonl"),
-                        "--limit", "5", "--max-new-tokens", "16"]
+        tasks, options = eval_tab.eval_settings(board, table, "5", "16")
+        assert tasks == [TaskData("support_intent", str(board.work.root / "data/raw/test.jsonl"), limit=5)]
+        assert options.max_new_tokens == 16
         with pytest.raises(InstructuneError, match="evaluation: --limit: 'five' is not a whole number"):
-            eval_tab.eval_arguments(board, table, "five", "")
+            eval_tab.eval_settings(board, table, "five", "")
         with pytest.raises(InstructuneError, match="evaluation: no task rows"):
-            eval_tab.eval_arguments(board, table.iloc[1:], "", "")
+            eval_tab.eval_settings(board, table.iloc[1:], "", "")
 
     def test_table_shows_every_column_the_comparison_rows_carry(self, tmp_path):
         rows = [{"task": "t", "metric": "rougeL", "before": 0.2, "after": 0.41234567, "delta": 0.21234567,
@@ -237,17 +239,11 @@ class TestChatTab:
 
 
 class TestExportTab:
-    def test_gguf_is_offered_only_when_export_has_the_option(self, monkeypatch):
-        import argparse
+    def test_the_gguf_types_are_the_exports_own(self):
+        from instructune.export.merge import make_parser
 
-        import instructune.export.merge as export
-
-        with_gguf = argparse.ArgumentParser()
-        with_gguf.add_argument("--gguf", choices=["f16", "q8_0"])
-        monkeypatch.setattr(export, "make_parser", lambda: with_gguf)
-        assert export_tab.gguf_types() == ["f16", "q8_0"]
-        monkeypatch.setattr(export, "make_parser", argparse.ArgumentParser)
-        assert export_tab.gguf_types() == []
+        assert export_tab.gguf_types() == ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"]
+        assert all(kind in make_parser().format_help() for kind in export_tab.gguf_types())
 
     def test_a_full_fine_tune_needs_no_export(self, board):
         run = board.work.root / "runs" / "full"

@@ -111,7 +111,8 @@ class TestChatSession:
 
     def test_sampling_when_temperature_is_positive(self, llama, tokenizer):
         session = ChatSession(llama.eval(), tokenizer, max_new_tokens=8, temperature=0.8, top_p=0.9)
-        assert session._generation_kwargs()["do_sample"] is True
+        config = session._generation_kwargs()["generation_config"]
+        assert config.do_sample is True and (config.temperature, config.top_p) == (0.8, 0.9)
         assert isinstance(session.reply("Hello"), str)
 
     def test_stops_at_im_end(self, session, tokenizer):

@@ -15,8 +15,9 @@ from instructune.cli.allocator import preloaded_allocator
 from instructune.errors import InstructuneError
 from instructune.generation import engine_probe
 from instructune.generation import openvino_engine
-from instructune.generation.generate import _choose_engine, encode_prompt, generate, stop_token_ids
-from test_decode import _qwen2
+from instructune.generation.engines import Sampling, Where
+from instructune.generation.generate import GenerateOptions, encode_prompt, generate, select_engine, stop_token_ids
+from test_native import _qwen2
 from test_generate import _chatty, assert_greedy_equal_with_early_stops, hf_greedy_ids, lora_with_effect
 
 pytest.importorskip("openvino_genai")
@@ -117,8 +118,7 @@ class TestGreedyEquality:
     def test_generate_answers_equal_hf_in_input_order(self, llama, tokenizer):
         model = _chatty(llama)
         hf = generate(model, tokenizer, PROMPTS, max_new_tokens=16, batch_size=3, progress=False, engine="hf")
-        ov = generate(model, tokenizer, PROMPTS, max_new_tokens=16, progress=False, engine="openvino",
-                      cache_engine=False)
+        ov = generate(model, tokenizer, PROMPTS, max_new_tokens=16, progress=False, engine="openvino")
         assert ov == hf and all(hf)
 
     def test_repeated_and_shared_prefix_prompts_keep_their_answers(self, llama, tokenizer):
@@ -186,17 +186,20 @@ class TestEngineCache:
 @pytest.mark.openvino_auto
 class TestChoice:
     def test_auto_prefers_openvino_but_not_for_in_training_checks(self, llama, no_preload, threads_for_bfloat16):
-        assert _choose_engine(llama, "auto", None, None) == "openvino"
-        assert _choose_engine(llama, "auto", "bfloat16", None) == "openvino"
-        assert _choose_engine(llama, "auto", None, None, persistent=False) == "native"
-        assert _choose_engine(llama, "auto", "int8", None) == "ct2"
-        assert _choose_engine(llama, "auto", None, "it decodes greedily only") == "hf"
+        here = Where.here()
+        assert select_engine(llama, GenerateOptions(), here).engine == "openvino"
+        assert select_engine(llama, GenerateOptions(compute_type="bfloat16"), here).engine == "openvino"
+        checks = select_engine(llama, GenerateOptions(), Where.here(weights_change=True))
+        assert checks.engine == "native" and checks.news == ()  # by design, nothing to say
+        assert select_engine(llama, GenerateOptions(sampling=Sampling()), here).engine == "hf"
+        assert select_engine(llama, GenerateOptions(), Where(auto_engines=("native", "hf"))).engine == "native"
 
     def test_a_preloaded_allocator_is_refused_and_auto_falls_back(self, llama, tokenizer, monkeypatch):
         monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
-        assert "libtcmalloc_minimal" in openvino_engine.unsupported_reason(llama)
-        assert _choose_engine(llama, "auto", None, None) == "native"
-        with pytest.raises(InstructuneError, match="engine 'openvino' cannot run here: OpenVINO aborts beside"):
+        chosen = select_engine(llama, GenerateOptions(), Where.here())
+        assert chosen.engine == "native" and chosen.news == ("openvino",)
+        assert "libtcmalloc_minimal" in dict(chosen.passed_over)["openvino"]
+        with pytest.raises(InstructuneError, match="engine 'openvino' cannot run here: it aborts beside the preloaded"):
             generate(llama, tokenizer, ["Hi"], progress=False, engine="openvino")
 
     def test_unsupported_models_and_sampling(self, tokenizer, llama, no_preload):
@@ -206,16 +209,17 @@ class TestChoice:
         with pytest.raises(InstructuneError, match="encoder-decoder"):
             generate(t5, tokenizer, PROMPTS[:2], max_new_tokens=4, progress=False, engine="openvino")
         with pytest.raises(InstructuneError, match="greedily"):
-            generate(llama, tokenizer, PROMPTS[:2], do_sample=True, progress=False, engine="openvino")
+            generate(llama, tokenizer, PROMPTS[:2], sampling=Sampling(), progress=False, engine="openvino")
 
     def test_eval_command_keeps_glibc_malloc_when_openvino_decodes(self):
-        from instructune.cli import _decodes_on_openvino
+        from instructune.cli import allocator_for
 
-        assert _decodes_on_openvino(["eval", "--task", "dialogsum"])
-        assert _decodes_on_openvino(["eval", "--engine", "openvino"])
-        assert not _decodes_on_openvino(["eval", "--engine", "native"])
-        assert not _decodes_on_openvino(["eval", "--engine=hf"])
-        assert not _decodes_on_openvino(["train", "config.yaml"])
+        assert allocator_for(["eval", "--task", "dialogsum"]) == "system"
+        assert allocator_for(["eval", "--engine", "openvino"]) == "system"
+        assert allocator_for(["eval", "--engine", "native"]) == "tcmalloc"
+        assert allocator_for(["eval", "--engine=hf"]) == "tcmalloc"
+        assert allocator_for(["train", "config.yaml"]) == "tcmalloc"
+        assert allocator_for(["compare", "a.json"]) == "system"
 
     @needs_openvino
     def test_eval_command_decodes_on_openvino_by_default_with_hf_answers(self, tmp_path, tiny_llama_dir, monkeypatch):
@@ -238,9 +242,9 @@ class TestCrashes:
         assert torch.get_num_threads() == 1  # conftest
         assert "SIGFPE" in openvino_engine.crash_reason(model, "bfloat16")
         assert openvino_engine.crash_reason(model, "float32") is None
-        notes = []
-        assert _choose_engine(model, "auto", "bfloat16", None, notes=notes) == "native"
-        assert len(notes) == 1 and "one thread crashes OpenVINO on AMX CPUs" in notes[0]
+        chosen = select_engine(model, GenerateOptions(compute_type="bfloat16"), Where.here())
+        assert chosen.engine == "native" and chosen.news == ("openvino",)
+        assert "one thread crashes OpenVINO on AMX CPUs" in dict(chosen.passed_over)["openvino"]
         with pytest.raises(InstructuneError, match="engine 'openvino' cannot run here: bfloat16 on one thread crashes"):
             generate(model, tokenizer, PROMPTS, max_new_tokens=8, progress=False, engine="openvino",
                      compute_type="bfloat16")

@@ -196,7 +196,7 @@ class TestMixture:
             json.dumps(row) + "\n" for row in [*PIQA_ROWS[:3], {"goal": "g", "sol1": "a", "label": 0}]))
         with pytest.raises(InstructuneError, match=r"lacks field 'sol2' at .*piqa\.jsonl:4"):
             build_task_examples(tmp_path / "piqa.jsonl", "piqa", start=2, template=0)
-        with pytest.raises(InstructuneError, match=r"piqa\.jsonl: start 9, but the file holds only 4 records"):
+        with pytest.raises(InstructuneError, match=r"piqa\.jsonl: start 9, but it holds only 4 records"):
             build_task_examples(tmp_path / "piqa.jsonl", "piqa", start=9)
 
     def test_unknown_key_is_one_line_naming_it(self, raw_dir):

@@ -29,7 +29,7 @@ class TestQuickstart:
         assert result["train"]["steps"] == 2
 
     def test_test_split_never_overlaps_training_data(self, tmp_path, tiny_llama_dir):
-        from instructune.data.sources import read_jsonl
+        from instructune.fileio.jsonio import read_jsonl
         from instructune.data.support import build_support_instructions
 
         paths = build_support_instructions(tmp_path)

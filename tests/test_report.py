@@ -430,7 +430,7 @@ class TestEvalThenCompare:
         (["--limit", "1", "--limit", "2", "--limit", "3"], "3 --limit for 2 --task; give it once"),
         (["--start", "-1"], "--start -1; expected a number >= 0"),
         (["--every", "0"], "--every 0; expected a number >= 1"),
-        (["--start", "10"], "--start 10, but .*piqa.jsonl gives only 1 examples"),
+        (["--start", "10"], "eval piqa: .*piqa.jsonl: --start 10, but it holds only 1 examples"),
     ])
     def test_bad_slices_are_one_line(self, tmp_path, tiny_llama_dir, flags, error):
         piqa = tmp_path / "piqa.jsonl"

@@ -5,7 +5,8 @@ import json
 import datasets
 import pytest
 
-from instructune.data.sources import load_records, read_jsonl, record_location, record_locations
+from instructune.data.sources import load_records, record_location, record_locations
+from instructune.fileio.jsonio import read_jsonl
 from instructune.errors import InstructuneError
 
 ROWS = [{"instruction": "Say hi", "input": "", "output": "Hi"}, {"instruction": "Add", "input": "1+1", "output": "2"}]

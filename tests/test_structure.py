@@ -131,6 +131,13 @@ class TestImports:
         assert folders == ["board", "cli", "configs", "data", "evaluate", "export", "fileio", "generation", "models",
                            "train"], folders
 
+    def test_board_tabs_call_the_api_not_each_other_or_the_cli(self):
+        for name, path in MODULES.items():
+            if name.startswith("instructune.board.") and name.endswith("_tab"):
+                imported = {target for target, _, _ in _internal_imports(path)}
+                assert not {t for t in imported if t.endswith("_tab") or t.startswith("instructune.cli")}, name
+                assert ".main(" not in path.read_text(), f"{name} runs a command's main(argv)"
+
     def test_report_only_draws(self):
         imported = {target for target, _, _ in _internal_imports(MODULES["instructune.evaluate.report"])}
         assert "instructune.evaluate.compare" not in imported

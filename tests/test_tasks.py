@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from instructune.data.sources import read_jsonl
+from instructune.fileio.jsonio import read_jsonl
 from instructune.data.render import render_example, render_records
 from instructune.data.templates import METRICS, TASKS_DIR, list_tasks, load_task
 

@@ -1,7 +1,7 @@
 """The Evaluate tab: the base and tuned runs on tasks with ground truth, then the before/after comparison.
 
-One `instructune eval` per model (evaluate/run.py's `main`, the same files as the command) and one
-`instructune compare` over them (evaluate/compare.py), all under `.board/eval/<time>/`. The page shows
+One `evaluate_to_file` per model (evaluate/run.py, the files `instructune eval` writes) and one
+`compare_runs` over them (evaluate/compare.py, `instructune compare`'s), all under `.board/eval/<time>/`. The page shows
 the comparison rows with whatever columns they carry (confidence intervals included when compare
 adds them), the chart compare drew, and example predictions beside their references.
 Leaves out: scoring and comparing (evaluate/), and any table logic of its own.
@@ -20,31 +20,29 @@ import pandas as pd
 from instructune.board.form import task_data_rows, whole_number_or_none
 from instructune.board.state import Board, guarded
 from instructune.errors import InstructuneError
-from instructune.evaluate import compare as compare_command
-from instructune.evaluate import run as eval_command
-from instructune.evaluate.compare import example_predictions, read_predictions
+from instructune.evaluate.compare import compare_runs, example_predictions, read_predictions
+from instructune.evaluate.run import TaskData, evaluate_to_file
+from instructune.generation.generate import GenerateOptions
 
 TASK_COLUMNS = ["task", "data"]
 
 
-def eval_arguments(board: Board, table: Any, limit: Any, max_new_tokens: Any) -> list[str]:
-    """The `instructune eval` arguments shared by every model: --task/--data pairs, --limit, ...
+def eval_settings(board: Board, table: Any, limit: Any, max_new_tokens: Any) -> tuple[list[TaskData], GenerateOptions]:
+    """What every model is scored on: the tasks with their data (and the example limit), and the answer cap.
 
     Task YAML and data paths must lie in the working folder.
     """
-    argv: list[str] = []
-    for _, _, task, data in task_data_rows(board, table, TASK_COLUMNS, "evaluation"):
-        argv += ["--task", task, "--data", data]
-    if not argv:
+    cap = whole_number_or_none(limit, "evaluation: --limit")
+    tasks = [TaskData(task, data, limit=cap) for _, _, task, data in task_data_rows(board, table, TASK_COLUMNS,
+                                                                                     "evaluation")]
+    if not tasks:
         raise InstructuneError("evaluation: no task rows; add a task and its data file")
-    for flag, value in (("--limit", limit), ("--max-new-tokens", max_new_tokens)):
-        number = whole_number_or_none(value, f"evaluation: {flag}")
-        if number is not None:
-            argv += [flag, str(number)]
-    return argv
+    max_new = whole_number_or_none(max_new_tokens, "evaluation: --max-new-tokens")
+    return tasks, GenerateOptions(**({"max_new_tokens": max_new} if max_new is not None else {}))
 
 
-def evaluate(board: Board, base: str, runs: list[str], argv: list[str], held_out: str, progress: Any = None) -> Path:
+def evaluate(board: Board, base: str, runs: list[str], settings: tuple[list[TaskData], GenerateOptions], held_out: str,
+             progress: Any = None) -> Path:
     """Evaluate the base and each run, compare them; returns the folder with every file written."""
     if not runs:
         raise InstructuneError("evaluation: pick at least one run to compare with the base")
@@ -56,17 +54,14 @@ def evaluate(board: Board, base: str, runs: list[str], argv: list[str], held_out
     if len(set(names)) != len(names):
         raise InstructuneError(f"evaluation: run names {names} repeat; pick runs with distinct folder names")
     out = board.work.board_dir("eval", time.strftime("%Y%m%d-%H%M%S"))
+    tasks, options = settings
     results = []
     for index, (name, model, adapter) in enumerate(models):
         if progress is not None:
             progress((index, len(models)), desc=f"evaluating {name}")
-        result = out / f"{name}.json"
-        eval_command.main([*argv, *(["--model", model] if model else []), *(["--adapter", adapter] if adapter else []),
-                           "-o", str(result)])
-        results.append(str(result))
-    compare_argv = [*results, "--names", *names, "-o", str(out / "compare")]
+        results.append(evaluate_to_file(model, adapter, tasks, out / f"{name}.json", options=options))
     held = [task.strip() for task in (held_out or "").split(",") if task.strip()]
-    compare_command.main(compare_argv + (["--held-out", *held] if held else []))
+    compare_runs(results, out / "compare", names=names, held_out=held)
     return out
 
 
@@ -124,9 +119,9 @@ def build(board: Board) -> dict[str, Any]:
     @guarded(status)
     def on_eval(base_text, picked, task_rows, lim, max_tokens, held, progress=gr.Progress(track_tqdm=True)):
         picked = [picked] if isinstance(picked, str) else list(picked or [])
-        argv = eval_arguments(board, task_rows, lim, max_tokens)
+        settings = eval_settings(board, task_rows, lim, max_tokens)
         started = time.perf_counter()
-        out = evaluate(board, base_text, picked, argv, held, progress)
+        out = evaluate(board, base_text, picked, settings, held, progress)
         names = ["base", *(Path(run).name for run in picked)]
         return {status: f"done in {time.perf_counter() - started:.0f} s; files in {board.work.show(out)}",
                 table: comparison_table(out), chart: str(out / "compare" / "comparison.png"),

@@ -1,7 +1,7 @@
-"""The Export tab: a finished LoRA run merged into a plain model folder (and GGUF where export offers it).
+"""The Export tab: a finished LoRA run merged into a plain model folder, and a GGUF file if asked.
 
-It calls `instructune export` (export.py's `main`) with the run's adapter and base; GGUF types are
-offered only when that command has a `--gguf` option. Leaves out: merging and conversion themselves.
+It calls the export API (export/merge.py's `export_merged`, export/gguf.py's `export_gguf`) with the
+run's adapter and base, as `instructune export` does. Leaves out: merging and conversion themselves.
 """
 
 from __future__ import annotations
@@ -9,19 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from instructune.export import merge as export_command
 from instructune.board.state import Board, guarded
 from instructune.errors import InstructuneError
+from instructune.export.gguf import GGUF_TYPES, export_gguf
+from instructune.export.merge import export_merged
 
 NO_GGUF = "no GGUF"
 
 
 def gguf_types() -> list[str]:
-    """The GGUF types `instructune export --gguf TYPE` takes; [] when export has no GGUF option."""
-    action = export_command.make_parser()._option_string_actions.get("--gguf")
-    if action is None:
-        return []
-    return [str(choice) for choice in action.choices] if action.choices else ["f16"]
+    """The GGUF types `instructune export --gguf TYPE` takes."""
+    return list(GGUF_TYPES)
 
 
 def export_run(board: Board, run: str, output: str, gguf: str | None = None) -> str:
@@ -32,10 +30,10 @@ def export_run(board: Board, run: str, output: str, gguf: str | None = None) -> 
     if adapter is None:
         return f"{run} is a full fine-tune: {board.work.show(model)} is already a plain model folder"
     out = board.work.path(output, what="output folder")
-    argv = ["--adapter", adapter, "-o", str(out), *(["--model", model] if model else [])]
     if gguf and gguf != NO_GGUF:
-        argv += ["--gguf", gguf]
-    export_command.main(argv)
+        export_gguf(out.with_name(f"{out.name}.{gguf}.gguf"), gguf, adapter=adapter, model=model)
+    else:
+        export_merged(adapter, out, model=model)
     written = [board.work.show(out)] + [board.work.show(path) for path in sorted(Path(out).rglob("*.gguf"))]
     written += [board.work.show(path) for path in sorted(out.parent.glob(f"{out.name}*.gguf"))]
     return "exported: " + ", ".join(dict.fromkeys(written))

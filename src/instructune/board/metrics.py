@@ -2,7 +2,7 @@
 
 The training process appends one JSON line per logged step (runlog.MetricsLog); the board reads the
 file again on every tick, so the charts follow a run started from the page or from a terminal alike.
-Leaves out: writing metrics (train.py, runlog.py) and drawing (the page's plot widgets).
+Leaves out: writing metrics (train/trainer.py, train/runlog.py) and drawing (the page's plot widgets).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The page never trains in its own process: it runs `python -m instructune.cli train CONFIG key=value
 ...` in the working folder, the same command a terminal would, with its output in a log file. Stop
-sends SIGTERM, which the trainer turns into "save a checkpoint and exit" (train.py); resume is the
+sends SIGTERM, which the trainer turns into "save a checkpoint and exit" (train/trainer.py); resume is the
 same command with `--resume`. Leaves out: reading the run's metrics (metrics.py) and the widgets.
 """
 

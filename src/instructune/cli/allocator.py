@@ -10,11 +10,13 @@ It is the allocator PyTorch's own CPU launcher (`torch.backends.xeon.run_cpu`) a
 guide preload; numbers are unchanged, only where the bytes live.
 
 An allocator must be in place before the process starts, so the CLI re-executes itself once with
-`LD_PRELOAD` set. Nothing happens when the library is missing (Debian: `libtcmalloc-minimal4`, which
-`make install` adds where apt is available), when `INSTRUCTUNE_ALLOCATOR=system`, off Linux, or when
-instructune runs inside another program (a notebook keeps the allocator it started with), and for
-`eval` when it will generate on OpenVINO, which aborts beside a preloaded tcmalloc (cli.py,
-evaluate/openvino_engine.py).
+`LD_PRELOAD` set. Which commands want it is said in one place, the CLI's COMMANDS table
+(cli/__init__.py): `train` and `quickstart` always, `eval` unless OpenVINO may decode (it aborts beside
+a preloaded tcmalloc; generation/openvino_engine.py). Nothing happens when the library is missing
+(Debian: `libtcmalloc-minimal4`, which `make install` adds where apt is available), when
+`INSTRUCTUNE_ALLOCATOR=system`, off Linux, or when instructune runs inside another program (a notebook
+keeps the allocator it started with). Generation reads the allocator it runs beside from the process
+(`generation.engines.Where.here`) and says on stderr when that keeps an engine out.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import ctypes.util
 import os
 import sys
+
+from instructune.generation.engines import preloaded_allocator
 
 ENV = "INSTRUCTUNE_ALLOCATOR"
 
@@ -33,11 +37,6 @@ def find_tcmalloc() -> str | None:
         if found:
             return found
     return None
-
-
-def preloaded_allocator() -> str | None:
-    """The malloc replacement named in LD_PRELOAD (tcmalloc, jemalloc), or None."""
-    return next((part for part in os.environ.get("LD_PRELOAD", "").split() if "malloc" in os.path.basename(part)), None)
 
 
 def reexec_with_tcmalloc() -> None:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from instructune.config import RunConfig, default_config_path, load_config
-from instructune.data.sources import read_jsonl
+from instructune.fileio.jsonio import read_jsonl
 from instructune.data.support import TASKS, build_support_instructions
 from instructune.data.templates import load_task
 from instructune.evaluate.compare import compare

@@ -12,7 +12,7 @@ counts of cut prompts, cut answers and dropped examples, and their rows, are the
 Records whose target renders empty are skipped and listed (file:line), or stop the run with `--strict`.
 `prepare()` is the same thing as a Python function, for notebooks.
 
-Leaves out: tokenizing for training and packing (tokenize.py); the examples are text.
+Leaves out: tokenizing for training and packing (data/tokenize.py, train/pack.py); the examples are text.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from instructune.data.mixture import MixtureConfig, MixtureReport, mix
-from instructune.data.sources import load_records, record_locations
-from instructune.data.render import render_records
+from instructune.data.sources import load_records, record_locations, select_positions
+from instructune.data.render import RecordSource, RenderOptions, render_records, render_records_skipping_empty
 from instructune.data.templates import load_task
 from instructune.errors import InstructuneError
-from instructune.models import load_tokenizer, resolve_model_path
+from instructune.models import is_encoder_decoder, load_model_config, load_tokenizer, resolve_model_path
 from instructune.data.tokenize import FIRST_ROWS, describe_report, describe_rows, tokenize_examples
 from instructune.fileio.yaml_io import read_yaml_mapping, validation_message
 
@@ -101,19 +101,15 @@ def build_task_examples(
     """
     loaded_task = load_task(task)
     records = load_records(data, split=split)
-    if start and start >= len(records):
-        raise InstructuneError(f"{data}: start {start}, but the file holds only {len(records)} records")
-    if every < 1:
-        raise InstructuneError(f"{data}: every {every}; expected a step of at least 1 record")
-    positions = range(start, len(records), every)[:limit]
+    positions = select_positions(len(records), start=start, every=every, limit=limit, what=str(data))
     if positions != range(len(records)):
         records = records.select(positions)
-    source = data if Path(data).is_file() else None
-    empty: list[int] | None = [] if skipped is not None else None
-    examples = render_records(loaded_task, records, seed=seed, template=template, num_fewshot=num_fewshot,
-                              source=source, skipped=empty, first_record=start, record_step=every)
-    if empty:
-        skipped.extend(record_locations(data, empty))
+    source = RecordSource(data if Path(data).is_file() else None, first_record=start, record_step=every)
+    options = RenderOptions(seed=seed, template=template, num_fewshot=num_fewshot)
+    if skipped is None:
+        return render_records(loaded_task, records, options, source=source)
+    examples, empty = render_records_skipping_empty(loaded_task, records, options, source=source)
+    skipped.extend(record_locations(data, empty))
     return examples
 
 
@@ -295,8 +291,7 @@ def prepare(
         folder = folder if folder.is_dir() else resolve_model_path(tokenizer)
         tokenizer = load_tokenizer(folder)
         if encoder_decoder is None:
-            config = folder / "config.json"
-            encoder_decoder = config.is_file() and bool(json.loads(config.read_text()).get("is_encoder_decoder"))
+            encoder_decoder = is_encoder_decoder(load_model_config(folder))
     written = write_examples(examples, output)
     summary = {"output": str(written), **summarize(examples, tokenizer, max_length,
                                                     encoder_decoder=bool(encoder_decoder), source=written)}

@@ -15,6 +15,7 @@ import hashlib
 import random
 import re
 import string
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -261,46 +262,59 @@ def render_example(
                            options_style=options_style, where=where)
 
 
-def render_records(
-    task: Task,
-    records: Iterable[Mapping[str, Any]],
-    *,
-    seed: int = 0,
-    template: str | int = "sample",
-    num_fewshot: int = 0,
-    fewshot_separator: str = "\n\n",
-    max_fewshot_tokens: int | None = None,
-    tokenizer: Any = None,
-    with_options: bool = True,
-    options_style: str | None = None,
-    source: str | Path | None = None,
-    skipped: list[int] | None = None,
-    first_record: int = 0,
-    record_step: int = 1,
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class RenderOptions:
+    """How records become examples: which template, few-shot exemplars, options.
+
+    Example:
+        >>> RenderOptions(template=0, num_fewshot=2)
+    """
+
+    # Seeds template choice and few-shot draws; same seed + same example -> same result.
+    seed: int = 0
+    # "sample" (one applicable template per record, chosen by a hash of seed and content), "all" (one
+    # example per applicable template) or an index (that template for every record).
+    template: str | int = "sample"
+    # k exemplars drawn from the same records (never the example itself), rendered with the same
+    # template and placed before the prompt.
+    num_fewshot: int = 0
+    # Joins exemplars and the prompt.
+    fewshot_separator: str = "\n\n"
+    # Budget for the exemplars, in tokens with `tokenizer`, else characters; exemplars that do not fit are skipped.
+    max_fewshot_tokens: int | None = None
+    # A transformers tokenizer to measure the budget (optional).
+    tokenizer: Any = None
+    # Render `{options_}`.
+    with_options: bool = True
+    # Override the task's options style.
+    options_style: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """Where rendered records sit in their file, so row errors say `file:line` and skipped rows their position."""
+
+    path: str | Path | None = None
+    first_record: int = 0   # the position in `path` of the first record, when the records are a slice of it
+    record_step: int = 1    # the records are every N-th of `path` from `first_record` on
+
+    def location(self, index: int) -> str:
+        """" at file:LINE" (or " (record N)") of the index-th record rendered."""
+        position = self.first_record + index * self.record_step
+        return f" (record {position})" if self.path is None else f" at {record_location(self.path, position)}"
+
+
+def render_records(task: Task, records: Iterable[Mapping[str, Any]], options: RenderOptions | None = None, *,
+                   source: RecordSource | str | Path | None = None, **overrides: Any) -> list[dict[str, Any]]:
     """Render many records: one template each (seeded), every applicable template, or a fixed one.
 
     Args:
         task: the task.
         records: raw records (a list of dicts or a `datasets.Dataset`).
-        seed: seeds template choice and few-shot draws; same seed + same example -> same result.
-        template: "sample" (one applicable template per record, chosen by a hash of seed and content),
-            "all" (one example per applicable template) or an index (that template for every record).
-        num_fewshot: k exemplars drawn from the same records (never the example itself), rendered with
-            the same template and placed before the prompt.
-        fewshot_separator: joins exemplars and the prompt.
-        max_fewshot_tokens: budget for the exemplars, in tokens with `tokenizer`, else characters;
-            exemplars that do not fit are skipped.
-        tokenizer: a transformers tokenizer to measure the budget (optional).
-        with_options: render `{options_}`.
-        options_style: override the task's options style.
-        source: the file the records came from, so row errors say `file:line`.
-        skipped: a list to leave out examples whose completion renders empty or as whitespace (training
-            on them teaches the model to answer nothing); each one's record position is appended.
-        first_record: the position in `source` of the first record, when the records are a slice of
-            it, so `file:line` in errors and `skipped` positions refer to the whole file.
-        record_step: the records are every N-th of `source` from `first_record` on (record i sits at
-            first_record + i * record_step).
+        options: `RenderOptions`; None = the defaults.
+        source: where the records came from (a path, or a `RecordSource` for a slice), so row errors
+            say `file:line`.
+        overrides: `RenderOptions` fields that replace those of `options` (template=0, num_fewshot=2, ...).
 
     Returns:
         Examples in record order (for "all": each record's templates in index order).
@@ -310,8 +324,25 @@ def render_records(
         >>> examples[0]["completion"], examples[0]["task"]
         ('Hi', 'alpaca')
     """
+    return _render(task, records, replace(options or RenderOptions(), **overrides), _source(source), False)[0]
+
+
+def render_records_skipping_empty(task: Task, records: Iterable[Mapping[str, Any]],
+                                  options: RenderOptions | None = None, *,
+                                  source: RecordSource | str | Path | None = None) -> tuple[list[dict], list[int]]:
+    """`render_records`, leaving out examples whose completion renders empty or as whitespace (training on
+    them teaches the model to answer nothing): (examples, the record position of each one left out)."""
+    return _render(task, records, options or RenderOptions(), _source(source), True)
+
+
+def _source(source: RecordSource | str | Path | None) -> RecordSource:
+    return source if isinstance(source, RecordSource) else RecordSource(source)
+
+
+def _render(task: Task, records: Iterable[Mapping[str, Any]], options: RenderOptions, source: RecordSource,
+            drop_empty: bool) -> tuple[list[dict[str, Any]], list[int]]:
     compiled = _compiled(task)
-    template = parse_template_choice(template)
+    template = parse_template_choice(options.template)
     if isinstance(template, int):
         _check_template_index(task, template)
     if hasattr(records, "to_list"):  # datasets.Dataset: one conversion beats per-row access
@@ -319,39 +350,33 @@ def render_records(
     records = list(records)
 
     mapped = [compiled.field_values(record) for record in records]
-    keys = [example_key(values, seed) for values, _ in mapped]
-    fewshot = _FewShot(compiled, mapped, keys, num_fewshot, fewshot_separator, max_fewshot_tokens, tokenizer,
-                       with_options, options_style) if num_fewshot > 0 else None
+    keys = [example_key(values, options.seed) for values, _ in mapped]
+    fewshot = _FewShot(compiled, mapped, keys, options.num_fewshot, options.fewshot_separator,
+                       options.max_fewshot_tokens, options.tokenizer, options.with_options,
+                       options.options_style) if options.num_fewshot > 0 else None
 
-    examples = []
+    examples, dropped = [], []
     for position, ((values, missing), key) in enumerate(zip(mapped, keys)):
         if isinstance(template, int):
             chosen = [template]
         else:
             applicable = compiled.applicable(values)
             if not applicable:
-                where = _where(source, first_record + position * record_step)
-                raise InstructuneError(f"task {task.name!r}: no template applies to this record{where}")
+                raise InstructuneError(f"task {task.name!r}: no template applies to this record{source.location(position)}")
             chosen = applicable if template == "all" else [applicable[key % len(applicable)]]
         for index in chosen:
             try:
-                example = compiled.render(values, missing, index, with_options=with_options,
-                                          options_style=options_style, where="")
+                example = compiled.render(values, missing, index, with_options=options.with_options,
+                                          options_style=options.options_style, where="")
             except InstructuneError as error:
-                raise InstructuneError(f"{error}{_where(source, first_record + position * record_step)}") from None
-            if skipped is not None and not example["completion"].strip():
-                skipped.append(first_record + position * record_step)
+                raise InstructuneError(f"{error}{source.location(position)}") from None
+            if drop_empty and not example["completion"].strip():
+                dropped.append(source.first_record + position * source.record_step)
                 continue
             if fewshot is not None:
                 example["prompt"] = fewshot.prefix(position, index) + example["prompt"]
             examples.append(example)
-    return examples
-
-
-def _where(source: str | Path | None, position: int) -> str:
-    if source is None:
-        return f" (record {position})"
-    return f" at {record_location(source, position)}"
+    return examples, dropped
 
 
 def _check_template_index(task: Task, index: int) -> None:

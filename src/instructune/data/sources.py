@@ -3,7 +3,7 @@
 Reads JSON Lines, a JSON array, CSV, Parquet, a folder saved with `Dataset.save_to_disk`, or a folder
 holding one file per split (`train.jsonl`, `validation.jsonl`, ...). JSON Lines are checked line by
 line first, so a broken line is reported as `path:LINE` rather than as a pyarrow traceback. Text files
-are decoded as UTF-8 by one reader (`_decoded_lines`), so bytes that are not UTF-8 are reported as
+are decoded as UTF-8 by one reader (fileio/jsonio.py `decoded_lines`), so bytes that are not UTF-8 are reported as
 `path:LINE` with their byte offset, in JSON Lines, JSON and CSV alike.
 
 Leaves out: downloading from the Hub (pass a local path), streaming, and any knowledge of fields or
@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import datasets
 
 from instructune.errors import InstructuneError
+from instructune.fileio.jsonio import decoded_lines, read_jsonl
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
@@ -64,7 +65,7 @@ def _load_file(path: Path) -> datasets.Dataset:
         return _from_rows(path, _read_json(path))
     try:
         if suffix == ".csv":
-            for _ in _decoded_lines(path):  # pandas would only say "could not decode", with no line
+            for _ in decoded_lines(path):  # pandas would only say "could not decode", with no line
                 pass
             # keep_default_na=False: an empty cell is an empty string, not NaN (Alpaca's empty input).
             return datasets.Dataset.from_csv(str(path), keep_default_na=False)
@@ -101,60 +102,10 @@ def _pick_split(path: Path, split: str | None, splits: dict) -> datasets.Dataset
     return _load_file(chosen) if isinstance(chosen, Path) else chosen
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Parse a JSON Lines file, one object per non-blank line.
-
-    Args:
-        path: the `.jsonl` file.
-
-    Returns:
-        The records, in file order.
-
-    Raises:
-        InstructuneError: `path:LINE: not valid JSON (...)`, `path:LINE: expected a JSON object` or
-            `path:LINE: not UTF-8 text (...)`.
-
-    Example:
-        >>> read_jsonl("../shared/data/piqa/validation.jsonl")[0]["label"]
-        0
-    """
-    rows = []
-    for line_number, line in _decoded_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InstructuneError(f"{path}:{line_number}: not valid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(row, dict):
-            raise InstructuneError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def _decoded_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each line of a UTF-8 file; a byte that is not UTF-8 is a one-line error.
-
-    Decoding line by line (instead of letting `open` decode) is what lets the error name the line and
-    the byte offset in the file; a byte-order mark on the first line is dropped.
-    """
-    offset = 0
-    with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            try:
-                yield line_number, raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise InstructuneError(
-                    f"{path}:{line_number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at byte offset "
-                    f"{offset + error.start}); save the file as UTF-8"
-                ) from None
-            offset += len(raw)
-
-
 def _read_json(path: Path) -> list[dict]:
     """A JSON array of objects, or an object whose one list value holds them ({"data": [...]})."""
     try:
-        data = json.loads("".join(line for _, line in _decoded_lines(path)) or "[]")
+        data = json.loads("".join(line for _, line in decoded_lines(path)) or "[]")
     except json.JSONDecodeError as error:
         raise InstructuneError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
     if isinstance(data, dict):
@@ -247,7 +198,7 @@ def record_locations(path: str | Path, indices: Iterable[int]) -> list[str]:
     lines = {index: index + 1 for index in indices}  # no file to read: count as if no line were blank
     if path.is_file() and indices:
         wanted, seen, last = set(indices), -1, max(indices)
-        for line_number, line in _decoded_lines(path):
+        for line_number, line in decoded_lines(path):
             seen += bool(line.strip())
             if line.strip() and seen in wanted:
                 lines[seen] = line_number
@@ -267,3 +218,27 @@ def read_examples(path: str | Path, limit: int | None = None) -> list[dict]:
         [{'prompt': 'Summarize: ...', 'completion': '...'}]
     """
     return load_records(path).to_list()[:limit]
+
+
+def select_positions(total: int, *, start: int = 0, every: int = 1, limit: int | None = None,
+                     what: str = "data", unit: str = "records", flag: str = "") -> range:
+    """The positions a start/every/limit selection takes from `total` items: the one rule `prepare` (on
+    raw records) and `eval` (on rendered examples) share.
+
+    Args:
+        total: how many items there are.
+        start: skip this many first.
+        every: then take every N-th (N >= 1).
+        limit: at most this many, after `start` and `every`.
+        what, unit, flag: for the error line: where the items come from, what they are, and the
+            command-line prefix of the option names ("--" for `eval`).
+
+    Example:
+        >>> list(select_positions(10, start=1, every=2, limit=3))
+        [1, 3, 5]
+    """
+    if start and start >= total:
+        raise InstructuneError(f"{what}: {flag}start {start}, but it holds only {total} {unit}")
+    if every < 1:
+        raise InstructuneError(f"{what}: {flag}every {every}; expected a step of at least 1 {unit.rstrip('s')}")
+    return range(start, total, every)[:limit]

@@ -371,3 +371,26 @@ def tokenize_examples(
             report.dropped.append(index)
     report._locate(source)
     return encoded, report
+
+
+def pad_rows(rows: list[list[int]], pad_id: int, *, left: bool = False, width: int | None = None):
+    """Token id rows as (ids, attention_mask) tensors of shape (N, width), padded left or right.
+
+    The one place rows become a padded batch: training's collation (labels padded with -100),
+    Hugging Face generation (left) and multiple-choice scoring (right). `width` defaults to the
+    longest row.
+
+    Example:
+        >>> pad_rows([[5, 6, 7], [8]], 0, left=True)[0].tolist()
+        [[5, 6, 7], [0, 0, 8]]
+    """
+    import torch
+
+    width = width or max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, span] = 1
+    return ids, attention_mask

@@ -25,11 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 from instructune.data.templates import EVAL_MODES
+from instructune.data.tokenize import format_prompt, pad_rows, prompt_token_ids
 from instructune.errors import InstructuneError
 from instructune.evaluate.choice_pack import score_packed
-from instructune.generation.generate import pad_rows
 from instructune.models import is_encoder_decoder
-from instructune.data.tokenize import format_prompt, prompt_token_ids
 
 
 def _check_example(example: dict, index: int) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from instructune.errors import InstructuneError
+from instructune.fileio.jsonio import read_jsonl
 from instructune.evaluate import report
 from instructune.evaluate.provenance import decoding_settings, scoring_modes, scoring_protocols
 from instructune.evaluate.stats import paired_difference
@@ -57,7 +58,7 @@ def read_predictions(metrics_path: str | Path) -> list[dict]:
     file = metrics_path.parent / name if name else None
     if file is None or not file.is_file():
         return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    return read_jsonl(file)
 
 
 def _rows_by_task(rows: list[dict]) -> dict[str, list[dict]]:
@@ -311,32 +312,46 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    if len(args.runs) < 2:
+def compare_runs(runs: list[str | Path], out_dir: str | Path, *, names: list[str] | None = None,
+                 held_out: list[str] | tuple[str, ...] = (), threshold: float = 0.0, confidence: float = 0.95,
+                 n_resamples: int = 2000, seed: int = 0, loss_png: str | None = None, examples: int = 5,
+                 matrix: list[str] | None = None) -> Path:
+    """Compare eval result files against the first and write the tables, charts and HTML report.
+
+    What `instructune compare` runs, and the board's Evaluate tab: comparison.md/.json/.png and
+    report.html in `out_dir` (and matrix.md/.json/.png with `matrix`, TASK=METRIC specs).
+
+    Returns:
+        `out_dir`.
+
+    Example:
+        >>> compare_runs(["runs/eval/base.json", "runs/eval/tuned.json"], "runs/eval/compare", names=["base", "tuned"])
+        PosixPath('runs/eval/compare')
+    """
+    if len(runs) < 2:
         raise InstructuneError("compare: give at least two metrics JSON files (baseline first, then tuned runs)")
-    names = args.names or [Path(path).stem for path in args.runs]
-    if len(names) != len(args.runs):
-        raise InstructuneError(f"compare: {len(names)} --names for {len(args.runs)} runs; give one name per run")
+    names = names or [Path(path).stem for path in runs]
+    if len(names) != len(runs):
+        raise InstructuneError(f"compare: {len(names)} --names for {len(runs)} runs; give one name per run")
     if len(set(names)) != len(names):
         raise InstructuneError(f"compare: run names {names} repeat; pass distinct --names")
-    results = [_load_result(path) for path in args.runs]
-    predictions = [read_predictions(path) for path in args.runs]
-    held_out = set(args.held_out)
+    results = [_load_result(str(path)) for path in runs]
+    predictions = [read_predictions(path) for path in runs]
+    held_out = set(held_out)
     known = {task for result in results for task in task_metrics(result)}
     if held_out - known:
         raise InstructuneError(
             f"compare: --held-out {', '.join(sorted(held_out - known))} not in any run (tasks: {', '.join(sorted(known))})"
         )
-    settings = {"confidence": args.confidence, "n_resamples": args.bootstrap_samples, "seed": args.seed}
+    settings = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
     comparisons = {
-        name: compare(results[0], result, held_out=held_out, threshold=args.threshold,
+        name: compare(results[0], result, held_out=held_out, threshold=threshold,
                       before_items=predictions[0], after_items=items, **settings)
         for name, result, items in zip(names[1:], results[1:], predictions[1:])
     }
-    out_dir = Path(args.output)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = report.comparison_markdown(names[0], comparisons, threshold=args.threshold, confidence=args.confidence)
+    markdown = report.comparison_markdown(names[0], comparisons, threshold=threshold, confidence=confidence)
     modes = scoring_modes(results, names)
     if modes:
         markdown += "\nScoring mode (`instructune eval --mode`): " + "; ".join(
@@ -348,28 +363,36 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     (out_dir / "comparison.md").write_text(markdown)
     (out_dir / "comparison.json").write_text(json.dumps(
-        {"baseline": names[0], "runs": dict(zip(names, args.runs)), "held_out": sorted(held_out),
-         "threshold": args.threshold, "confidence": args.confidence, "bootstrap_samples": args.bootstrap_samples,
-         "seed": args.seed, "modes": modes, "decoding": decodings,
+        {"baseline": names[0], "runs": dict(zip(names, [str(path) for path in runs])), "held_out": sorted(held_out),
+         "threshold": threshold, "confidence": confidence, "bootstrap_samples": n_resamples,
+         "seed": seed, "modes": modes, "decoding": decodings,
          "comparisons": comparisons}, indent=2) + "\n")
     chart = report.plot_comparison(names, [task_metrics(result) for result in results], out_dir / "comparison.png",
-                                   comparisons=comparisons, confidence=args.confidence)
-    if args.matrix:
-        metrics = matrix_metrics(args.matrix, results)
+                                   comparisons=comparisons, confidence=confidence)
+    if matrix:
+        metrics = matrix_metrics(matrix, results)
         versus = versus_single_task(results, predictions, names, metrics, **settings)
-        matrix = report.matrix_markdown(names, comparisons, metrics, versus=versus,
-                                        protocols=scoring_protocols(results[0], metrics), confidence=args.confidence)
-        print(matrix)
-        (out_dir / "matrix.md").write_text(matrix)
+        table = report.matrix_markdown(names, comparisons, metrics, versus=versus,
+                                       protocols=scoring_protocols(results[0], metrics), confidence=confidence)
+        print(table)
+        (out_dir / "matrix.md").write_text(table)
         (out_dir / "matrix.json").write_text(json.dumps(
-            {"baseline": names[0], "metrics": metrics, "confidence": args.confidence, "versus_single_task": versus},
+            {"baseline": names[0], "metrics": metrics, "confidence": confidence, "versus_single_task": versus},
             indent=2) + "\n")
         report.plot_comparison(names, [task_metrics(result) for result in results], out_dir / "matrix.png",
-                               comparisons=comparisons, confidence=args.confidence, metrics=metrics)
-    examples = example_predictions(predictions, names, per_task=args.examples)
+                               comparisons=comparisons, confidence=confidence, metrics=metrics)
     page = report.write_html_report(
-        out_dir / "report.html", baseline=names[0], comparisons=comparisons, chart=chart, loss_png=args.loss_png,
-        examples=examples, threshold=args.threshold, confidence=args.confidence,
+        out_dir / "report.html", baseline=names[0], comparisons=comparisons, chart=chart, loss_png=loss_png,
+        examples=example_predictions(predictions, names, per_task=examples), threshold=threshold,
+        confidence=confidence,
     )
     print(f"wrote {out_dir / 'comparison.md'}, {chart}, {page}")
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    compare_runs(args.runs, args.output, names=args.names, held_out=args.held_out, threshold=args.threshold,
+                 confidence=args.confidence, n_resamples=args.bootstrap_samples, seed=args.seed,
+                 loss_png=args.loss_png, examples=args.examples, matrix=args.matrix)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from instructune.generation.generate import Decoding
+from instructune.generation.engines import Decoding
 from instructune.evaluate.metrics import PROTOCOLS
 
 

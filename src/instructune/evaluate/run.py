@@ -16,20 +16,21 @@ import argparse
 import json
 import os
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from instructune.fileio.atomic import check_writable
+from instructune.fileio.atomic import check_writable, write_text_atomic
 from instructune.data.render import parse_template_choice
 from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
-from instructune.generation.generate import ENGINES, Decoding
+from instructune.generation.generate import ENGINE_CHOICES, Decoding, GenerateOptions
 from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
 from instructune.models import load_model
 
-_PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score", "ctranslate2", "openvino",
+_PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score", "openvino",
              "openvino-genai")
 
 
@@ -91,6 +92,19 @@ def per_task_values(flag: str, values: list[int] | None, n_tasks: int, *, defaul
     return values * n_tasks if len(values) == 1 else values
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--engine and --compute-type: `eval`'s options that the CLI also reads to choose the allocator."""
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                        help="generation engine: auto = for Llama-family models OpenVINO (openvino-genai: "
+                             "continuous batching, paged attention; exported once and cached) or, without it, the "
+                             "native greedy engine, both with the same answers as HF generate fp32 (bench/RESULTS.md); "
+                             "else Hugging Face generate (always under the decoding flags below)")
+    parser.add_argument("--compute-type", choices=("float32", "bfloat16"), default=None,
+                        help="engine precision (default float32, exact): bfloat16 (openvino, native) is faster and "
+                             "changes some answers; its ROUGE against float32 is in bench/RESULTS.md")
+    return parser
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instructune eval",
@@ -127,17 +141,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help="'lm-eval': lm-evaluation-harness 0.4's rules (plain prompt, ' ' + option, no chat "
                              "template, no options listed); 'instruct': prompts as training renders them "
                              "(default: each task's eval_mode; hellaswag_lmeval and piqa_lmeval are lm-eval)")
-    parser.add_argument("--engine", choices=ENGINES, default="auto",
-                        help="generation engine: auto = for Llama-family models OpenVINO (openvino-genai: "
-                             "continuous batching, paged attention; exported once and cached) or, without it, the "
-                             "native greedy engine, both with the same answers as HF generate fp32 (bench/RESULTS.md); "
-                             "else Hugging Face generate (always under the decoding flags below); ct2 = CTranslate2")
-    parser.add_argument("--compute-type", choices=("float32", "bfloat16", "int8"), default=None,
-                        help="engine precision (default float32, exact): bfloat16 (openvino, native) is faster and "
-                             "changes some answers, int8 (ct2 only) more; their ROUGE against float32 is in bench/RESULTS.md")
+    add_engine_arguments(parser)
     decoding = parser.add_argument_group(
         "decoding", "how generation tasks search for an answer (default: greedy). These run on Hugging Face generate, "
-                    "slower than the greedy engines: --engine auto picks it, --engine openvino/native/ct2 refuse them")
+                    "slower than the greedy engines: --engine auto picks it, --engine openvino/native refuse them")
     decoding.add_argument("--num-beams", type=int, default=1, metavar="N",
                           help="beam search with N beams per prompt (default 1: greedy); each beam is one more row "
                                "in every forward pass")
@@ -159,6 +166,63 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class TaskData:
+    """One task of an evaluation: the task, its records, and which of its examples to score."""
+
+    task: str                 # a built-in task name or a task YAML path
+    data: str                 # the records file or folder
+    limit: int | None = None  # at most this many examples, after start and every
+    start: int = 0
+    every: int = 1
+
+
+def evaluate_to_file(model_path: str | None, adapter: str | None, tasks: list[TaskData], output: str | Path, *,
+                     options: GenerateOptions | None = None, split: str | None = None, num_fewshot: int = 0,
+                     template: str | int = 0, seed: int = 0, with_options: bool = True,
+                     mode: str | None = None) -> Path:
+    """Load a model (and adapter), score it on every task and write the metrics JSON and predictions beside it.
+
+    What `instructune eval` runs, and the board's Evaluate tab: one result file per model, which
+    `compare_runs` (compare.py) reads. The output's folder is checked before the model loads.
+
+    Returns:
+        The metrics JSON path (predictions: `predictions_path` of it).
+
+    Example:
+        >>> evaluate_to_file(None, "runs/quickstart/adapter", [TaskData("dialogsum", "test.jsonl", limit=20)],
+        ...                  "runs/eval/tuned.json")
+        PosixPath('runs/eval/tuned.json')
+    """
+    options = options or GenerateOptions()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    output = Path(output)
+    check_writable(output)  # before the model loads and the tasks run: an unwritable -o costs no waiting
+    model, tokenizer = load_model(model_path, adapter)
+    results: dict[str, dict] = {}
+    all_rows: list[dict] = []
+    for spec in tasks:
+        summary, rows = evaluate_task(
+            model, tokenizer, spec.task, spec.data, split=split, limit=spec.limit, start=spec.start, every=spec.every,
+            num_fewshot=num_fewshot, template=template, seed=seed, with_options=with_options, mode=mode,
+            options=options,
+        )
+        key = summary["task"] if summary["task"] not in results else f"{summary['task']}:{Path(spec.data).stem}"
+        results[key] = summary
+        all_rows.extend({**row, "task": key} for row in rows)
+        print(format_metrics(f"{key} ({summary['mode']})", summary["metrics"]))
+    result = {
+        "model": model_path or "default", "adapter": adapter, "engine": options.engine,
+        "compute_type": options.compute_type, "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": package_versions(),
+        "predictions": predictions_path(output).name, "tasks": results,
+    }
+    predictions = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in all_rows)
+    write_text_atomic(predictions_path(output), predictions)
+    write_text_atomic(output, json.dumps(result, indent=2) + "\n")
+    return output
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if len(args.task) != len(args.data):
@@ -170,44 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     strides = per_task_values("--every", args.every, len(args.task), default=1, smallest=1)
     decoding = Decoding(num_beams=args.num_beams, length_penalty=args.length_penalty,
                         no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    output = Path(args.output)
-    check_writable(output)  # before the model loads and the tasks run: an unwritable -o costs no waiting
-    model, tokenizer = load_model(args.model, args.adapter)
-    tasks: dict[str, dict] = {}
-    all_rows: list[dict] = []
-    for task_name, data, limit, start, every in zip(args.task, args.data, limits, starts, strides):
-        summary, rows = evaluate_task(
-            model, tokenizer, task_name, data, split=args.split, limit=limit, start=start, every=every,
-            num_fewshot=args.num_fewshot,
-            template=parse_template_choice(args.template), seed=args.seed, with_options=not args.no_options, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-            chat_template=args.chat_template, mode=args.mode, progress=not args.no_progress,
-            generate_options={"engine": args.engine, "compute_type": args.compute_type}, decoding=decoding,
-        )
-        key = summary["task"] if summary["task"] not in tasks else f"{summary['task']}:{Path(data).stem}"
-        tasks[key] = summary
-        all_rows.extend({**row, "task": key} for row in rows)
-        print(format_metrics(f"{key} ({summary['mode']})", summary["metrics"]))
-    result = {
-        "model": args.model or "default", "adapter": args.adapter, "engine": args.engine,
-        "compute_type": args.compute_type, "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": package_versions(),
-        "predictions": predictions_path(output).name, "tasks": tasks,
-    }
-    predictions = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in all_rows)
-    _write_text(predictions_path(output), predictions)
-    _write_text(output, json.dumps(result, indent=2) + "\n")
+    options = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                              chat_template=args.chat_template, engine=args.engine, compute_type=args.compute_type,
+                              decoding=decoding, progress=not args.no_progress)
+    tasks = [TaskData(*spec) for spec in zip(args.task, args.data, limits, starts, strides)]
+    output = evaluate_to_file(args.model, args.adapter, tasks, args.output, options=options, split=args.split,
+                              num_fewshot=args.num_fewshot, template=parse_template_choice(args.template),
+                              seed=args.seed, with_options=not args.no_options, mode=args.mode)
     print(f"wrote {output} and {predictions_path(output)}")
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write beside `path`, then rename into place: a full disk leaves the old file or none, never half a one."""
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise InstructuneError(f"{path}: could not write it ({error.strerror or error}); nothing was left there") from None

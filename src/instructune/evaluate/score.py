@@ -1,7 +1,7 @@
 """The scoring library: rendered examples or a task's records in, metrics and prediction rows out.
 
 Generation tasks are scored by ROUGE, exact match and token F1 on greedy answers, or on beam search
-and the other Hugging Face settings a `Decoding` names (generate.py, metrics.py); multiple-choice
+and the other Hugging Face settings a `Decoding` names (generation/, metrics.py); multiple-choice
 tasks (and classification tasks with options) by option log-likelihood (choice.py), in one of two
 named modes: "instruct" (prompts as training renders them, chat template) or "lm-eval"
 (lm-evaluation-harness 0.4's plain-text rules). Training's in-training checks, `instructune eval`, the
@@ -13,15 +13,16 @@ Leaves out: the `eval` command and its files (run.py), comparing runs (compare.p
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from instructune.data.render import extra_references, render_records
-from instructune.data.sources import load_records
+from instructune.data.render import RenderOptions, extra_references, render_records
+from instructune.data.sources import load_records, select_positions
 from instructune.data.templates import EVAL_MODES, KINDS, load_task
 from instructune.errors import InstructuneError, OutOfMemory, is_out_of_memory
 from instructune.evaluate.choice import score_choices
-from instructune.generation.generate import Decoding, encode_prompt, generate
+from instructune.generation.generate import GenerateOptions, Where, encode_prompt, generate
 from instructune.evaluate.metrics import generation_item_scores, mean_scores
 from instructune.models import is_encoder_decoder
 
@@ -35,15 +36,12 @@ def evaluate_examples(
     examples: list[dict],
     *,
     kind: str,
-    batch_size: int = 8,
-    max_new_tokens: int = 128,
-    chat_template: bool | None = None,
+    options: GenerateOptions | None = None,
     mode: str = "instruct",
-    progress: bool = True,
-    generate_options: dict | None = None,
-    decoding: Decoding | None = None,
-    where: str = "scoring",
+    where: Where | None = None,
+    label: str = "scoring",
     settings: tuple[str, str] = ("batch_size", "max_new_tokens"),
+    **overrides: Any,
 ) -> tuple[dict[str, float], list[dict]]:
     """Score rendered examples with the method their kind calls for.
 
@@ -54,18 +52,16 @@ def evaluate_examples(
             An optional "references" list replaces [completion] as the ground truth.
         kind: "generation", "multiple_choice" or "classification" (scored as multiple choice when
             the examples carry options, else as generation).
-        batch_size: examples per forward pass / generate call.
-        max_new_tokens: answer length cap for generation.
-        chat_template: wrap prompts in the tokenizer's chat template; None = when it has one.
+        options: how answers are generated (`GenerateOptions`: max_new_tokens, batch_size, chat_template,
+            engine, compute_type, decoding, progress); multiple choice reads its batch_size, chat_template
+            and progress. None = the defaults (plain greedy, which in-training checks keep).
         mode: "instruct" or "lm-eval" (multiple choice by lm-evaluation-harness's rules; generation
             then runs without the chat template).
-        progress: show tqdm bars (items/s and the time left).
-        generate_options: more keywords for `generate` (engine, compute_type, cache_engine).
-        decoding: how generation searches (beam search, n-gram blocking, repetition penalty; Hugging
-            Face `generate` only); None = plain greedy, which in-training checks keep.
-        where: what runs, for the out-of-memory line ("eval dialogsum", "in-training generation after step 40").
+        where: the calling process as generation engines see it (`generate`'s).
+        label: what runs, for the out-of-memory line ("eval dialogsum", "in-training generation after step 40").
         settings: the caller's names for batch_size and max_new_tokens, which that line tells to lower
             (`instructune eval`: EVAL_SETTINGS; training: its train.* keys).
+        overrides: `GenerateOptions` fields that replace those of `options` (batch_size=16, ...).
 
     Returns:
         (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
@@ -84,22 +80,19 @@ def evaluate_examples(
         OutOfMemory: one line, e.g. `eval dialogsum: out of memory on batches of 8 prompts of up to 412
             tokens + up to 128 new tokens: lower --batch-size or --max-new-tokens`.
     """
+    options = replace(options or GenerateOptions(), **overrides)
     try:
-        return _evaluate_examples(model, tokenizer, examples, kind=kind, batch_size=batch_size,
-                                  max_new_tokens=max_new_tokens, chat_template=chat_template, mode=mode,
-                                  progress=progress, generate_options=generate_options, decoding=decoding)
+        return _evaluate_examples(model, tokenizer, examples, kind=kind, options=options, mode=mode, where=where)
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
-        lower = _out_of_memory_advice(model, tokenizer, examples, kind=kind, batch_size=batch_size,
-                                      max_new_tokens=max_new_tokens, chat_template=chat_template, mode=mode,
-                                      decoding=decoding, settings=settings)
-        raise OutOfMemory(f"{where}: out of memory on {lower}") from None
+        lower = _out_of_memory_advice(model, tokenizer, examples, kind=kind, options=options, mode=mode,
+                                      settings=settings)
+        raise OutOfMemory(f"{label}: out of memory on {lower}") from None
 
 
-def _evaluate_examples(model: Any, tokenizer: Any, examples: list[dict], *, kind: str, batch_size: int,
-                       max_new_tokens: int, chat_template: bool | None, mode: str, progress: bool,
-                       generate_options: dict | None, decoding: Decoding | None) -> tuple[dict[str, float], list[dict]]:
+def _evaluate_examples(model: Any, tokenizer: Any, examples: list[dict], *, kind: str, options: GenerateOptions,
+                       mode: str, where: Where | None) -> tuple[dict[str, float], list[dict]]:
     if kind not in KINDS:
         raise InstructuneError(f"evaluate_examples: kind {kind!r}; expected one of {', '.join(KINDS)}")
     if not examples:
@@ -107,12 +100,13 @@ def _evaluate_examples(model: Any, tokenizer: Any, examples: list[dict], *, kind
     if mode not in EVAL_MODES:
         raise InstructuneError(f"evaluate_examples: mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
     if mode == "lm-eval":
-        if chat_template:
+        if options.chat_template:
             raise InstructuneError("evaluate: mode 'lm-eval' scores plain text; drop --chat-template (or use --mode instruct)")
-        chat_template = False
+        options = replace(options, chat_template=False)
     if _multiple_choice(kind, examples):
         metrics, scored = score_choices(
-            model, tokenizer, examples, batch_size=batch_size, chat_template=chat_template, mode=mode, progress=progress
+            model, tokenizer, examples, batch_size=options.batch_size, chat_template=options.chat_template, mode=mode,
+            progress=options.progress,
         )
         rows = [
             {
@@ -126,11 +120,7 @@ def _evaluate_examples(model: Any, tokenizer: Any, examples: list[dict], *, kind
         ]
         return metrics, rows
     references = [_references_of(example, index) for index, example in enumerate(examples)]
-    predictions = generate(
-        model, tokenizer, [example["prompt"] for example in examples], max_new_tokens=max_new_tokens,
-        batch_size=batch_size, chat_template=chat_template, progress=progress, decoding=decoding,
-        **(generate_options or {}),
-    )
+    predictions = generate(model, tokenizer, [example["prompt"] for example in examples], options, where=where)
     item_scores = generation_item_scores(predictions, references)
     rows = [
         {"prompt": example["prompt"], "prediction": prediction, "references": refs, "scores": scores}
@@ -143,21 +133,20 @@ def _multiple_choice(kind: str, examples: list[dict]) -> bool:
     return kind == "multiple_choice" or (kind == "classification" and "options" in examples[0])
 
 
-def _out_of_memory_advice(model: Any, tokenizer: Any, examples: list[dict], *, kind: str, batch_size: int,
-                          max_new_tokens: int, chat_template: bool | None, mode: str, decoding: Decoding | None,
-                          settings: tuple[str, str]) -> str:
+def _out_of_memory_advice(model: Any, tokenizer: Any, examples: list[dict], *, kind: str, options: GenerateOptions,
+                          mode: str, settings: tuple[str, str]) -> str:
     """The batch shape that did not fit and what to lower, for the out-of-memory line (runs only then)."""
-    rows = min(batch_size, len(examples))
+    rows = min(options.batch_size, len(examples))
     if _multiple_choice(kind, examples):
         if is_encoder_decoder(model):
             return f"batches of {rows} example(s) with all their options: lower {settings[0]}"
         return (f"packed rows of items and their options (decoder-only multiple choice packs by tokens, so "
                 f"{settings[0]} does not change it): free memory or use a smaller model")
-    template = False if mode == "lm-eval" else chat_template
+    template = False if mode == "lm-eval" else options.chat_template
     longest = max(len(encode_prompt(model, tokenizer, example["prompt"], template)) for example in examples)
-    beams = decoding.num_beams if decoding else 1
+    beams = options.decoding.num_beams
     per_prompt = f" x {beams} beams" if beams > 1 else ""
-    return (f"batches of {rows} prompt(s){per_prompt} of up to {longest} tokens + up to {max_new_tokens} new tokens: "
+    return (f"batches of {rows} prompt(s){per_prompt} of up to {longest} tokens + up to {options.max_new_tokens} new tokens: "
             f"lower {settings[0]} or {settings[1]}")
 
 
@@ -182,13 +171,10 @@ def evaluate_task(
     template: str | int = 0,
     seed: int = 0,
     with_options: bool = True,
-    batch_size: int = 8,
-    max_new_tokens: int = 128,
-    chat_template: bool | None = None,
     mode: str | None = None,
-    progress: bool = True,
-    generate_options: dict | None = None,
-    decoding: Decoding | None = None,
+    options: GenerateOptions | None = None,
+    where: Where | None = None,
+    **overrides: Any,
 ) -> tuple[dict, list[dict]]:
     """Render a task's records and evaluate them: the run summary and the prediction rows.
 
@@ -210,7 +196,7 @@ def evaluate_task(
         mode: "instruct" or "lm-eval"; None = the task's own `eval_mode` (hellaswag_lmeval and
             piqa_lmeval: "lm-eval"; the other built-in tasks: "instruct"). lm-eval parity is zero-shot:
             few-shot exemplars are instructune's own draw and separator, not the harness's.
-        Other arguments as in `evaluate_examples`.
+        options, where, overrides: as in `evaluate_examples`.
 
     Returns:
         ({"task", "kind", "mode", "metric", "data", "split", "template", "num_fewshot", "start", "every", "limit",
@@ -218,27 +204,25 @@ def evaluate_task(
           "max_new_tokens" and "decoding" (every `Decoding` setting) None unless the task kind is generation;
           prediction rows with "task", "template" and "mode" added).
     """
+    options = replace(options or GenerateOptions(), **overrides)
     task = load_task(task_name)
     mode = mode or task.eval_mode
     if mode == "lm-eval":
         with_options = False  # the harness scores each option after the bare context
     records = load_records(data, split=split).to_list()
-    examples = render_records(task, records, seed=seed, template=template, num_fewshot=num_fewshot,
-                              with_options=with_options, source=data)
+    examples = render_records(task, records, RenderOptions(seed=seed, template=template, num_fewshot=num_fewshot,
+                                                           with_options=with_options), source=data)
     example_records = _records_of_examples(task, records, examples, template, seed)
-    if start and start >= len(examples):
-        raise InstructuneError(f"eval {task.name}: --start {start}, but {data} gives only {len(examples)} examples")
-    examples, example_records = examples[start::every][:limit], example_records[start::every][:limit]
+    positions = select_positions(len(examples), start=start, every=every, limit=limit,
+                                 what=f"eval {task.name}: {data}", unit="examples", flag="--")
+    examples, example_records = [examples[i] for i in positions], [example_records[i] for i in positions]
     if task.kind == "generation":
         for example, record in zip(examples, example_records):
             example["references"] = extra_references(task, record, example["template"]) or [example["completion"]]
     print(f"eval {task.name}: {len(examples)} {task.kind} examples from {data}, mode {mode}")
     started = time.perf_counter()
-    metrics, rows = evaluate_examples(
-        model, tokenizer, examples, kind=task.kind, batch_size=batch_size, max_new_tokens=max_new_tokens,
-        chat_template=chat_template, mode=mode, progress=progress, generate_options=generate_options,
-        decoding=decoding, where=f"eval {task.name}", settings=EVAL_SETTINGS,
-    )
+    metrics, rows = evaluate_examples(model, tokenizer, examples, kind=task.kind, options=options, mode=mode,
+                                      where=where, label=f"eval {task.name}", settings=EVAL_SETTINGS)
     seconds = time.perf_counter() - started
     generation = task.kind == "generation"
     for row, example in zip(rows, examples):
@@ -247,9 +231,9 @@ def evaluate_task(
         "task": task.name, "kind": task.kind, "mode": mode, "metric": task.metric, "data": str(data), "split": split,
         "template": template, "num_fewshot": num_fewshot, "start": start, "every": every, "limit": limit, "seed": seed,
         "with_options": with_options,
-        "chat_template": False if mode == "lm-eval" else chat_template,
-        "max_new_tokens": max_new_tokens if generation else None,
-        "decoding": (decoding or Decoding()).to_dict() if generation else None,
+        "chat_template": False if mode == "lm-eval" else options.chat_template,
+        "max_new_tokens": options.max_new_tokens if generation else None,
+        "decoding": options.decoding.to_dict() if generation else None,
         "n_examples": len(examples), "seconds": round(seconds, 2), "metrics": metrics,
     }
     return summary, rows

@@ -1,13 +1,13 @@
 """`instructune export`: merge a LoRA adapter into its base model and save a plain transformers folder.
 
 With `--gguf TYPE` the merged (or a full fine-tuned) model goes to one GGUF file instead; the
-writing lives in export_gguf.py, the merge (models.merge_adapter) is shared by both.
+writing lives in gguf.py, the merge (models.merge_adapter) is shared by both.
 
 The result (safetensors weights, tokenizer with its chat template, generation config) loads with
 `AutoModelForCausalLM.from_pretrained` (or `AutoModelForSeq2SeqLM`) and needs neither peft nor
 instructune. Missing parent folders of `-o` are created; a place that cannot be written is one line
 before the merge starts (nothing created), and a write that fails midway (a full disk) leaves nothing at `-o`.
-What this file leaves out: training (train.py) and loading (models.py).
+What this file leaves out: training (train/) and loading (models/).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from instructune.fileio.atomic import atomic_folder, check_writable
 from instructune.errors import InstructuneError
 from instructune.export.gguf import export_gguf
-from instructune.models import check_adapter_folder, is_encoder_decoder, merge_adapter
+from instructune.models import check_adapter_folder, is_encoder_decoder, load_model_config, merge_adapter
 
 
 def export_merged(adapter: str | Path, output: str | Path, *, model: str | None = None) -> Path:
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.adapter is None:
         raise InstructuneError("--adapter is required (without --gguf, export merges an adapter into its base)")
     out = export_merged(args.adapter, args.output, model=args.model)
-    from transformers import AutoConfig
-
-    seq2seq = is_encoder_decoder(AutoConfig.from_pretrained(out))
+    seq2seq = is_encoder_decoder(load_model_config(out))
     print(f"merged model saved to {out} (load it with {'AutoModelForSeq2SeqLM' if seq2seq else 'AutoModelForCausalLM'}"
           ".from_pretrained)")
     return 0

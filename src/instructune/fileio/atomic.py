@@ -1,6 +1,7 @@
 """Write a folder so that a kill or a power loss never leaves it half-written: the one owner of that pattern.
 
-`atomic_folder(final)` hands out a temporary folder beside `final`; when the caller's block ends
+`atomic_folder(final)` hands out a temporary folder beside `final` (`atomic_file(final)` a temporary
+file, `write_text_atomic` writes one); when the caller's block ends
 without an error, every file and folder in it is fsynced, and it is swapped into place:
 
     final -> .old-<name>    (only when final exists: a re-save of the same checkpoint step)
@@ -10,8 +11,8 @@ without an error, every file and folder in it is fsynced, and it is swapped into
 At every moment one complete copy exists under `final` or `.old-<name>`; `complete_copy` finds it.
 `check_writable` checks, before any slow work, that a new file or folder can be made where the user
 asked, so a place that cannot be written is one line up front and nothing is created there yet.
-What this file leaves out: what goes into the folder (checkpoint.py, export.py, models.py) and
-which copies to keep (checkpoint.py prunes old steps).
+What this file leaves out: what goes into the folder (train/checkpoint.py, export/, models/) and
+which copies to keep (train/checkpoint.py prunes old steps).
 """
 
 from __future__ import annotations
@@ -102,6 +103,52 @@ def atomic_folder(final: str | Path) -> Iterator[Path]:
         _swap_into_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(final: str | Path, *, what: str = "it") -> Iterator[Path]:
+    """A temporary path beside `final` to write; fsynced and renamed to `final` only when the block succeeds.
+
+    The file counterpart of `atomic_folder`: a kill, a full disk or a lost mount midway leaves the
+    old `final` (or none), never half a file. A write that fails with an OSError is one line.
+
+    Raises:
+        InstructuneError: `final: could not write WHAT (No space left on device); nothing was left there`.
+
+    Example:
+        >>> with atomic_file("exported/model.gguf", what="the GGUF file") as tmp:
+        ...     writer = gguf.GGUFWriter(tmp, "llama")
+    """
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{final.name}.", dir=final.parent)
+        os.close(fd)
+    except OSError as error:
+        raise InstructuneError(f"{final}: cannot write in {final.parent} ({error.strerror or error})") from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's file is private; the result gets a new file's permissions
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except OSError as error:  # a full disk or a lost mount midway
+        raise InstructuneError(f"{final}: could not write {what} ({error.strerror or error}); "
+                               "nothing was left there") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str, *, what: str = "it") -> Path:
+    """Write `text` (UTF-8) to `path` through `atomic_file`; returns `path`."""
+    with atomic_file(path, what=what) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def _umask() -> int:

@@ -8,8 +8,9 @@ chat template: their first turn is the raw message, as their training prompts we
 streamed as they are generated; `/reset` clears the history and `/exit`, EOF or Ctrl-C at the
 prompt quit. Ctrl-C while the model answers stops that answer only.
 
-Greedy decoding by default; sampling when --temperature > 0. Left out: batch generation (see
-evaluate/), conversation saving, and trimming a history longer than the model's context.
+Greedy decoding by default; sampling when --temperature > 0, on Hugging Face `generate` with the
+settings batch generation passes it (hf_engine.py). Left out: batch generation (generate.py),
+conversation saving, and trimming a history longer than the model's context.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import threading
 from typing import Any, Callable, TextIO
 
 from instructune.errors import InstructuneError
+from instructune.generation import hf_engine
+from instructune.generation.engines import Request, Sampling
 from instructune.generation.generate import stop_token_ids
 from instructune.models import is_encoder_decoder, load_model
 from instructune.data.tokenize import format_prompt, uses_chat_template
@@ -117,15 +120,11 @@ class ChatSession:
         return answer
 
     def _generation_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=self.max_new_tokens, eos_token_id=stop_token_ids(self.model, self.tokenizer),
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
-            else self.tokenizer.eos_token_id,
-        )
-        if self.temperature > 0:
-            return kwargs | dict(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        # Neutral values, so the sampling knobs a model's generation_config may carry play no part.
-        return kwargs | dict(do_sample=False, temperature=1.0, top_p=1.0, top_k=50)
+        # Hugging Face `generate` with the same explicit settings batch generation uses (hf_engine.py).
+        sampling = Sampling(self.temperature, self.top_p) if self.temperature > 0 else None
+        request = Request(prompts=[], max_new_tokens=self.max_new_tokens,
+                          stop_ids=stop_token_ids(self.model, self.tokenizer), sampling=sampling)
+        return {"generation_config": hf_engine.generation_config(self.model, self.tokenizer, request)}
 
     def _generate_streaming(self, kwargs: dict[str, Any], stream: Callable[[str], Any]) -> Any:
         """Run generate in a thread and pass text to `stream` as it comes; Ctrl-C stops it early."""

@@ -1,4 +1,4 @@
-"""Converted copies of a model's weights for the engines that need one (CTranslate2, OpenVINO).
+"""Converted copies of a model's weights for the engines that need one (OpenVINO).
 
 Both engines read a folder written from the `torch` weights the caller holds. `converted_folder` says
 where it lives: models read from instructune's cache (the default model) keep their conversion
@@ -18,6 +18,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+from instructune.fileio.atomic import atomic_folder
 from instructune.models import cache_dir, unwrapped_model
 
 
@@ -79,7 +80,7 @@ def converted_folder(model: Any, *, suffix: str, marker: str, write: Callable[[P
 
     Args:
         model: the model as the caller holds it (PEFT-wrapped or not).
-        suffix: the engine's mark in the cached folder's name ("ct2", "ov").
+        suffix: the engine's mark in the cached folder's name ("ov").
         marker: a file a finished conversion has (the cache is used only when it is there).
         write: writes the conversion into the folder it is given.
         persist: False for weights that change between calls: always a temporary folder.
@@ -93,20 +94,17 @@ def converted_folder(model: Any, *, suffix: str, marker: str, write: Callable[[P
     folder = cache_dir() / "models" / f"{source.name}.{suffix}-{weights_digest(model)[:16]}" if cached else None
     if folder is not None and (folder / marker).is_file():
         return folder
-    parent = folder.parent if folder is not None else Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"instructune-{suffix}-", dir=parent))
+    if folder is not None:
+        with atomic_folder(folder) as tmp:
+            write(tmp)
+        return folder
+    tmp = Path(tempfile.mkdtemp(prefix=f"instructune-{suffix}-"))
     try:
         write(tmp)
-        if folder is None:
-            return tmp
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return folder
+    return tmp
 
 
 def is_temporary(folder: Path, suffix: str) -> bool:

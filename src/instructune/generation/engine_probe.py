@@ -31,11 +31,12 @@ import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from instructune.errors import InstructuneError
+from instructune.fileio.atomic import write_text_atomic
 from instructune.models import cache_dir
 
 PROBES_FILE = "engine-probes.json"
@@ -172,17 +173,9 @@ def _read(path: Path) -> dict[str, Any]:
 def _keep(key: dict[str, Any], record: dict[str, Any]) -> None:
     """Add `record` to the verdict file, replacing it in one rename; a cache that cannot be written is skipped."""
     path = probes_path()
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        verdicts = {**_read(path), _digest(key): record}
-        fd, name = tempfile.mkstemp(prefix=f".{PROBES_FILE}.", dir=path.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(verdicts, out, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as error:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        print(f"instructune: could not keep the engine probe's verdict in {path} ({error.strerror or error}); "
-              "it holds for this process only", file=sys.stderr)
+        write_text_atomic(path, json.dumps({**_read(path), _digest(key): record}, indent=1, sort_keys=True),
+                          what="the engine probe's verdict")
+    except InstructuneError as error:
+        print(f"instructune: could not keep the engine probe's verdict ({error}); it holds for this process only",
+              file=sys.stderr)

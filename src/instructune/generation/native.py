@@ -19,7 +19,7 @@ are) in a loop of its own:
   oneDNN's matmuls once, with prefill attention as two matmuls and an fp32 softmax (torch's CPU
   flash kernel is slow in bf16).
 
-In float32 the answers equal Hugging Face greedy `generate`'s token for token (tests/test_decode.py);
+In float32 the answers equal Hugging Face greedy `generate`'s token for token (tests/test_native.py);
 bfloat16 is faster and changes some answers (its ROUGE against float32 is in bench/RESULTS.md).
 Covered: decoder-only models whose layers are Llama's (Llama, SmolLM, Mistral without a sliding
 window in reach, Qwen2). Everything else, sampling, and quantized models return a reason from
@@ -33,10 +33,15 @@ from itertools import accumulate
 from typing import Any, Callable
 
 from instructune.errors import InstructuneError
-from instructune.models import is_encoder_decoder, merged_copy, unwrapped_model
-from instructune.models.families import FAMILIES, family_of
+from instructune.generation.engines import Request, Where
+from instructune.models import merged_copy, unwrapped_model
+from instructune.models.families import engine_unsupported_reason, family_of
 
+NAME = "native"
 COMPUTE_TYPES = ("float32", "bfloat16")
+GREEDY_ONLY = True
+NEEDS_EXPORT = False
+BESIDE_ALLOCATOR = True
 # Answers in flight at least: a decode step reads every weight once whatever the number of rows, so on
 # a CPU 32 rows cost little more than 8 (48 DialogSum summaries: 42.4 -> 71.6 new tokens/s in fp32,
 # bench/RESULTS.md); the KV cache per slot is small next to the weights of a model this engine runs.
@@ -45,25 +50,21 @@ MIN_SLOTS = 32
 PREFILL_TOKENS = 4096
 
 
-def unsupported_reason(model: Any) -> str | None:
-    """Why the native engine cannot decode `model`, or None when it can.
+def unsupported_reason(model: Any, compute_type: str | None = None, where: Where | None = None) -> str | None:
+    """Why the native engine cannot decode `model`, or None when it can (the allocator and a changing model are fine).
 
     Example:
         >>> unsupported_reason(t5_model)
         'encoder-decoder models use Hugging Face generate'
     """
-    if is_encoder_decoder(model):
-        return "encoder-decoder models use Hugging Face generate"
-    base = unwrapped_model(model)
-    config = base.config
-    family = family_of(config)
-    if family is None:
-        return f"model type {config.model_type!r} is not one of {', '.join(FAMILIES)}"
-    if getattr(config, "quantization_config", None) is not None:
-        return "quantized models use Hugging Face generate"
-    if any(p.device.type != "cpu" for p in base.parameters()):
-        return "the native engine runs on the CPU"
-    return family.engine_unsupported_reason(config)
+    return engine_unsupported_reason(model)
+
+
+def run(model: Any, tokenizer: Any, request: Request, where: Where, on_done: Callable[[int], None]) -> list[list[int]]:
+    """The engine protocol's call (engines.py): every prompt decoded, `max(batch_size, MIN_SLOTS)` in flight."""
+    decoder = NativeDecoder(model, request.compute_type or COMPUTE_TYPES[0])
+    return decoder.generate(request.prompts, max_new_tokens=request.max_new_tokens, stop_ids=request.stop_ids,
+                            slots=max(request.batch_size, MIN_SLOTS), on_done=on_done)
 
 
 def decoding_model(model: Any, compute_type: str) -> Any:

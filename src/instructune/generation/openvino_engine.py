@@ -8,8 +8,8 @@ the template's instruction) are computed once. On the 48 DialogSum prompts of is
 about three times Hugging Face `generate`'s best and twice the native engine (bench/RESULTS.md).
 
 The model is exported from the `torch` weights the caller holds (adapters merged into a copy), by
-tracing `_Traceable`: the same Llama-family layers the native engine runs (decode.py), written as
-one forward over explicit past keys and values, then made stateful the way OpenVINO's paged-
+tracing `_traceable`: the family's decoder layer (models/llama.py), which the native engine runs too,
+in one forward over explicit past keys and values, then made stateful the way OpenVINO's paged-
 attention pass expects (the KV cache as variables, a `beam_idx` gather, an empty initial state).
 GenAI's pipeline then swaps each attention for its paged kernel. In float32 the answers equal Hugging
 Face greedy `generate`'s token for token (tests/test_openvino_engine.py, and 200 of 200 DialogSum
@@ -44,17 +44,25 @@ import json
 import shutil
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from instructune.cli.allocator import preloaded_allocator
 from instructune.errors import InstructuneError
-from instructune.generation import native as decode
 from instructune.generation import engine_probe
 from instructune.generation.engine_cache import LoadedEngines, converted_folder, is_temporary
+from instructune.generation.engines import EngineCrashed, Request, Where, cut_at_stop
 from instructune.models import merged_copy, unwrapped_model
+from instructune.models.families import engine_unsupported_reason, family_of
 
+NAME = "openvino"
 COMPUTE_TYPES = ("float32", "bfloat16")
+GREEDY_ONLY = True
+NEEDS_EXPORT = True
+# Beside a preloaded tcmalloc (libtcmalloc_minimal.so.4), OpenVINO 2026.4 aborts with "free(): invalid pointer"
+# while reading a model; it brings its own allocator (TBB's libtbbmalloc), and mixing the two is the likely
+# cause, not pinned down. `instructune eval` keeps glibc's malloc where it may decode here (cli/__init__.py).
+BESIDE_ALLOCATOR = False
 _PRECISION = {"float32": "f32", "bfloat16": "bf16"}
 # Tokens per scheduler step at most: prompts are prefilled in chunks of this many tokens beside the
 # running answers. 2,048 ran the 48-prompt job in 13.8-14.1 s against 14.8-16.5 s at GenAI's default.
@@ -87,19 +95,13 @@ while pipeline.has_non_finished_requests():
 """
 
 
-class EngineCrashed(InstructuneError):
-    """OpenVINO crashes (or crashed in a probe) on this model and compute type here; `reason` says how."""
+def unsupported_reason(model: Any, compute_type: str | None = None, where: Where | None = None) -> str | None:
+    """Why the OpenVINO engine cannot decode `model` in `compute_type` where the call runs, or None when it can.
 
-    def __init__(self, reason: str):
-        super().__init__(f"openvino engine: {reason}")
-        self.reason = reason
-
-
-def unsupported_reason(model: Any) -> str | None:
-    """Why the OpenVINO engine cannot decode `model`, or None when it can.
-
-    It takes what the native engine takes: decoder-only Llama, Mistral (no sliding window in reach)
-    and Qwen2 layers, unquantized, on the CPU.
+    It takes what the native engine takes (models/families.py: decoder-only, a known family,
+    unquantized, on the CPU), in a process with no preloaded allocator, for weights that stay the same
+    between calls (each new set of weights costs an export, ~10 s for the default model), in a
+    configuration not known to crash OpenVINO here (`crash_reason`).
 
     Example:
         >>> unsupported_reason(t5_model)
@@ -110,16 +112,22 @@ def unsupported_reason(model: Any) -> str | None:
         import openvino_genai  # noqa: F401
     except ImportError:
         return "openvino-genai is not installed (pip install openvino-genai)"
-    # Beside a preloaded tcmalloc (libtcmalloc_minimal.so.4), OpenVINO 2026.4 aborts with "free(): invalid
-    # pointer" while reading a model; it brings its own allocator (TBB's libtbbmalloc), and mixing the
-    # two is the likely cause, not pinned down. The CLI runs `eval` without tcmalloc when OpenVINO will
-    # decode (cli.py); elsewhere "auto" falls back to the native engine.
-    if allocator := preloaded_allocator():
-        return f"OpenVINO aborts beside the preloaded allocator {allocator}"
-    return decode.unsupported_reason(model)
+    return engine_unsupported_reason(model)
 
 
-def crash_reason(model: Any, compute_type: str = "float32") -> str | None:
+def run(model: Any, tokenizer: Any, request: Request, where: Where, on_done: Callable[[int], None]) -> list[list[int]]:
+    """The engine protocol's call (engines.py): every prompt in flight at once, cut at its first stop token.
+
+    Raises:
+        EngineCrashed: as `load_engine`.
+    """
+    pipeline = load_engine(model, compute_type=request.compute_type or COMPUTE_TYPES[0], cache=not where.weights_change)
+    rows = generate_ids(pipeline, request.prompts, max_new_tokens=request.max_new_tokens, stop_ids=request.stop_ids,
+                        on_done=on_done)
+    return [cut_at_stop(row, request.stop_ids) for row in rows]
+
+
+def crash_reason(model: Any, compute_type: str | None = "float32") -> str | None:
     """Why OpenVINO would crash loading `model` in `compute_type` on this machine, or None when not known to.
 
     Known without trying: bfloat16 on one thread on an AMX CPU (SIGFPE compiling; the module docstring
@@ -130,6 +138,7 @@ def crash_reason(model: Any, compute_type: str = "float32") -> str | None:
         >>> torch.set_num_threads(1); crash_reason(model, "bfloat16")  # on a Xeon with AMX
         'bfloat16 on one thread crashes OpenVINO on AMX CPUs (SIGFPE compiling its fused MLP, which splits work over threads / 2)'
     """
+    compute_type = compute_type or COMPUTE_TYPES[0]
     threads = _threads()
     if (known := _known_crash(compute_type, threads)) is not None:
         return known
@@ -160,7 +169,8 @@ def _probe_key(model: Any, compute_type: str, threads: int) -> dict[str, Any]:
     return engine_probe.machine_key(
         engine="openvino", version=openvino.__version__, model_type=config.model_type,
         layers=config.num_hidden_layers, hidden=config.hidden_size, intermediate=config.intermediate_size,
-        heads=config.num_attention_heads, kv_heads=config.num_key_value_heads, head_dim=_head_dim(config),
+        heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
+        head_dim=family_of(config).dims(config)[2],
         vocab=config.vocab_size, compute_type=compute_type, threads=threads,
     )
 
@@ -175,10 +185,6 @@ def _probe_command(folder: Path, scheduler_fields: dict[str, Any], properties: d
     return [sys.executable, "-c", _PROBE_SCRIPT, str(folder), json.dumps(scheduler_fields), json.dumps(properties)]
 
 
-def _head_dim(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
 def _traceable(model: Any) -> Any:
     """`model` (plain, float32) as a module whose forward takes and returns the KV cache as tensors.
 
@@ -189,11 +195,11 @@ def _traceable(model: Any) -> Any:
     """
     import torch
     import torch.nn.functional as F
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     inner, lm_head, config = model.model, model.lm_head, model.config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = _head_dim(config)
+    family = family_of(config)
+    dims = family.dims(config)
+    heads, kv_heads, head_dim = dims
     group = heads // kv_heads
 
     class Traceable(torch.nn.Module):
@@ -211,21 +217,17 @@ def _traceable(model: Any) -> Any:
             allowed = (torch.arange(total).view(1, total) <= query_at).view(1, 1, tokens, total)
             allowed = allowed & attention_mask.bool().view(batch, 1, 1, total)
             present = []
-            for index, layer in enumerate(inner.layers):
-                attention = layer.self_attn
-                h = layer.input_layernorm(x)
-                q = attention.q_proj(h).view(batch, tokens, heads, head_dim).transpose(1, 2)
-                k = attention.k_proj(h).view(batch, tokens, kv_heads, head_dim).transpose(1, 2)
-                v = attention.v_proj(h).view(batch, tokens, kv_heads, head_dim).transpose(1, 2)
-                q, k = apply_rotary_pos_emb(q, k, cos, sin)
+
+            def attend(index, q, k, v, scale):
                 k = torch.cat([past[2 * index], k], dim=2)
                 v = torch.cat([past[2 * index + 1], v], dim=2)
-                present += [k, v]
+                present.extend([k, v])
                 k = k[:, :, None].expand(batch, kv_heads, group, total, head_dim).reshape(batch, heads, total, head_dim)
                 v = v[:, :, None].expand(batch, kv_heads, group, total, head_dim).reshape(batch, heads, total, head_dim)
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=attention.scaling)
-                x = x + attention.o_proj(out.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
-                x = x + layer.mlp(layer.post_attention_layernorm(x))
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+
+            for index, layer in enumerate(inner.layers):
+                x = family.decoder_layer(layer, x, cos, sin, dims, partial(attend, index))
             return (lm_head(inner.norm(x)), *present)
 
     return Traceable().eval()
@@ -253,7 +255,7 @@ def export(model: Any, out_dir: str | Path) -> Path:
     plain = merged_copy(model).float().eval()
     config = plain.config
     layers, kv_heads = config.num_hidden_layers, config.num_key_value_heads
-    head_dim = _head_dim(config)
+    head_dim = family_of(config).dims(config)[2]
     past_names = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     inputs = ["input_ids", "attention_mask", "position_ids", *past_names]
     outputs = ["logits", *(name.replace("past_key_values", "present") for name in past_names)]
@@ -316,9 +318,10 @@ def load_engine(model: Any, *, compute_type: str = "float32", cache: bool = True
     if cache and (engine := _LOADED.get(model, compute_type)) is not None:
         return engine
     if (reason := crash_reason(model, compute_type)) is not None:
-        raise EngineCrashed(reason)
+        raise EngineCrashed(NAME, reason)
     config = unwrapped_model(model).config
-    bytes_per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * _head_dim(config) * (
+    _, kv_heads, head_dim = family_of(config).dims(config)
+    bytes_per_token = config.num_hidden_layers * 2 * kv_heads * head_dim * (
         4 if compute_type == "float32" else 2)
     scheduler_fields = {"cache_size": max(1, -(-bytes_per_token * CACHE_TOKENS // 2**30)),  # whole GB
                         "max_num_batched_tokens": PREFILL_TOKENS, "enable_prefix_caching": True}
@@ -332,7 +335,7 @@ def load_engine(model: Any, *, compute_type: str = "float32", cache: bool = True
         outcome = engine_probe.probe(_probe_key(model, compute_type, threads),
                                      _probe_command(folder, scheduler_fields, properties))
         if outcome is not None:
-            raise EngineCrashed(_probe_reason(outcome, compute_type, threads))
+            raise EngineCrashed(NAME, _probe_reason(outcome, compute_type, threads))
         scheduler = openvino_genai.SchedulerConfig()
         for name, value in scheduler_fields.items():
             setattr(scheduler, name, value)

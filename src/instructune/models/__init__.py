@@ -7,7 +7,7 @@ that folder in seconds. Weights load from safetensors only, and remote code neve
 Folders are checked before transformers or peft read them (`check_adapter_folder`, and config.json
 and weight headers of a model folder), so a truncated weights file or a config that is not JSON is
 one line naming the file in every command that loads a model: eval, chat, export, train, the board.
-What this file leaves out: training-time wrapping (train.py) and merging for export (export.py).
+What this file leaves out: training-time wrapping (train/adapters.py) and merging for export (export/).
 """
 
 from __future__ import annotations
@@ -121,6 +121,13 @@ def context_length(model_or_config: Any) -> tuple[int, str] | None:
     return None
 
 
+def load_model_config(path: str | os.PathLike, trust_remote_code: bool = False) -> Any:
+    """A model folder's config (transformers' AutoConfig), without loading the weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
 def is_encoder_decoder(model_or_config: Any) -> bool:
     config = getattr(model_or_config, "config", model_or_config)
     return bool(getattr(config, "is_encoder_decoder", False))
@@ -163,13 +170,13 @@ def load_model(
         >>> model, tokenizer = load_model(adapter="runs/quickstart/adapter")
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     path = resolve_model_path(model)
     check_model_folder(path)
     if adapter is not None:
         check_adapter_folder(adapter)  # before the base loads: a bad adapter costs no waiting
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = load_model_config(path, trust_remote_code)
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
     extra = quantization_kwargs(dtype, device) if load_in_4bit else {}
     loaded = auto.from_pretrained(
@@ -271,7 +278,7 @@ def merge_adapter(adapter: str | Path, *, model: str | None = None) -> tuple:
     """Load `adapter` over its base and fold the LoRA weights in: (plain transformers model, tokenizer).
 
     The base is `model`, else the folder named in the adapter's config, else the default model.
-    Both exports (export.py's folder and export_gguf.py's file) merge through here.
+    Both exports (export/merge.py's folder and export/gguf.py's file) merge through here.
     """
     wrapped, tokenizer = load_model(model or adapter_base_model(adapter), adapter=adapter)
     return wrapped.merge_and_unload(), tokenizer

@@ -13,7 +13,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from instructune.models import llama
+from instructune.models import is_encoder_decoder, llama, unwrapped_model
 
 # transformers model_type -> the family module that covers it.
 FAMILIES: dict[str, ModuleType] = {model_type: llama for model_type in llama.MODEL_TYPES}
@@ -28,6 +28,29 @@ def family_of(model_or_config: Any) -> ModuleType | None:
     """
     config = getattr(model_or_config, "config", model_or_config)
     return FAMILIES.get(getattr(config, "model_type", None))
+
+
+def engine_unsupported_reason(model: Any) -> str | None:
+    """Why instructune's own engines (native, OpenVINO) cannot run `model`, or None: the one eligibility check.
+
+    They run decoder-only models of a known family, unquantized, on the CPU, through the family's layer.
+
+    Example:
+        >>> engine_unsupported_reason(t5_model)
+        'encoder-decoder models use Hugging Face generate'
+    """
+    base = unwrapped_model(model)
+    config = base.config
+    if is_encoder_decoder(config):
+        return "encoder-decoder models use Hugging Face generate"
+    family = family_of(config)
+    if family is None:
+        return f"model type {config.model_type!r} is not one of {', '.join(FAMILIES)}"
+    if getattr(config, "quantization_config", None) is not None:
+        return "quantized models use Hugging Face generate"
+    if any(p.device.type != "cpu" for p in base.parameters()):
+        return "instructune's engines run on the CPU"
+    return family.engine_unsupported_reason(config)
 
 
 def fallbacks(model_or_config: Any) -> list[str]:

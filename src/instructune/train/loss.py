@@ -18,6 +18,16 @@ from instructune.train.attention import segments, uses_packed_attention
 from instructune.data.tokenize import IGNORE_INDEX
 
 
+def label_count(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
+    """How many positions of a batch carry a loss: the one count the loss sums and the step divides by.
+
+    Decoder-only: labels shifted by one (token t+1 is predicted at position t); encoder-decoder: the
+    decoder's labels as they are.
+    """
+    labels = batch["labels"] if encoder_decoder else batch["labels"][:, 1:]
+    return int((labels != IGNORE_INDEX).sum())
+
+
 def causal_lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token loss over labelled positions of a decoder-only model.
 
@@ -31,7 +41,7 @@ def causal_lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torc
     targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at position t
     keep = torch.zeros_like(batch["labels"], dtype=torch.bool)  # (B, T)
     keep[:, :-1] = targets != IGNORE_INDEX
-    count = int(keep.sum())
+    count = label_count(batch, encoder_decoder=False)
     # Under attention.py's implementation each packed example attends as its own causal block.
     extra = {"packed_segments": segments(batch["position_ids"])} if uses_packed_attention(model) else {}
     output = model(
@@ -51,4 +61,4 @@ def seq2seq_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.
     output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
     logits = output.logits.float()  # (B, T, V)
     loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, int((labels != IGNORE_INDEX).sum())
+    return loss_sum, label_count(batch, encoder_decoder=True)

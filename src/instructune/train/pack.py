@@ -4,7 +4,7 @@ Packed rows hold several examples; `position_ids` restart at 0 for each, and no 
 passed, so transformers' SDPA path builds a block-diagonal causal mask and no example attends to
 another (FIELD-NOTES: packing with SDPA). Unpacked rows are right-padded and also need no mask: in
 a causal model a real token never attends to padding that comes after it.
-What this file leaves out: tokenization (tokenize.py) and the order of batches (train.py).
+What this file leaves out: tokenization (data/tokenize.py) and the order of batches (trainer.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from instructune.errors import InstructuneError
-from instructune.data.tokenize import IGNORE_INDEX
+from instructune.data.tokenize import IGNORE_INDEX, pad_rows
 
 
 def pack_best_fit(lengths: list[int], max_length: int) -> list[list[int]]:
@@ -71,13 +71,11 @@ def collate(rows: list[dict], pad_token_id: int, pad_to_multiple_of: int = 8) ->
     """
     longest = max(len(r["input_ids"]) for r in rows)
     width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    input_ids, _ = pad_rows([r["input_ids"] for r in rows], pad_token_id, width=width)  # (B, T)
+    labels, _ = pad_rows([r["labels"] for r in rows], IGNORE_INDEX, width=width)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
     for b, row in enumerate(rows):
         n = len(row["input_ids"])
-        input_ids[b, :n] = torch.tensor(row["input_ids"])
-        labels[b, :n] = torch.tensor(row["labels"])
         positions = row.get("position_ids") or list(range(n))
         position_ids[b, :n] = torch.tensor(positions)
         position_ids[b, n:] = torch.arange(width - n)
@@ -86,15 +84,8 @@ def collate(rows: list[dict], pad_token_id: int, pad_to_multiple_of: int = 8) ->
 
 def collate_seq2seq(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Pad encoder inputs (with an attention mask) and decoder labels for an encoder-decoder model."""
-    source = max(len(r["input_ids"]) for r in rows)
-    target = max(len(r["labels"]) for r in rows)
-    input_ids = torch.full((len(rows), source), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), source), dtype=torch.long)
-    labels = torch.full((len(rows), target), IGNORE_INDEX, dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
-        attention_mask[b, : len(row["input_ids"])] = 1
-        labels[b, : len(row["labels"])] = torch.tensor(row["labels"])
+    input_ids, attention_mask = pad_rows([r["input_ids"] for r in rows], pad_token_id)
+    labels, _ = pad_rows([r["labels"] for r in rows], IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

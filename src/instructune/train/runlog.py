@@ -1,17 +1,16 @@
 """Training metrics: one JSON line per event (metrics.jsonl), TensorBoard scalars, and the loss plot.
 
-What this file leaves out: computing the metrics (train.py) and evaluation reports (evaluate/).
+What this file leaves out: computing the metrics (trainer.py) and evaluation reports (evaluate/).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from instructune.errors import InstructuneError
+from instructune.fileio.atomic import write_text_atomic
+from instructune.fileio.jsonio import read_jsonl
 
 # Record keys that place a record (x axis, run length) rather than measure anything.
 _NOT_CURVES = ("step", "total_steps")
@@ -27,9 +26,7 @@ class MetricsLog:
         # line torn by a kill goes with them). The new file replaces the old in one rename.
         records = self.read(self.path) if resume_from_step else []
         kept = [r for r in records if r.get("step", 0) <= resume_from_step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.writer = None
         if tensorboard:
             try:
@@ -61,22 +58,7 @@ class MetricsLog:
             1
         """
         path = Path(path)
-        if not path.is_file():
-            return []
-        lines = path.read_text().splitlines()
-        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-        records = []
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i != last:
-                    raise InstructuneError(f"{path}:{i + 1}: expected one JSON record per line") from None
-                warnings.warn(f"{path}:{i + 1}: skipping a half-written last line (cut by a kill, or still being "
-                              "written)", stacklevel=2)
-        return records
+        return read_jsonl(path, torn_tail="skip") if path.is_file() else []
 
 
 def smooth(values: Sequence[float], weight: float = 0.95) -> list[float]:

@@ -37,8 +37,9 @@ from instructune.config import RunConfig, config_keys_help, load_config, save_co
 from instructune.data.sources import read_examples
 from instructune.errors import InstructuneError, OutOfMemory, is_out_of_memory
 from instructune.evaluate.score import evaluate_examples
+from instructune.generation.engines import Where
 from instructune.train.fsdp import gather_model_state, gather_optimizer_state, is_sharded, refuse_ignored_fsdp, state_loaders
-from instructune.train.loss import causal_lm_loss_sum, seq2seq_loss_sum
+from instructune.train.loss import causal_lm_loss_sum, label_count, seq2seq_loss_sum
 from instructune.models import DEFAULT_MODEL, context_length, is_encoder_decoder, load_model
 from instructune.train.optim import BF16AdamW
 from instructune.train.pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
@@ -333,8 +334,8 @@ class Trainer:
         batches = self.step_batches(step)
         # Count the labels of the whole step (all micro-batches, all processes) before any backward,
         # so each token weighs the same however the step is split.
-        label_count = sum(_label_count(b, self.encoder_decoder) for b in batches)
-        total = self.accelerator.reduce(torch.tensor(float(label_count), device=self.accelerator.device), "sum")
+        labels = sum(label_count(b, self.encoder_decoder) for b in batches)
+        total = self.accelerator.reduce(torch.tensor(float(labels), device=self.accelerator.device), "sum")
         total = max(float(total), 1.0)
         loss_total = 0.0
         for i, batch in enumerate(batches):
@@ -415,11 +416,12 @@ class Trainer:
         with uncompiled(model):
             metrics, _ = evaluate_examples(
                 model, self.tokenizer, self.generation_sample, kind="generation", progress=False,
-                # The native engine decodes the live weights in place, no export (HF generate where it cannot):
-                # cache_engine=False keeps "auto" off OpenVINO (an export per check; it aborts beside tcmalloc).
+                # Weights that change between calls: an engine that needs no export (the native engine decodes
+                # the live weights in place; HF generate where it cannot), never an export per check.
+                where=Where.here(weights_change=True),
                 batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
-                chat_template=self.config.model.chat_template, generate_options={"cache_engine": False},
-                where=f"in-training generation after step {step}", settings=("train.batch_size", "train.generate_max_new_tokens"),
+                chat_template=self.config.model.chat_template,
+                label=f"in-training generation after step {step}", settings=("train.batch_size", "train.generate_max_new_tokens"),
             )
         model.train()
         return {f"gen_{k}": metrics[k] for k in ("rouge1", "rougeL", "exact_match", "f1") if k in metrics}
@@ -505,11 +507,6 @@ def row_order(n_rows: int, seed: int, epoch: int) -> list[int]:
     """The order epoch `epoch` visits the n training rows in: a pure function, so a step is a data position."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n_rows, generator=generator).tolist()
-
-
-def _label_count(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
-    labels = batch["labels"] if encoder_decoder else batch["labels"][:, 1:]
-    return int((labels != -100).sum())
 
 
 def _install_handlers(handler) -> dict:
