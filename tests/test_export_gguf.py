@@ -16,7 +16,8 @@ from instructune import models
 from instructune.errors import InstructuneError
 from instructune.export.merge import main
 from instructune.models import merge_adapter
-from instructune.export.gguf import GGUF_TYPES, export_gguf, permute_for_rope, write_gguf
+from instructune.export.gguf import GGUF_TYPES, export_gguf, write_gguf
+from instructune.models.llama import permute_for_rope
 
 PROMPTS = [
     "Where is my order?",
