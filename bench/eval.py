@@ -102,7 +102,7 @@ def _multiple_choice(model, tokenizer, limit: int, batch_size: int) -> dict:
                                     ("instructune", "instructune --mode lm-eval", ours[name])):
             rate = result["requests"] / result["seconds"]
             rows.append(f"| multiple choice, {name} | {engine} | {result['requests']} requests | {result['seconds']:.1f} | "
-                        f"{rate:.2f} | {rate / peer_rate:.2f} | acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} | "
+                        f"{rate:.2f} | {rate / peer_rate:.2f} | - | acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} | "
                         f"{same}/{len(lengths)} items | {load[key]:.2f} |")
         notes.append(f"- {name}: instructune {(ours[name]['requests'] / ours[name]['seconds']) / peer_rate:.2f}x "
                      "lm-eval's requests/s")
@@ -163,6 +163,11 @@ def main() -> int:
     from instructune.evaluate.metrics import generation_metrics
     from instructune.models import load_model
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import roofline
+
+    limits = roofline.measure()  # before the engines run, on the same machine state
+    print(roofline.format_limits(limits), flush=True)
     started = time.perf_counter()
     model, tokenizer = load_model()
     load_seconds = time.perf_counter() - started
@@ -240,7 +245,8 @@ def main() -> int:
         title + (", LoRA-wrapped model" if args.lora else "") + " (issue 13)",
         "",
         f"- command: `{command.strip()}`",
-        f"- machine: {_cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"- machine: {_cpu_name()} ({roofline.format_limits(limits)}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; "
         f"5-min load average at the end {os.getloadavg()[1]:.2f} on {os.cpu_count()} cores",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; model load {load_seconds:.1f} s",
         f"- generation: default model, template 0, greedy, HF batch {args.batch_size}, native slots "
@@ -254,15 +260,19 @@ def main() -> int:
                      "\"same\": items whose acc and acc_norm predictions equal lm-eval's")
     lines += [
         "",
-        "| part | engine | work | seconds | per second | x peer's best | scores | same as the reference | 1-min load after |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|",
+        "| part | engine | work | seconds | per second | x peer's best | share of the matmul limit | scores | same as the reference | 1-min load after |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
+    # A generated token: 2 x the weights it passes through (prompt tokens' prefill left out): a lower bound.
+    per_token = roofline.forward_flops_per_token(model.config)
     for name, row in rows.items():
         ratio = f"{row['tokens_per_s'] / hf_best:.2f}" if hf_best else "-"
         same = f"{sum(a == b for a, b in zip(answers[name], reference))}/{len(prompts)}" if reference else "-"
+        precision = "fp32" if name.endswith("fp32") else "bf16"
+        used = roofline.share(row["tokens_per_s"] * per_token, precision, limits)
         lines.append(
             f"| generation | {LABELS[name]} | {row['new_tokens']} new tokens | {row['seconds']:.1f} | "
-            f"{row['tokens_per_s']:.1f} | {ratio} | ROUGE-1/2/L {row['rouge1_mean_ref']:.4f} / "
+            f"{row['tokens_per_s']:.1f} | {ratio} | {used:.1%} of {precision} | ROUGE-1/2/L {row['rouge1_mean_ref']:.4f} / "
             f"{row['rouge2_mean_ref']:.4f} / {row['rougeL_mean_ref']:.4f} (best of refs R-1 {row['rouge1']:.4f}) "
             f"| {same} answers = HF fp32 | {loads[name]:.2f} |"
         )

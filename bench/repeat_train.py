@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import roofline  # noqa: E402
 from train import run_subprocess  # noqa: E402
 
 
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--dialogues", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "train-repeats.jsonl")
     args = parser.parse_args()
+    limits = roofline.measure()  # before the runs, on the same machine state: the share-of-limit column
+    print(roofline.format_limits(limits), flush=True)
     runs: dict[tuple, list[dict]] = {config: [] for config in args.config}
     for round_ in range(args.rounds):
         for config in args.config:
@@ -54,11 +57,18 @@ def main() -> int:
             with args.out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             print(f"round {round_}: {config} {row['tokens_per_s']:.1f} tokens/s, {row['peak_rss_gb']:.2f} GB", flush=True)
+    config_of_model = _default_model_config()
     for config, rows in runs.items():
         speeds, peaks = [r["tokens_per_s"] for r in rows], [r["peak_rss_gb"] for r in rows]
+        engine, mode, precision = config[:3]
+        # Matmul FLOPs of the decoder body only (the LM head on labelled positions left out): a lower bound.
+        flops = roofline.training_flops_per_token(config_of_model, lora=mode == "lora", labelled_share=0.0)
+        limit = "fp32" if precision == "fp32" else "bf16"
         print(f"- {' '.join(map(str, config))}: tokens/s median {statistics.median(speeds):.1f} "
               f"(range {min(speeds):.1f}-{max(speeds):.1f}), peak RSS median {statistics.median(peaks):.2f} GB "
-              f"(range {min(peaks):.2f}-{max(peaks):.2f})")
+              f"(range {min(peaks):.2f}-{max(peaks):.2f}); "
+              f"{roofline.share(statistics.median(speeds) * flops, limit, limits):.0%} of this {limits['cpu']}'s "
+              f"{limit} matmul limit (decoder matmuls only)")
     first, second = (runs[c] for c in args.config[:2])
     for clock in ("tokens_per_s", "steps_tokens_per_s", "steady_tokens_per_s"):
         if not all(clock in r for r in first + second):
@@ -67,6 +77,12 @@ def main() -> int:
         print(f"- {clock} ratio, first / second, per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
               f"median {statistics.median(ratios):.3f}")
     return 0
+
+
+def _default_model_config():
+    from instructune.models import default_model_path, load_model_config
+
+    return load_model_config(default_model_path())
 
 
 if __name__ == "__main__":

@@ -43,3 +43,33 @@ class TestBenchImports:
         missing = [f"{path.name}:{line}: {module}.{name}" for line, module, name in _instructune_imports(path)
                    if not _importable(module, name)]
         assert not missing, f"bench script imports names the package no longer has: {missing}"
+
+
+class TestRoofline:
+    """bench/roofline.py: the FLOPs a figure is divided by, against the issue-33 arithmetic for SmolLM2-135M."""
+
+    def _roofline(self):
+        spec = importlib.util.spec_from_file_location("roofline", BENCH / "roofline.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    def test_smollm2_counts_106m_weights_and_a_28m_head(self):
+        from transformers import LlamaConfig
+
+        roofline = self._roofline()
+        smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                              intermediate_size=1536, vocab_size=49152)
+        weights = roofline.model_flops(smollm2)
+        assert weights == {"body": 106_168_320, "head": 28_311_552}
+        # A full fine-tune token, head on every position: 6 x (body + head) ~ 0.81 GFLOP; LoRA: 4 x.
+        assert roofline.training_flops_per_token(smollm2, lora=False) == 6 * (106_168_320 + 28_311_552)
+        assert roofline.training_flops_per_token(smollm2, lora=True, labelled_share=0.0) == 4 * 106_168_320
+        assert roofline.forward_flops_per_token(smollm2, logits=False) == 2 * 106_168_320
+
+    def test_share_divides_by_the_limit_of_the_precision(self):
+        roofline = self._roofline()
+        limits = {"fp32": 300e9, "bf16": 2000e9}
+        assert roofline.share(600e9, "bf16", limits) == 0.3
+        assert roofline.share(150e9, "float32", limits) == 0.5
+        assert roofline.cpu_kind().endswith(("with AMX", "without AMX"))
