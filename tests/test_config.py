@@ -82,6 +82,36 @@ class TestLoadConfig:
         assert load_config(tmp_path / "config.yaml") == config
 
 
+class TestChatTemplate:
+    @pytest.mark.parametrize("value, expected", [("null", None), ("true", True), ("false", False),
+                                                 ("chatml", "chatml"), ("gemma", "gemma")])
+    def test_null_true_false_or_a_built_in_name(self, value, expected):
+        assert load_config(None, [f"model.chat_template={value}"]).model.chat_template == expected
+
+    def test_a_jinja_file_that_exists(self, tmp_path):
+        path = write(tmp_path, "{{ messages }}", name="turns.jinja")
+        config = load_config(None, [f"model.chat_template={path}"])
+        assert config.model.chat_template == str(path)
+        save_config(config, tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml") == config
+
+    @pytest.mark.parametrize("value, problem", [
+        ("gemma3", "unknown chat template 'gemma3'; expected null, true, false, one of chatml, gemma, or a path to a "
+                   ".jinja file"),
+        ("3", "unknown chat template 3; expected null, true, false, one of chatml, gemma, or a path to a .jinja file"),
+        ("[gemma]", "unknown chat template ['gemma']; expected null, true, false, one of chatml, gemma, or a path to "
+                    "a .jinja file"),
+        ("nowhere/turns.jinja", "nowhere/turns.jinja: chat template file not found"),
+    ])
+    def test_anything_else_is_one_line_naming_the_key(self, tmp_path, value, problem):
+        with pytest.raises(InstructuneError) as error:
+            load_config(None, [f"model.chat_template={value}"])
+        assert str(error.value) == f"config: config key 'model.chat_template': {problem}"
+        path = write(tmp_path, f"model:\n  chat_template: {value}\n")
+        with pytest.raises(InstructuneError, match=rf"^{path}: config key 'model.chat_template': "):
+            load_config(path)
+
+
 class TestOverrides:
     def test_values_parse_as_yaml_scalars(self):
         config = load_config(None, ["train.lr=1e-4", "train.max_steps=50", "data.packing=false", "model.name=null",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from instructune.errors import InstructuneError
 from instructune.fileio.yaml_io import read_yaml_mapping, validation_message
@@ -23,10 +23,28 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
+# The built-in chat templates (models/chat_templates.py writes them out); config checks the names only.
+CHAT_TEMPLATE_NAMES = ("chatml", "gemma")
+
+
 class ModelConfig(_Section):
-    name: str | None = Field(None, description="Local Hugging Face model folder; null = default SmolLM2-135M-Instruct.")
-    chat_template: bool | None = Field(None, description="Wrap prompts in the tokenizer's chat template; null = when it has one.")
+    name: str | None = Field(None, description="A built-in model (default, gemma3-270m) or a local Hugging Face model folder; null = default SmolLM2-135M-Instruct.")
+    chat_template: bool | str | None = Field(None, description="The turn format prompts are written in, used in training and saved with the tuned model, so eval, chat and export use it too. null or true = the tokenizer's own chat template, else its model family's (gemma for Gemma 3), else plain text; false = plain text; chatml or gemma = that built-in format; or a path to a .jinja file.")
     trust_remote_code: bool = Field(False, description="Run code shipped with the model (off unless you trust it).")
+
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _check_chat_template(cls, value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        expected = f"expected null, true, false, one of {', '.join(CHAT_TEMPLATE_NAMES)}, or a path to a .jinja file"
+        if isinstance(value, str) and value in CHAT_TEMPLATE_NAMES:
+            return value
+        if not isinstance(value, str) or not value.endswith(".jinja"):
+            raise ValueError(f"unknown chat template {value!r}; {expected}")
+        if not Path(value).expanduser().is_file():
+            raise ValueError(f"{value}: chat template file not found")
+        return value
 
 
 class DataConfig(_Section):
