@@ -10,6 +10,7 @@ import pytest
 
 import tiny
 from instructune.export.modelfile import chat_pieces, go_template, stop_tokens, write_modelfile
+from instructune.models.chat_templates import GEMMA
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Where is my order?"}],
@@ -23,6 +24,15 @@ CONVERSATIONS = [
 @pytest.fixture()
 def tokenizer():
     return tiny.make_tokenizer()  # SmolLM2's ChatML template, default system turn included
+
+
+@pytest.fixture()
+def gemma_tokenizer():
+    """Gemma's turn tokens and built-in template (no system role: a system message opens the first user turn)."""
+    tokenizer = tiny.make_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": "<bos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tokenizer.chat_template = GEMMA
+    return tokenizer
 
 
 class TestChatPieces:
@@ -46,6 +56,18 @@ class TestChatPieces:
         )
         assert chat_pieces(tokenizer) is None
 
+    def test_gemma_pieces_fold_the_system_message_into_the_first_user_turn(self, gemma_tokenizer):
+        pieces = chat_pieces(gemma_tokenizer)
+        assert pieces.system_in_user and pieces.head == "<bos>"
+        assert pieces.system == ("<bos><start_of_turn>user\n", "\n\n")
+        assert pieces.user == ("<start_of_turn>user\n", "<end_of_turn>\n")
+        assert pieces.assistant == ("<start_of_turn>model\n", "<end_of_turn>\n")
+        assert pieces.generation == "<start_of_turn>model\n"
+        for messages in CONVERSATIONS:
+            for generation in (False, True):
+                assert pieces.render(messages, generation) == gemma_tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=generation)
+
     def test_no_template_no_pieces(self, tokenizer):
         tokenizer.chat_template = None
         assert chat_pieces(tokenizer) is None
@@ -59,6 +81,19 @@ class TestWriteModelfile:
         assert go_template(chat_pieces(tokenizer)) in text
         assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|im_start|>"' in text
         assert stop_tokens(tokenizer, chat_pieces(tokenizer)) == ["<|im_end|>", "<|im_start|>"]
+
+    def test_gemma_modelfile_stops_at_end_of_turn_and_leaves_the_bos_to_ollama(self, gemma_tokenizer, tmp_path):
+        text = write_modelfile(tmp_path / "g.Modelfile", tmp_path / "g.gguf", gemma_tokenizer).read_text()
+        assert text.count("<bos>") == 2  # head and system opening: this tokenizer adds no BOS itself
+        assert stop_tokens(gemma_tokenizer, chat_pieces(gemma_tokenizer)) == ["<|im_end|>", "<end_of_turn>", "<start_of_turn>"]
+        # A tokenizer that adds BOS itself (Gemma's; the GGUF says add_bos_token) gets it from Ollama too.
+        from tokenizers import processors
+
+        gemma_tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", gemma_tokenizer.bos_token_id)])
+        assert gemma_tokenizer("Hi")["input_ids"][0] == gemma_tokenizer.bos_token_id
+        text = write_modelfile(tmp_path / "h.Modelfile", tmp_path / "h.gguf", gemma_tokenizer).read_text()
+        assert "<bos>" not in text and '"system" }}<start_of_turn>user\n{{ .Content }}\n\n{{ end }}' in text
 
     def test_go_template_keeps_each_piece_verbatim_without_whitespace_trimming(self, tokenizer):
         template = go_template(chat_pieces(tokenizer))
@@ -107,8 +142,10 @@ func main() {
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (Ollama's template engine)")
 class TestGoTemplate:
-    def test_go_text_template_renders_like_the_jinja_template(self, tokenizer, tmp_path):
+    @pytest.mark.parametrize("which", ["tokenizer", "gemma_tokenizer"])
+    def test_go_text_template_renders_like_the_jinja_template(self, which, request, tmp_path):
         # Ollama executes TEMPLATE with Go's text/template over .Messages (Role, Content).
+        tokenizer = request.getfixturevalue(which)
         (tmp_path / "main.go").write_text(GO_RENDER)
         (tmp_path / "t.tmpl").write_text(go_template(chat_pieces(tokenizer)))
         (tmp_path / "c.json").write_text(json.dumps(CONVERSATIONS))

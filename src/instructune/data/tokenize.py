@@ -4,6 +4,10 @@ Two example shapes flow in from the data stages:
 - prompt/completion: {"prompt": str, "completion": str, ...}
 - chat: {"messages": [{"role": ..., "content": ...}, ...]}, loss on assistant turns only.
 
+The turn format is the tokenizer's chat template, which `apply_chat_template_setting` sets from
+`model.chat_template` (a built-in one, a .jinja file, the model family's for a base model that has none,
+or none at all); training saves that tokenizer, so every later step writes the same text.
+
 Labels are derived from token boundaries, never from token ids, because the default model's pad
 token is also its EOS: masking `input_ids == pad_id` would hide the real EOS and the model would
 never learn to stop. Packing lives in pack.py.
@@ -17,18 +21,87 @@ EOS, for either model kind: an answer that stops mid-sentence must not teach the
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from jinja2 import TemplateError
 from tqdm.auto import tqdm
 
 from instructune.data.sources import record_locations
 from instructune.errors import InstructuneError
+from instructune.models.chat_templates import answer_tail, chat_template_text, end_of_turn_token
+from instructune.models.families import family_of
 
 IGNORE_INDEX = -100
 ROLES = ("user", "assistant", "system", "tool")
 FIRST_ROWS = 5  # rows a report names per kind of cut; the counts cover them all
+
+
+def apply_chat_template_setting(tokenizer: Any, setting: bool | str | None, model: Any = None,
+                                say: Callable[[str], None] = print) -> Any:
+    """The tokenizer a run formats with: `model.chat_template` put on it, so training saves it with the tuned model.
+
+    What the tokenizer carries is what every later step writes: training's prompts and chat turns here,
+    and eval, chat and export read the template back from the saved folder with no flag of their own.
+
+    Args:
+        tokenizer: the base model's tokenizer; never changed itself.
+        setting: `model.chat_template`. None or True: the tokenizer's own template, else the one its
+            model family names (models/families.py; "gemma" for Gemma 3, whose base model has none),
+            else none. False: none (plain-text prompts; the tokenizer's own template is dropped, so the
+            tuned model is evaluated and chatted with in plain text too). A built-in name ("chatml",
+            "gemma") or a .jinja path: that template, in place of the tokenizer's own.
+        model: the model (or its config), to find its family.
+        say: where the one line goes when a family's template is used.
+
+    Returns:
+        `tokenizer` when nothing changes, else a copy carrying the template.
+
+    Raises:
+        InstructuneError: an unreadable .jinja file, or a template whose end-of-turn token the
+            tokenizer lacks (generation could not stop at it), as one line naming the key.
+
+    Example:
+        >>> apply_chat_template_setting(gemma_tokenizer, None, gemma_model).chat_template == TEMPLATES["gemma"]
+        True
+    """
+    own = getattr(tokenizer, "chat_template", None)
+    if setting is False:
+        return tokenizer if not own else _with_template(tokenizer, None)
+    if isinstance(setting, str):
+        return _with_template(tokenizer, chat_template_text(setting), setting)
+    family = family_of(model) if model is not None else None
+    name = getattr(family, "CHAT_TEMPLATE", None)
+    if own or not name:
+        return tokenizer
+    say(f"model.chat_template: the model has no chat template; using its family's ({name}); "
+        "model.chat_template=false for plain-text prompts")
+    return _with_template(tokenizer, chat_template_text(name), name)
+
+
+def _with_template(tokenizer: Any, text: str | None, setting: str | None = None) -> Any:
+    # A shallow copy: the template is a plain attribute; the vocabulary and its backend stay shared, unchanged.
+    changed = copy.copy(tokenizer)
+    changed.chat_template = text
+    if text is not None:
+        _check_end_of_turn(changed, setting)
+    return changed
+
+
+def _check_end_of_turn(tokenizer: Any, setting: str | None) -> None:
+    """A template's answers must end in one token of the vocabulary, or generation would never stop there."""
+    try:
+        tail = answer_tail(tokenizer).strip()
+    except Exception as error:  # jinja2's syntax errors, the template's raise_exception, transformers' checks
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InstructuneError(f"config key 'model.chat_template': {setting}: the template does not render "
+                               f"a user turn and an answer ({reason})") from None
+    if tail and end_of_turn_token(tokenizer) is None:
+        raise InstructuneError(f"config key 'model.chat_template': {setting} ends an answer with {tail!r}, which is "
+                               "not a special token of this tokenizer, so generation could not stop there; "
+                               "use the model's own turn format")
 
 
 def uses_chat_template(tokenizer: Any, chat_template: bool | None = None) -> bool:
@@ -107,7 +180,13 @@ def _encoded(input_ids: list[int], labels: list[int], prompt_cut: int, answer_cu
 
 def _assistant_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation and return the character spans of every assistant turn (answer + end token)."""
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("chat 'messages' need a chat template and the tokenizer has none (model.chat_template "
+                         "false drops the model's own): set model.chat_template to chatml, gemma or a .jinja file")
+    try:
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+    except TemplateError as error:  # the template's own raise_exception, e.g. Gemma's alternating turns
+        raise ValueError(f"the chat template refuses this conversation: {error}") from None
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":

@@ -3,17 +3,23 @@
 Ollama does not run Jinja chat templates; it wants a Go template. Rather than translate Jinja, this
 file renders the model's own chat template on marker messages and reads off what it puts around each
 role's content (prefix, suffix), the default system turn it adds when none is given, and the
-generation prompt. Those pieces are then spliced into a fixed Go template. Templates that do not
-decompose that way (content-dependent logic, tool calls) get a Modelfile without TEMPLATE and a
-printed note. What it leaves out: running Ollama itself, and the GGUF file (export_gguf.py).
+generation prompt. Those pieces are then spliced into a fixed Go template. A template with no system
+role of its own (Gemma's) folds a first system message into the first user turn: that is read off
+too. A BOS the template writes at the start is left out where the tokenizer adds one itself, as
+llama.cpp and Ollama do when they tokenize the prompt. Templates that do not decompose that way
+(content-dependent logic, tool calls) get a Modelfile without TEMPLATE and a printed note. Contents
+go in verbatim: a template that trims them (Gemma's) renders the same for contents without
+surrounding whitespace. What it leaves out: running Ollama itself, and the GGUF file (gguf.py).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from instructune.models.chat_templates import end_of_turn_token, special_tokens
 
 _MARK = {role: f"@@{role.upper()}_CONTENT_7361@@" for role in ("system", "user", "assistant", "user2")}
 
@@ -24,6 +30,9 @@ class ChatPieces:
 
     `head` is written before the first turn when it is not a system turn (a default system turn, and
     anything the template writes at the very start); `system[0]` already includes that start text.
+    With `system_in_user` (Gemma), a first system message opens the first user turn: `system[0]`
+    holds the start text and the user turn's prefix, `system[1]` what separates it from the user's
+    words, and that user turn is written without its own prefix.
     """
 
     head: str
@@ -31,19 +40,28 @@ class ChatPieces:
     user: tuple[str, str]
     assistant: tuple[str, str]
     generation: str
+    system_in_user: bool = False
 
     def literals(self) -> list[str]:
         return [self.head, *self.system, *self.user, *self.assistant, self.generation]
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """What the spliced template produces for `messages` (the Go template below does the same)."""
-        text = "" if messages and messages[0]["role"] == "system" else self.head
-        for message in messages:
+        opened_by_system = bool(messages) and messages[0]["role"] == "system"
+        text = "" if opened_by_system else self.head
+        for i, message in enumerate(messages):
             prefix, suffix = getattr(self, message["role"])
+            if self.system_in_user and opened_by_system and i == 1 and message["role"] == "user":
+                prefix = ""
             text += prefix + message["content"] + suffix
         if add_generation_prompt:
             text += self.generation
         return text
+
+    def without_start(self, start: str) -> "ChatPieces":
+        """The pieces without `start` (a BOS) where they open the text."""
+        return replace(self, head=self.head.removeprefix(start),
+                       system=(self.system[0].removeprefix(start), self.system[1]))
 
 
 def _split(text: str, mark: str) -> tuple[str, str] | None:
@@ -57,6 +75,8 @@ def chat_pieces(tokenizer: Any) -> ChatPieces | None:
     Example:
         >>> chat_pieces(tokenizer).user      # SmolLM2 (ChatML)
         ('<|im_start|>user\\n', '<|im_end|>\\n')
+        >>> chat_pieces(gemma_tokenizer).system, chat_pieces(gemma_tokenizer).system_in_user
+        (('<bos><start_of_turn>user\\n', '\\n\\n'), True)
     """
     if not tokenizer.chat_template:
         return None
@@ -72,25 +92,43 @@ def chat_pieces(tokenizer: Any) -> ChatPieces | None:
         s_u_a_u = render(["system", "user", "assistant", "user2"])
         u = render(["user"])
         u_generation = render(["user"], generation=True)
-    except Exception:  # a template that raises on these shapes (e.g. requires alternation) is not plain
+    except Exception:  # a template that raises on these shapes is not plain
         return None
-    if not (s_u.startswith(with_system) and s_u_a.startswith(s_u) and s_u_a_u.startswith(s_u_a)
-            and u_generation.startswith(u)):
+    if not (s_u_a.startswith(s_u) and s_u_a_u.startswith(s_u_a) and u_generation.startswith(u)):
         return None
-    system, user, assistant = (_split(with_system, _MARK["system"]), _split(s_u_a_u[len(s_u_a):], _MARK["user2"]),
-                               _split(s_u_a[len(s_u):], _MARK["assistant"]))
+    user, assistant = _split(s_u_a_u[len(s_u_a):], _MARK["user2"]), _split(s_u_a[len(s_u):], _MARK["assistant"])
     head = _split(u, _MARK["user"])
-    if None in (system, user, assistant, head) or not head[0].endswith(user[0]):
+    if None in (user, assistant, head) or not head[0].endswith(user[0]):
         return None
-    pieces = ChatPieces(head[0][: len(head[0]) - len(user[0])], system, user, assistant, u_generation[len(u):])
-    # The pieces must reproduce the template on these and on a longer conversation, else it is not plain.
-    check = [{"role": r, "content": f"{r} {i}"} for i, r in enumerate(["system", "user", "assistant"] * 2 + ["user"])]
-    for messages in (check, check[1:], check[1:4]):
+    head_text = head[0][: len(head[0]) - len(user[0])]
+    system_in_user = _MARK["system"] not in with_system
+    if system_in_user:  # no system turn of its own: does the system text open the first user turn?
+        opening = _split(s_u, _MARK["system"])
+        between = _split(opening[1], _MARK["user"]) if opening else None
+        if opening is None or between is None or opening[0] != head[0] or between[1] != user[1]:
+            return None
+        system = (opening[0], between[0])
+    else:
+        system = _split(with_system, _MARK["system"])
+        if system is None or not s_u.startswith(with_system):
+            return None
+    pieces = ChatPieces(head_text, system, user, assistant, u_generation[len(u):], system_in_user)
+    # The pieces must reproduce the template on these and on longer conversations, else it is not plain.
+    # A conversation the template itself refuses (Gemma's allow no system turn after the first) is skipped.
+    turns = ["system", "user", "assistant"] * 2 + ["user"]
+    check = [{"role": r, "content": f"{r} {i}"} for i, r in enumerate(turns)]
+    alternating = [check[0]] + [{"role": r, "content": f"{r} {i}"} for i, r in enumerate(["user", "assistant"] * 2 + ["user"])]
+    rendered = 0
+    for messages in (check, check[1:], check[1:4], alternating, alternating[1:]):
         for generation in (False, True):
-            expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+            try:
+                expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+            except Exception:
+                continue
             if pieces.render(messages, generation) != expected:
                 return None
-    return pieces
+            rendered += 1
+    return pieces if rendered else None
 
 
 def go_template(pieces: ChatPieces) -> str:
@@ -101,6 +139,8 @@ def go_template(pieces: ChatPieces) -> str:
     """
     def turn(role: str) -> str:
         prefix, suffix = getattr(pieces, role)
+        if role == "user" and pieces.system_in_user:  # the user turn a first system message opened has no prefix
+            prefix = f'{{{{ if or (ne $i 1) (ne (index $.Messages 0).Role "system") }}}}{prefix}{{{{ end }}}}'
         return f'{{{{ if eq .Role "{role}" }}}}{prefix}{{{{ .Content }}}}{suffix}{{{{ end }}}}'
 
     return (
@@ -112,11 +152,21 @@ def go_template(pieces: ChatPieces) -> str:
     )
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether tokenizing text adds the BOS token (Gemma's does; the GGUF's add_bos_token says the same)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos] != tokenizer("a", add_special_tokens=False)["input_ids"][:1]
+
+
 def stop_tokens(tokenizer: Any, pieces: ChatPieces | None) -> list[str]:
-    """EOS, and the special tokens that open a turn (a model that starts a new turn has finished its own)."""
+    """EOS, the token that ends an answer (Gemma's `<end_of_turn>`), and the special tokens that open a turn
+    (a model that starts a new turn has finished its own)."""
     stops = [tokenizer.eos_token] if tokenizer.eos_token else []
+    end = end_of_turn_token(tokenizer)
+    if end and end not in stops:
+        stops.append(end)
     openers = (pieces.user[0] + pieces.assistant[0]) if pieces else ""
-    stops += [t for t in tokenizer.all_special_tokens if t in openers and t not in stops]
+    stops += sorted(t for t in special_tokens(tokenizer) if t in openers and t not in stops)
     return stops
 
 
@@ -134,6 +184,8 @@ def write_modelfile(path: str | os.PathLike, gguf_path: str | os.PathLike, token
     pieces = chat_pieces(tokenizer)
     if pieces is not None and any(bad in piece for piece in pieces.literals() for bad in ("{{", "}}", '"""')):
         pieces = None  # text the Go template or the Modelfile's quoting would misread
+    if pieces is not None and adds_bos(tokenizer):
+        pieces = pieces.without_start(tokenizer.bos_token)  # Ollama adds the GGUF's BOS when it tokenizes
     lines = [f"FROM ./{Path(gguf_path).name}"]
     if pieces is None:
         print(f"note: the chat template does not split into per-turn pieces; {path.name} has no TEMPLATE "

@@ -25,6 +25,7 @@ from instructune.errors import InstructuneError
 from instructune.generation import hf_engine, native, openvino_engine
 from instructune.generation.engines import Decoding, EngineCrashed, Request, Sampling, Where
 from instructune.models import is_encoder_decoder
+from instructune.models.chat_templates import end_of_turn_token
 
 __all__ = ["Decoding", "GenerateOptions", "Sampling", "Where", "encode_prompt", "generate", "select_engine",
            "stop_token_ids"]
@@ -99,14 +100,21 @@ def encode_prompt(model: Any, tokenizer: Any, prompt: str, chat_template: bool |
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids of the model and tokenizer, plus `<|im_end|>` when the vocabulary has it."""
+    """EOS ids of the model and tokenizer, the token that ends an answer in the tokenizer's chat template
+    (`<end_of_turn>` for Gemma's, models/chat_templates.py), and `<|im_end|>` when the vocabulary has it.
+
+    Example:
+        >>> tokenizer.convert_ids_to_tokens(stop_token_ids(model, tokenizer))   # Gemma 3 tuned with "gemma"
+        ['<eos>', '<end_of_turn>']
+    """
     ids: list[int] = []
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for candidate in (config_eos, tokenizer.eos_token_id):
         ids.extend(candidate if isinstance(candidate, list) else [candidate])
-    chat_end = tokenizer.convert_tokens_to_ids(CHAT_END_TOKEN)
-    if chat_end is not None and chat_end != tokenizer.unk_token_id:
-        ids.append(chat_end)
+    for token in (end_of_turn_token(tokenizer), CHAT_END_TOKEN):
+        token_id = tokenizer.convert_tokens_to_ids(token) if token else None
+        if token_id is not None and token_id != tokenizer.unk_token_id:
+            ids.append(token_id)
     return sorted({i for i in ids if i is not None})
 
 

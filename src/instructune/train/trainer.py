@@ -44,7 +44,7 @@ from instructune.models import DEFAULT_MODEL, context_length, is_encoder_decoder
 from instructune.train.optim import BF16AdamW
 from instructune.train.pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
 from instructune.train.runlog import MetricsLog, plot_losses
-from instructune.data.tokenize import describe_report, tokenize_examples
+from instructune.data.tokenize import apply_chat_template_setting, describe_report, tokenize_examples
 
 
 class Trainer:
@@ -92,6 +92,8 @@ class Trainer:
                 cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, load_in_4bit=cfg.lora.load_in_4bit,
                 device=self.accelerator.device,
             )
+        # The turn format rides on the tokenizer, which every save writes: eval, chat and export read it back.
+        self.tokenizer = apply_chat_template_setting(self.tokenizer, cfg.model.chat_template, self.model, say=self._say)
         self._check_context_length()  # before the run folder exists: a bad max_length writes nothing
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.encoder_decoder = is_encoder_decoder(self.model)
@@ -192,7 +194,7 @@ class Trainer:
         data = self.config.data
         encoded, report = tokenize_examples(
             examples, self.tokenizer, data.max_length, encoder_decoder=self.encoder_decoder,
-            chat_template=self.config.model.chat_template, desc=f"tokenize {split}", source=source,
+            chat_template=None, desc=f"tokenize {split}", source=source,  # the tokenizer carries model.chat_template
         )
         self.data_report[split] = report.to_dict()
         self._say(f"{split}: {describe_report(self.data_report[split])}")
@@ -420,7 +422,7 @@ class Trainer:
                 # the live weights in place; HF generate where it cannot), never an export per check.
                 where=Where.here(weights_change=True),
                 batch_size=self.config.train.batch_size, max_new_tokens=self.config.train.generate_max_new_tokens,
-                chat_template=self.config.model.chat_template,
+                chat_template=None,  # as training formats: the tokenizer carries model.chat_template
                 label=f"in-training generation after step {step}", settings=("train.batch_size", "train.generate_max_new_tokens"),
             )
         model.train()
