@@ -15,6 +15,20 @@ class TestFamilyOf:
     def test_llama_style_layers_are_the_llama_family(self, config):
         assert family_of(config) is llama_family and fallbacks(config) == []
 
+    def test_gemma3_text_is_the_gemma3_family_and_the_multimodal_gemma3_is_none(self):
+        from transformers import Gemma3Config, Gemma3TextConfig
+
+        from instructune.models import gemma3 as gemma_family
+
+        assert family_of(Gemma3TextConfig()) is gemma_family and fallbacks(Gemma3TextConfig()) == []
+        assert family_of(Gemma3Config()) is None  # a vision tower in front: transformers runs it
+
+    def test_every_family_has_what_the_engines_call(self):
+        for family in set(FAMILIES.values()):
+            for name in ("NAME", "MODEL_TYPES", "engine_unsupported_reason", "dims", "attention_windows",
+                         "rotary_tables", "decoder_layer"):
+                assert hasattr(family, name), (family.NAME, name)
+
     def test_a_model_of_no_family_says_what_falls_back(self):
         config = GPT2Config()
         assert family_of(config) is None

@@ -1,4 +1,4 @@
-"""The native generation engine: greedy decoding of Llama-family models with continuous batching.
+"""The native generation engine: greedy decoding of the Llama and Gemma 3 families with continuous batching.
 
 Hugging Face `generate` pads every batch to its longest prompt, keeps computing rows that have already
 stopped until the whole batch is done, grows its KV cache by concatenation at every step, and (under
@@ -15,15 +15,20 @@ are) in a loop of its own:
   prefill (continuous batching);
 - the cache shrinks to what the live and queued prompts can still reach (prompts come longest
   first, and the decode step reads every slot's whole length);
+- a layer with a sliding window (Gemma 3's local layers) sees at most its window's last positions, in
+  prefill (a banded mask per prompt where the prompt is longer than the window) and in decode (the
+  positions before the window masked); the cache keeps every position for every layer, as a window
+  of 512 holds most prompts whole anyway;
 - "bfloat16" decodes a bf16 copy of the weights (adapters merged), cast once and laid out for
   oneDNN's matmuls once, with prefill attention as two matmuls and an fp32 softmax (torch's CPU
   flash kernel is slow in bf16).
 
 In float32 the answers equal Hugging Face greedy `generate`'s token for token (tests/test_native.py);
 bfloat16 is faster and changes some answers (its ROUGE against float32 is in bench/RESULTS.md).
-Covered: decoder-only models whose layers are Llama's (Llama, SmolLM, Mistral without a sliding
-window in reach, Qwen2). Everything else, sampling, and quantized models return a reason from
-`unsupported_reason` and go to Hugging Face `generate`.
+Covered: decoder-only models of a family with a module (models/families.py): Llama's layers (Llama,
+SmolLM, Mistral without a sliding window in reach, Qwen2) and Gemma 3's (text models). Everything
+else, sampling, and quantized models return a reason from `unsupported_reason` and go to Hugging Face
+`generate`.
 """
 
 from __future__ import annotations
@@ -117,6 +122,19 @@ def _pack_linears(model: Any) -> int:
     return packed
 
 
+def _band(tokens: int, window: int) -> Any:
+    """(tokens, tokens) bool: query i sees key j when i - window < j <= i (causal, at most `window` keys).
+
+    Example:
+        >>> _band(4, 2).int().tolist()
+        [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+    """
+    import torch
+
+    distance = torch.arange(tokens).unsqueeze(1) - torch.arange(tokens).unsqueeze(0)  # query - key
+    return (distance >= 0) & (distance < window)
+
+
 class _Slots:
     """A preallocated KV cache, per layer: keys as (slots, kv heads, head dim, length), values as
     (slots, kv heads, length, head dim).
@@ -175,54 +193,70 @@ class NativeDecoder:
         self.family = family_of(base.config)
         self.dims = self.family.dims(base.config)
         self.heads, self.kv_heads, self.head_dim = self.dims
+        self.windows = self.family.attention_windows(base.config)  # per layer: None or positions seen
         self.dtype = next(base.parameters()).dtype
 
-    # One decoder layer, for both phases: the family's layer, with this engine's cache write and attention
-    # (q, k, v arrive as (rows, heads, tokens, head dim)).
-    def _layer(self, layer: Any, index: int, x: Any, cos: Any, sin: Any, write: Callable, attend: Callable) -> Any:
-        def cached_attention(q, k, v, scale):
-            write(index, k, v)
-            return attend(index, q, k, v, scale)
+    # Every decoder layer, for both phases: the family's layer with its rotary tables, this engine's cache
+    # write and attention (q, k, v arrive as (rows, heads, tokens, head dim); self.windows[index] is the
+    # layer's window).
+    def _layers(self, x: Any, positions: Any, write: Callable, attend: Callable) -> Any:
+        tables = self.family.rotary_tables(self.inner, x, positions)
+        for index, layer in enumerate(self.inner.layers):
+            def cached_attention(q, k, v, scale, index=index):
+                write(index, k, v)
+                return attend(index, q, k, v, scale)
 
-        return self.family.decoder_layer(layer, x, cos, sin, self.dims, cached_attention)
+            x = self.family.decoder_layer(layer, x, *tables[index], self.dims, cached_attention)
+        return x
 
     def _prefill(self, cache: _Slots, slots: list[int], rows: list[list[int]]) -> list[int]:
         """Run prompts through the model into their slots of the cache, in one forward; their first greedy tokens.
 
         The prompts lie end to end in one row, unpadded: the linear layers (nearly all of a prefill's
-        work) run on all their tokens at once, and attention runs per prompt, causal within it.
+        work) run on all their tokens at once, and attention runs per prompt, causal within it (and
+        within the layer's window).
         """
         import torch
-        import torch.nn.functional as F
 
         lengths = [len(row) for row in rows]
         starts = [sum(lengths[:i]) for i in range(len(rows))]
         input_ids = torch.tensor([[token for row in rows for token in row]])
         positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
-        x = self.inner.embed_tokens(input_ids)
-        cos, sin = self.inner.rotary_emb(x, positions)
+        x = self.inner.embed_tokens(input_ids)  # Gemma's module scales by sqrt(hidden) itself
 
         def write(index, k, v):
             for slot, start, n in zip(slots, starts, lengths):
                 cache.keys[index][slot, :, :, :n] = k[0, :, start:start + n].transpose(-1, -2)
                 cache.values[index][slot, :, :n] = v[0, :, start:start + n]
 
-        # float32 keeps SDPA, as Hugging Face runs it (the same answers); in bfloat16 torch's CPU flash
-        # kernel ran at ~14 GFLOP/s, a third of a prefill, where two batched matmuls run on the BLAS.
-        if self.dtype == torch.bfloat16:  # each prompt's causal mask, made once for all layers
-            masks = [torch.full((n, n), float("-inf")).triu_(1) for n in lengths]
-            causal = [partial(self._causal_attention, mask=mask) for mask in masks]
-        else:
-            causal = [partial(F.scaled_dot_product_attention, is_causal=True, enable_gqa=True)] * len(rows)
+        # Per window (None: causal only), each prompt's attention, its masks made once for all layers.
+        causal = {window: [self._prefill_attention(n, window) for n in lengths] for window in set(self.windows)}
 
         def attend(index, q, k, v, scale):
             return torch.cat([attention(q[:, :, s:s + n], k[:, :, s:s + n], v[:, :, s:s + n], scale=scale)
-                              for attention, s, n in zip(causal, starts, lengths)], dim=2)
+                              for attention, s, n in zip(causal[self.windows[index]], starts, lengths)], dim=2)
 
-        for index, layer in enumerate(self.inner.layers):
-            x = self._layer(layer, index, x, cos, sin, write, attend)
+        x = self._layers(x, positions, write, attend)
         last = torch.tensor([s + n - 1 for s, n in zip(starts, lengths)])
         return self.lm_head(self.inner.norm(x[0, last])).float().argmax(-1).tolist()
+
+    def _prefill_attention(self, tokens: int, window: int | None) -> Callable:
+        """Attention over one prompt of `tokens` tokens, causal and within `window` positions (None: all).
+
+        float32 keeps SDPA, as Hugging Face runs it (the same answers), with a banded boolean mask where
+        the window is shorter than the prompt; in bfloat16 torch's CPU flash kernel ran at ~14 GFLOP/s, a
+        third of a prefill, where two batched matmuls run on the BLAS (`_causal_attention`).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        banded = window is not None and tokens > window
+        if self.dtype == torch.bfloat16:  # the mask added to fp32 scores: 0 where seen, -inf elsewhere
+            seen = _band(tokens, window if banded else tokens)
+            return partial(self._causal_attention, mask=torch.zeros(seen.shape).masked_fill_(~seen, float("-inf")))
+        if banded:
+            return partial(F.scaled_dot_product_attention, attn_mask=_band(tokens, window), enable_gqa=True)
+        return partial(F.scaled_dot_product_attention, is_causal=True, enable_gqa=True)
 
     def _causal_attention(self, q: Any, k: Any, v: Any, scale: float, mask: Any) -> Any:
         """Causal attention of one prompt, (1, heads, tokens, head dim), as matmuls with the mask (fp32, 0 and
@@ -244,11 +278,14 @@ class NativeDecoder:
         rows = tokens.shape[0]
         span = cache.values[0].shape[2]
         group = self.heads // self.kv_heads
-        # Each row sees its own cache up to and including the new token.
-        blocked = torch.arange(span).unsqueeze(0) > positions.unsqueeze(1)
-        bias = torch.zeros((rows, 1, 1, span), dtype=self.dtype).masked_fill_(blocked[:, None, None], float("-inf"))
+        # Each row sees its own cache up to and including the new token, and in a layer with a window
+        # only its last `window` positions: one bias (0 or -inf) per window, (rows, 1, 1, span).
+        behind = positions.unsqueeze(1) - torch.arange(span).unsqueeze(0)  # (rows, span): new token - key
+        bias = {window: torch.zeros((rows, 1, 1, span), dtype=self.dtype).masked_fill_(
+                    ((behind < 0) if window is None else (behind < 0) | (behind >= window))[:, None, None],
+                    float("-inf"))
+                for window in set(self.windows)}
         x = self.inner.embed_tokens(tokens.unsqueeze(1))
-        cos, sin = self.inner.rotary_emb(x, positions.unsqueeze(1))
         row_index = torch.arange(rows)
 
         def write(index, k, v):
@@ -261,12 +298,11 @@ class NativeDecoder:
             # The scale goes on the small query rather than the scores (exact for a power of two,
             # as 1/sqrt(64) is); the mask of 0 and -inf is exact in bf16; softmax runs in fp32.
             grouped = (q * scale).view(rows, self.kv_heads, group, self.head_dim)
-            scores = torch.matmul(grouped, keys).add_(bias)
+            scores = torch.matmul(grouped, keys).add_(bias[self.windows[index]])
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
             return torch.matmul(weights, values).view(rows, self.heads, 1, self.head_dim)
 
-        for index, layer in enumerate(self.inner.layers):
-            x = self._layer(layer, index, x, cos, sin, write, attend)
+        x = self._layers(x, positions.unsqueeze(1), write, attend)
         # argmax over bf16 logits is not vectorised on CPU (2.8 ms for 32 x 49,152; 0.6 ms as fp32).
         return self.lm_head(self.inner.norm(x[:, 0])).float().argmax(-1)
 

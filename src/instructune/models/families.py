@@ -1,6 +1,6 @@
 """Model families: which module knows a model's architecture, and what falls back when none does.
 
-A family module (llama.py) holds everything instructune's own code needs to know of one architecture:
+A family module (llama.py, gemma3.py) holds everything instructune's own code needs to know of one architecture:
 the decoder layer its engines run and trace, its GGUF architecture, tensor names and norm convention,
 its tokenizer kind and the chat template to use when a model has none. Everything else in instructune
 is family-blind: a model of a family with no module still trains, evaluates and chats through
@@ -13,10 +13,10 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from instructune.models import is_encoder_decoder, llama, unwrapped_model
+from instructune.models import gemma3, is_encoder_decoder, llama, unwrapped_model
 
 # transformers model_type -> the family module that covers it.
-FAMILIES: dict[str, ModuleType] = {model_type: llama for model_type in llama.MODEL_TYPES}
+FAMILIES: dict[str, ModuleType] = {model_type: family for family in (llama, gemma3) for model_type in family.MODEL_TYPES}
 
 
 def family_of(model_or_config: Any) -> ModuleType | None:
@@ -58,7 +58,7 @@ def fallbacks(model_or_config: Any) -> list[str]:
 
     Example:
         >>> fallbacks(t5_config)
-        ["generation on Hugging Face generate (instructune's engines cover llama, mistral, qwen2)", 'no GGUF export']
+        ["generation on Hugging Face generate (instructune's engines cover gemma3_text, llama, mistral, qwen2)", 'no GGUF export']
     """
     if family_of(model_or_config) is not None:
         return []

@@ -4,8 +4,9 @@ Llama, SmolLM/SmolLM2, TinyLlama, Mistral (no sliding window in reach) and Qwen2
 share one decoder layer: RMSNorm, rotary attention with grouped key/value heads, a SiLU-gated MLP,
 two residual adds. This file is the one place that layer is written out for code that runs it
 outside transformers' own forward: the native engine (generation/native.py) and the OpenVINO trace
-(generation/openvino_engine.py) call `decoder_layer` with an attention function of their own. It
-also holds the GGUF side: llama.cpp's `llama` architecture, its hyperparameter keys, the q/k row
+(generation/openvino_engine.py) call `decoder_layer` with an attention function of their own, the
+rotary tables of `rotary_tables` and the windows of `attention_windows` (every family has these three;
+here one table serves every layer and no layer has a window). It also holds the GGUF side: llama.cpp's `llama` architecture, its hyperparameter keys, the q/k row
 order its rotary kernel expects, and the norm convention (weights stored as they are). What it
 leaves out: the engines' caches and loops, the GGUF writer and tokenizer (export/), other families
 (one module each beside this one, registered in models/families.py).
@@ -39,6 +40,20 @@ def dims(config: Any) -> tuple[int, int, int]:
     return heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
+def attention_windows(config: Any) -> list[int | None]:
+    """Per layer, how many positions a query sees at most (itself included): None, every earlier one.
+
+    (A Mistral or Qwen2 config whose sliding window is in reach is refused by `engine_unsupported_reason`.)
+    """
+    return [None] * config.num_hidden_layers
+
+
+def rotary_tables(inner: Any, x: Any, positions: Any) -> list[tuple[Any, Any]]:
+    """Per layer, the (cos, sin) rotary tables for `positions` (rows, tokens): the same pair for every layer."""
+    tables = inner.rotary_emb(x, positions)
+    return [tables] * len(inner.layers)
+
+
 def rotate(q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
     """Rotary position embedding on queries and keys, as transformers applies it."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -52,7 +67,7 @@ def decoder_layer(layer: Any, x: Any, cos: Any, sin: Any, config_dims: tuple[int
 
     Args:
         layer: a transformers Llama-style decoder layer (its modules run as they are, LoRA included).
-        cos, sin: the rotary tables for x's positions (the model's `rotary_emb`).
+        cos, sin: the rotary tables for x's positions (`rotary_tables(...)[index]`).
         config_dims: `dims(config)`.
         attend: (q, k, v, scale) -> (rows, heads, tokens, head dim), with q as (rows, heads, tokens,
             head dim) and k, v as (rows, kv heads, tokens, head dim), already rotated; it reads and
@@ -61,17 +76,23 @@ def decoder_layer(layer: Any, x: Any, cos: Any, sin: Any, config_dims: tuple[int
     Returns:
         The layer's output hidden states, (rows, tokens, hidden).
     """
-    heads, kv_heads, head_dim = config_dims
     attention = layer.self_attn
-    rows, tokens, _ = x.shape
-    h = layer.input_layernorm(x)
+    q, k, v = project_qkv(attention, layer.input_layernorm(x), config_dims)
+    q, k = rotate(q, k, cos, sin)
+    out = attend(q, k, v, attention.scaling)
+    x = x + attention.o_proj(out.transpose(1, 2).flatten(2))  # (rows, tokens, heads * head dim)
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def project_qkv(attention: Any, h: Any, config_dims: tuple[int, int, int]) -> tuple[Any, Any, Any]:
+    """Queries (rows, heads, tokens, head dim), keys and values (rows, kv heads, tokens, head dim) of normed
+    hidden states h (rows, tokens, hidden), through the attention module's own projections."""
+    heads, kv_heads, head_dim = config_dims
+    rows, tokens, _ = h.shape
     q = attention.q_proj(h).view(rows, tokens, heads, head_dim).transpose(1, 2)
     k = attention.k_proj(h).view(rows, tokens, kv_heads, head_dim).transpose(1, 2)
     v = attention.v_proj(h).view(rows, tokens, kv_heads, head_dim).transpose(1, 2)
-    q, k = rotate(q, k, cos, sin)
-    out = attend(q, k, v, attention.scaling)
-    x = x + attention.o_proj(out.transpose(1, 2).reshape(rows, tokens, heads * head_dim))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    return q, k, v
 
 
 # ---- GGUF (llama.cpp's `llama` architecture) ----
