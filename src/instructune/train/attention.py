@@ -10,6 +10,9 @@ examples; no faster on 512-token rows of ~2 (torch's CPU flash backward costs as
 call as per masked row), where it adds ~0.4 GB of peak memory. Hence `train.packed_attention`,
 off by default, for long packed rows.
 
+A layer with a sliding window (Gemma 3's local layers pass `sliding_window`) attends within it inside
+each example: a block longer than the window runs SDPA with a banded mask instead of `is_causal`.
+
 It is a transformers attention function (`AttentionInterface`), so the model's own modules, LoRA
 wrappers and autograd run as they are. It acts only when the caller passes `packed_segments` (the
 training loss does, for packed rows); every other call, generation and padded batches included, goes
@@ -82,8 +85,10 @@ def segments(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
 
 def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                     packed_segments: list[list[tuple[int, int]]] | None = None, **kwargs) -> tuple[torch.Tensor, None]:
-    """Causal SDPA per packed example; transformers' SDPA function for every other call.
+                     packed_segments: list[list[tuple[int, int]]] | None = None, sliding_window: int | None = None,
+                     **kwargs) -> tuple[torch.Tensor, None]:
+    """Causal SDPA per packed example (within `sliding_window` positions where the layer has one);
+    transformers' SDPA function for every other call.
 
     query is (B, heads, T, head dim), key and value (B, kv heads, T, head dim); returns (B, T, heads,
     head dim) as transformers' attention functions do.
@@ -92,8 +97,9 @@ def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+                                      scaling=scaling, sliding_window=sliding_window, **kwargs)
     groups = query.shape[1] // key.shape[1]
+    bands: dict[int, torch.Tensor] = {}  # block length -> its banded mask, made once per call
     rows = []
     for b, bounds in enumerate(packed_segments):
         # Each block's output is put back in (1, tokens, heads, head dim) order, the layout torch's CPU
@@ -102,10 +108,24 @@ def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
         blocks = [
             F.scaled_dot_product_attention(
                 query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
-                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=groups > 1,
+                dropout_p=dropout, scale=scaling, enable_gqa=groups > 1,
+                **_causal(e - s, sliding_window, bands, query.device),
             ).transpose(1, 2)
             for s, e in bounds
         ]
         rows.append(blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1))
     out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
     return out.contiguous(), None
+
+
+def _causal(tokens: int, window: int | None, bands: dict[int, torch.Tensor], device: Any) -> dict[str, Any]:
+    """SDPA's causal arguments for one block: `is_causal`, or a banded mask where the window is shorter.
+
+    Query i sees key j when i - window < j <= i, as transformers' sliding-window mask has it.
+    """
+    if window is None or tokens <= window:
+        return {"is_causal": True}
+    if tokens not in bands:
+        distance = torch.arange(tokens, device=device).unsqueeze(1) - torch.arange(tokens, device=device)
+        bands[tokens] = (distance >= 0) & (distance < window)
+    return {"attn_mask": bands[tokens]}

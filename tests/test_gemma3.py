@@ -1,0 +1,259 @@
+"""Gemma 3 (text) against transformers' own Gemma3ForCausalLM, on a tiny random model whose sliding window
+(8) is shorter than the prompts (20-40 tokens): the family's layer, the native engine's greedy answers,
+the training loss and gradients of packed rows (each example alone, transformers' forward, the
+per-example attention), the chunked vocabulary loss, and compiled and bf16-true training."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Gemma3TextConfig
+
+import tiny
+from tiny_gemma import SLIDING_WINDOW, make_gemma3
+from instructune.generation.generate import encode_prompt, generate, stop_token_ids
+from instructune.generation.native import NativeDecoder
+from instructune.models import gemma3 as gemma_family
+from instructune.models.families import engine_unsupported_reason, family_of
+from test_generate import _chatty, assert_greedy_equal_with_early_stops, hf_greedy_ids, lora_with_effect
+
+# Chat-formatted, these run 20-40 tokens: past the window of 8, so local layers drop early positions.
+PROMPTS = [
+    "Hi", "Where is my order? I want a refund for my purchase", "How do I reset my password?", "abc " * 12,
+    "Summarize the dialogue. #Person1#: Hello, how are you? #Person2#: I am fine, thank you.",
+    "The quick brown fox jumps over the lazy dog", "Question: which option is correct? Answer:", "0123456789 " * 3,
+]
+
+
+@pytest.fixture()
+def gemma(tokenizer):
+    return make_gemma3(tokenizer)
+
+
+def _native_ids(model, tokenizer, prompts, max_new_tokens, slots, compute_type="float32", stop_ids=None):
+    rows = [encode_prompt(model, tokenizer, p) for p in prompts]
+    return NativeDecoder(model, compute_type).generate(
+        rows, max_new_tokens=max_new_tokens, stop_ids=stop_ids or stop_token_ids(model, tokenizer), slots=slots)
+
+
+class TestFamily:
+    def test_gemma3_text_is_the_gemma3_family_and_the_engines_take_it(self, gemma):
+        assert gemma.config.model_type == "gemma3_text"
+        assert family_of(gemma) is gemma_family and engine_unsupported_reason(gemma) is None
+        assert gemma_family.attention_windows(gemma.config) == [SLIDING_WINDOW, None, SLIDING_WINDOW]
+
+    def test_what_the_engines_do_not_implement_is_named(self):
+        assert "soft-capping" in gemma_family.engine_unsupported_reason(Gemma3TextConfig(attn_logit_softcapping=50.0))
+        assert "soft-capping" in gemma_family.engine_unsupported_reason(Gemma3TextConfig(final_logit_softcapping=30.0))
+
+    @pytest.mark.parametrize("index", [0, 1])  # a sliding-window layer and a global one
+    def test_decoder_layer_equals_transformers_own_layer(self, gemma, index):
+        """The layer the engines run, with SDPA under the layer's own mask as attention, against
+        transformers' Gemma3DecoderLayer on the same input: norms, q/k norms, scaling, rotary base."""
+        config, tokens = gemma.config, 20
+        dims = gemma_family.dims(config)
+        window = gemma_family.attention_windows(config)[index]
+        torch.manual_seed(0)
+        x = torch.randn(2, tokens, config.hidden_size)
+        positions = torch.arange(tokens).repeat(2, 1)
+        cos, sin = gemma_family.rotary_tables(gemma.model, x, positions)[index]
+        distance = torch.arange(tokens).view(-1, 1) - torch.arange(tokens).view(1, -1)
+        seen = (distance >= 0) & (distance < (window or tokens))
+
+        def attend(q, k, v, scale):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale, enable_gqa=True)
+
+        layer = gemma.model.layers[index]
+        with torch.no_grad():
+            ours = gemma_family.decoder_layer(layer, x, cos, sin, dims, attend)
+            mask = torch.zeros(tokens, tokens).masked_fill_(~seen, float("-inf")).expand(2, 1, tokens, tokens)
+            theirs = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=(cos, sin))
+            theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+            # The rotary tables are transformers' own, per layer kind.
+            kind = config.layer_types[index]
+            torch.testing.assert_close(cos, gemma.model.rotary_emb(x, positions, kind)[0])
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        if window:  # the window changes this layer's output: a causal-only attention would differ
+            with torch.no_grad():
+                causal = gemma_family.decoder_layer(layer, x, cos, sin, dims, lambda q, k, v, scale: F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, scale=scale, enable_gqa=True))
+            assert not torch.allclose(causal, theirs, atol=1e-3)
+
+
+class TestNativeEngine:
+    @pytest.mark.parametrize("slots", [1, 3, 8])
+    def test_float32_ids_equal_hf_generate_token_for_token(self, gemma, tokenizer, slots):
+        model = _chatty(gemma)
+        assert all(len(encode_prompt(model, tokenizer, p)) > SLIDING_WINDOW for p in PROMPTS)
+        assert_greedy_equal_with_early_stops(model, tokenizer, PROMPTS,
+                                             lambda stop_ids: _native_ids(model, tokenizer, PROMPTS, 24, slots, stop_ids=stop_ids))
+
+    def test_lora_model_decodes_through_its_adapters(self, gemma, tokenizer):
+        model = lora_with_effect(_chatty(gemma))
+        hf = generate(model, tokenizer, PROMPTS[:4], max_new_tokens=12, progress=False, engine="hf")
+        assert generate(model, tokenizer, PROMPTS[:4], max_new_tokens=12, progress=False, engine="native") == hf
+
+    def test_bfloat16_follows_hf_generate_on_the_same_bf16_weights(self, gemma, tokenizer):
+        model = _chatty(gemma)
+        got = _native_ids(model, tokenizer, PROMPTS, 12, 4, compute_type="bfloat16")
+        reference = copy.deepcopy(model).to(torch.bfloat16)
+        expected = [hf_greedy_ids(reference, tokenizer, p, 12) for p in PROMPTS]
+        assert sum(a[:1] == b[:1] for a, b in zip(got, expected)) >= 6, (got, expected)
+        assert next(model.parameters()).dtype == torch.float32
+
+
+# Prompt/completion examples of 70-99 tokens with the chat template (windows of 8 cut into all of them), packed
+# two to a row.
+EXAMPLES = [
+    {"prompt": "Where is my order? I bought it three days ago.", "completion": "It has shipped and arrives soon."},
+    {"prompt": "How do I reset my password? " * 3, "completion": "Click the link in the email we sent you."},
+    {"prompt": "Cancel my subscription please, I do not use it.", "completion": "Done, it ends this month."},
+    {"prompt": "What are your opening hours? " * 2, "completion": "Nine to five, Monday to Friday."},
+    {"prompt": "Summarize the dialogue. #Person1#: Hello, how are you?", "completion": "They greet each other."},
+]
+
+
+def _encoded(tokenizer):
+    from instructune.data.tokenize import encode_prompt_completion
+
+    encoded = [encode_prompt_completion(e, tokenizer, 128) for e in EXAMPLES]
+    assert all(len(e["input_ids"]) > 2 * SLIDING_WINDOW for e in encoded)
+    return encoded
+
+
+def _packed_batch(tokenizer, encoded):
+    from instructune.train.pack import collate, pack_examples
+
+    batch = collate(pack_examples(encoded, 200), tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] < len(encoded)  # several examples share a row
+    return batch
+
+
+def _loss_and_grads(model, batches):
+    """Summed loss over `batches` and the gradients it leaves, by parameter name."""
+    from instructune.train.loss import causal_lm_loss_sum
+
+    model.zero_grad()
+    total = 0.0
+    for batch in batches:
+        loss_sum, _ = causal_lm_loss_sum(model, batch)
+        loss_sum.backward()
+        total += float(loss_sum.detach())
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return total, grads
+
+
+def _transformers_loss_sum(model, batch):
+    """The reference: transformers' own forward on the packed batch (its masks from the restarting
+    position_ids, sliding ones for local layers), every position's logits, cross-entropy on the labels."""
+    from instructune.data.tokenize import IGNORE_INDEX
+
+    # use_cache=False as in training (prepare_for_training): with a cache transformers does not look for packed rows.
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits  # (B, T, V)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+@pytest.fixture()
+def chunked(monkeypatch):
+    """Score the tiny 4,096-token vocabulary in chunks (the real model's 262,144 are, by default)."""
+    from instructune.train import loss
+
+    monkeypatch.setattr(loss, "CHUNKED_VOCAB", 1)
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 20 * 1000)  # blocks of 1,000 columns or fewer, 5+ per call
+
+
+class TestPackedTraining:
+    @pytest.mark.parametrize("packed_attention", [False, True])
+    def test_packed_rows_equal_each_example_alone(self, gemma, tokenizer, chunked, packed_attention):
+        """Loss and every gradient of packed rows equal the sum over each example run alone: no example
+        attends to another, and the local layers' windows apply within each example."""
+        from instructune.train.attention import use_packed_attention
+        from instructune.train.pack import collate
+
+        model = gemma.train()
+        encoded = _encoded(tokenizer)
+        alone_loss, alone_grads = _loss_and_grads(model, [collate([e], tokenizer.pad_token_id) for e in encoded])
+        if packed_attention:
+            assert use_packed_attention(model)
+        packed_loss, packed_grads = _loss_and_grads(model, [_packed_batch(tokenizer, encoded)])
+        assert packed_loss == pytest.approx(alone_loss, rel=1e-5)
+        assert packed_grads.keys() == alone_grads.keys()
+        for name, grad in packed_grads.items():
+            torch.testing.assert_close(grad, alone_grads[name], atol=2e-5, rtol=1e-4, msg=name)
+
+    @pytest.mark.parametrize("lora", [False, True])
+    def test_training_loss_equals_transformers_forward_on_the_same_batch(self, gemma, tokenizer, chunked, lora):
+        """Our loss (labelled rows only, chunked head, per-example attention) against transformers' full
+        forward: the same loss and gradients, full fine-tune or LoRA (adapters with an effect)."""
+        from instructune.train.attention import use_packed_attention
+        from instructune.train.loss import causal_lm_loss_sum
+
+        batch = _packed_batch(tokenizer, _encoded(tokenizer))
+        model = (lora_with_effect(gemma) if lora else gemma).train()
+        reference = copy.deepcopy(model)
+        use_packed_attention(model)
+        ours, _ = causal_lm_loss_sum(model, batch)
+        ours.backward()
+        expected = _transformers_loss_sum(reference, batch)
+        expected.backward()
+        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-5)
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        assert named and all(p.grad is not None and p.grad.any() for _, p in named)
+        for (name, got), want in zip(named, (p for p in reference.parameters() if p.requires_grad)):
+            torch.testing.assert_close(got.grad, want.grad, atol=2e-5, rtol=1e-4, msg=name)
+
+    def test_a_window_as_long_as_the_rows_changes_nothing_but_a_short_one_does(self, tokenizer):
+        """The windows are live in these tests: widening them changes the loss."""
+        batch = _packed_batch(tokenizer, _encoded(tokenizer))
+        with torch.no_grad():
+            narrow = _transformers_loss_sum(make_gemma3(tokenizer), batch)
+            wide = _transformers_loss_sum(make_gemma3(tokenizer, sliding_window=512), batch)
+        assert abs(float(narrow) - float(wide)) > 1e-3
+
+
+class TestChunkedLoss:
+    def test_chunked_loss_and_gradients_equal_unchunked(self, gemma, tokenizer, monkeypatch):
+        from instructune.train import loss
+
+        batch = _packed_batch(tokenizer, _encoded(tokenizer))
+        model = gemma.train()
+        assert loss.chunked_head(model) is None  # 4,096 tokens: below CHUNKED_VOCAB
+        plain_loss, plain_grads = _loss_and_grads(model, [batch])
+        monkeypatch.setattr(loss, "CHUNKED_VOCAB", 1)
+        monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 20 * 700)
+        assert loss.chunked_head(model) is model.lm_head
+        chunked_loss, chunked_grads = _loss_and_grads(model, [batch])
+        assert chunked_loss == pytest.approx(plain_loss, rel=1e-6)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(chunked_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+    def test_the_real_vocabulary_is_chunked(self):
+        from instructune.train import loss
+
+        assert loss.CHUNKED_VOCAB <= 262_144 and loss.CHUNKED_VOCAB > 49_152  # Gemma 3 chunked, SmolLM2 not
+
+
+class TestTrainerOnGemma:
+    def _run(self, tmp_path, tokenizer, name, *extra):
+        from instructune.config import load_config
+        from instructune.train.runlog import MetricsLog
+
+        config = load_config(None, [f"output_dir={tmp_path}", f"run_name={name}", "train.warmup_ratio=0",
+                                    "data.max_length=200", "train.batch_size=2", "train.max_steps=2",
+                                    "train.num_threads=1", "lora.enabled=false", "train.lr=1e-3", "data.packing=true", *extra])
+        trainer = tiny.run_trainer(config, model=make_gemma3(tokenizer), tokenizer=tokenizer,
+                                   train_examples=EXAMPLES * 2)
+        return trainer, [r["loss"] for r in MetricsLog.read(trainer.run_dir / "metrics.jsonl") if "loss" in r]
+
+    def test_compiled_bf16_true_packed_run_stays_within_bf16_rounding_of_fp32(self, tmp_path, tokenizer, chunked):
+        """train.compile and bf16-true on the tiny Gemma, packed rows, chunked head: the loss curve within
+        bf16 rounding of the eager fp32 one (bf16 keeps 8 bits of mantissa: 2**-8, 0.4%)."""
+        _, fp32 = self._run(tmp_path, tokenizer, "fp32", "train.precision=fp32")
+        trainer, fast = self._run(tmp_path, tokenizer, "bf16-compiled", "train.precision=bf16-true", "train.compile=true")
+        assert all(layer._compiled_call_impl is not None for layer in trainer.model.model.layers)
+        assert next(trainer.model.parameters()).dtype == torch.bfloat16
+        assert len(fast) == len(fp32) == 2
+        assert fast == pytest.approx(fp32, rel=2**-8)
