@@ -5,7 +5,7 @@ file renders the model's own chat template on marker messages and reads off what
 role's content (prefix, suffix), the default system turn it adds when none is given, and the
 generation prompt. Those pieces are then spliced into a fixed Go template. Templates that do not
 decompose that way (content-dependent logic, tool calls) get a Modelfile without TEMPLATE and a
-printed note. What it leaves out: running Ollama itself, and the GGUF file (export_gguf.py).
+printed note. What it leaves out: running Ollama itself, and the GGUF file (gguf.py).
 """
 
 from __future__ import annotations
@@ -112,9 +112,33 @@ def go_template(pieces: ChatPieces) -> str:
     )
 
 
+def end_of_turn_token(tokenizer: Any, pieces: ChatPieces | None = None) -> str | None:
+    """The special token that closes an assistant turn in the chat template (ChatML's `<|im_end|>`), or None.
+
+    A tuned model ends its answer with it, and it need not be EOS (ChatML models with EOS
+    `<|endoftext|>`): llama.cpp and Ollama must be told to stop there, or the model rambles on.
+
+    Example:
+        >>> end_of_turn_token(tokenizer)   # SmolLM2
+        '<|im_end|>'
+    """
+    pieces = pieces or chat_pieces(tokenizer)
+    if pieces is None:
+        return None
+    suffix = pieces.assistant[1].lstrip()
+    special = {added.content for added in tokenizer.added_tokens_decoder.values() if added.special}
+    special |= set(tokenizer.all_special_tokens)
+    matches = [token for token in special if token and suffix.startswith(token)]
+    return max(matches, key=len) if matches else None
+
+
 def stop_tokens(tokenizer: Any, pieces: ChatPieces | None) -> list[str]:
-    """EOS, and the special tokens that open a turn (a model that starts a new turn has finished its own)."""
+    """EOS, the token that ends an assistant turn, and the special tokens that open a turn (a model that
+    starts a new turn has finished its own)."""
     stops = [tokenizer.eos_token] if tokenizer.eos_token else []
+    end_of_turn = end_of_turn_token(tokenizer, pieces) if pieces else None
+    if end_of_turn and end_of_turn not in stops:
+        stops.append(end_of_turn)
     openers = (pieces.user[0] + pieces.assistant[0]) if pieces else ""
     stops += [t for t in tokenizer.all_special_tokens if t in openers and t not in stops]
     return stops
