@@ -6,7 +6,7 @@ loads but splits text differently from the model's training, which shows as degr
 file chooses that name the way llama.cpp's converter does (a fingerprint of known tokenizers) and,
 for tokenizers it does not know, by checking which of llama.cpp's split rules reproduces the
 tokenizer's own encodings. What it leaves out: sentencepiece/unigram vocabularies (Llama 2, T5),
-which raise an error naming what is supported, and the model weights (export_gguf.py).
+which raise an error naming what is supported, and the model weights (gguf.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from instructune.errors import InstructuneError
+from instructune.models.chat_templates import end_of_turn_token
 
 # llama.cpp token types (gguf.TokenType): what its tokenizer does with each vocabulary entry.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 6
@@ -135,6 +136,9 @@ def vocabulary(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
 def add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> str:
     """Write the tokenizer as `tokenizer.ggml.*` keys plus the chat template.
 
+    Special ids include the chat template's end-of-turn token (`eot_token_id`) when it is not EOS, so
+    llama.cpp and Ollama stop there.
+
     Args:
         writer: a gguf.GGUFWriter.
         tokenizer: a transformers fast tokenizer (byte-level BPE).
@@ -160,6 +164,13 @@ def add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> str:
     ):
         if token_id is not None:
             getattr(writer, f"add_{key}_token_id")(token_id)
+    # The token that ends an assistant turn, when it is not EOS: llama.cpp (and Ollama over it) stops at
+    # end-of-generation tokens only, which are EOS, EOT and the texts on its own list (<|im_end|>,
+    # <|eot_id|>...). A template closing turns with another token would otherwise ramble on.
+    end_of_turn = end_of_turn_token(tokenizer)
+    end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn) if end_of_turn else None
+    if end_of_turn_id is not None and end_of_turn_id != tokenizer.eos_token_id:
+        writer.add_eot_token_id(end_of_turn_id)
     # Whether the tokenizer itself adds BOS/EOS around a plain encode; llama.cpp follows these flags.
     plain = tokenizer.encode("a", add_special_tokens=False)
     full = tokenizer.encode("a")
