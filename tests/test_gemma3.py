@@ -103,6 +103,53 @@ class TestNativeEngine:
         assert next(model.parameters()).dtype == torch.float32
 
 
+class TestOpenVINOEngine:
+    @pytest.fixture(autouse=True)
+    def _openvino(self, tmp_path, monkeypatch):
+        pytest.importorskip("openvino_genai")
+        from instructune.cli.allocator import preloaded_allocator
+
+        if preloaded_allocator() is not None:
+            pytest.skip("OpenVINO aborts beside a preloaded allocator: run without LD_PRELOAD")
+        monkeypatch.setenv("INSTRUCTUNE_CACHE", str(tmp_path / "cache"))  # probe verdicts kept apart
+
+    def test_the_paged_attention_pass_reads_each_local_layers_window(self, gemma, tmp_path):
+        """OpenVINO's pass replaces every attention with its paged kernel and takes a window only from a mask
+        of transformers' sliding-window shape: the export's local layers get 8, the global one 0 (none)."""
+        import openvino as ov
+        from openvino._offline_transformations import paged_attention_transformation
+        from openvino._pyopenvino.passes import ConstantFolding, Manager
+
+        from instructune.generation import openvino_engine
+
+        folder = openvino_engine.export(gemma, tmp_path / "ov")
+        model = ov.Core().read_model(folder / openvino_engine.MODEL_FILE)
+        paged_attention_transformation(model)
+        manager = Manager()
+        manager.register_pass(ConstantFolding())
+        manager.run_passes(model)
+        windows = [int(op.input_value(10).get_node().get_vector()[0]) for op in model.get_ordered_ops()
+                   if op.get_type_name() == "PagedAttentionExtension"]  # input 10: sliding_window
+        assert windows == [SLIDING_WINDOW, 0, SLIDING_WINDOW]
+
+    def test_float32_ids_equal_hf_generate_token_for_token(self, gemma, tokenizer):
+        from instructune.generation import openvino_engine
+
+        model = _chatty(gemma)
+
+        def decode(stop_ids):
+            engine = openvino_engine.load_engine(model, compute_type="float32", cache=False)
+            rows = [encode_prompt(model, tokenizer, p) for p in PROMPTS]
+            got = openvino_engine.generate_ids(engine, rows, max_new_tokens=24, stop_ids=stop_ids)
+            return [row[:next((i for i, t in enumerate(row) if t in stop_ids), len(row))] for row in got]
+
+        assert_greedy_equal_with_early_stops(model, tokenizer, PROMPTS, decode)
+        # The window is live here: the same weights without it answer otherwise.
+        unwindowed = _chatty(make_gemma3(tokenizer, sliding_window=512))
+        assert [hf_greedy_ids(unwindowed, tokenizer, p, 24) for p in PROMPTS] != [
+            hf_greedy_ids(model, tokenizer, p, 24) for p in PROMPTS]
+
+
 # Prompt/completion examples of 70-99 tokens with the chat template (windows of 8 cut into all of them), packed
 # two to a row.
 EXAMPLES = [

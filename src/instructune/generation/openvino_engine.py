@@ -8,10 +8,12 @@ the template's instruction) are computed once. On the 48 DialogSum prompts of is
 about three times Hugging Face `generate`'s best and twice the native engine (bench/RESULTS.md).
 
 The model is exported from the `torch` weights the caller holds (adapters merged into a copy), by
-tracing `_traceable`: the family's decoder layer (models/llama.py), which the native engine runs too,
-in one forward over explicit past keys and values, then made stateful the way OpenVINO's paged-
-attention pass expects (the KV cache as variables, a `beam_idx` gather, an empty initial state).
-GenAI's pipeline then swaps each attention for its paged kernel. In float32 the answers equal Hugging
+tracing `_traceable`: the family's decoder layer (models/llama.py, models/gemma3.py), which the native
+engine runs too, in one forward over explicit past keys and values, then made stateful the way
+OpenVINO's paged-attention pass expects (the KV cache as variables, a `beam_idx` gather, an empty
+initial state). GenAI's pipeline then swaps each attention for its paged kernel, which is causal by
+itself and takes a sliding window (Gemma 3's local layers) when the traced mask has the shape of
+transformers' sliding-window mask (`_window_mask`); the pass sets no window from any other mask. In float32 the answers equal Hugging
 Face greedy `generate`'s token for token (tests/test_openvino_engine.py, and 200 of 200 DialogSum
 test answers in bench/RESULTS.md); bfloat16 runs the matmuls and the KV cache in bf16, faster,
 changing some answers (its ROUGE against float32 is in bench/RESULTS.md).
@@ -201,6 +203,7 @@ def _traceable(model: Any) -> Any:
     dims = family.dims(config)
     heads, kv_heads, head_dim = dims
     group = heads // kv_heads
+    windows = family.attention_windows(config)
 
     class Traceable(torch.nn.Module):
         def __init__(self):
@@ -210,12 +213,15 @@ def _traceable(model: Any) -> Any:
         def forward(self, input_ids, attention_mask, position_ids, *past):
             batch, tokens = input_ids.shape
             x = inner.embed_tokens(input_ids)
-            cos, sin = inner.rotary_emb(x, position_ids)
+            tables = family.rotary_tables(inner, x, position_ids)
             total = past[0].shape[2] + tokens
             # Each new token sees every past position and the new ones up to itself, minus padding.
             query_at = torch.arange(tokens).view(tokens, 1) + (total - tokens)
-            allowed = (torch.arange(total).view(1, total) <= query_at).view(1, 1, tokens, total)
+            key_at = torch.arange(total).view(1, total)
+            allowed = (key_at <= query_at).view(1, 1, tokens, total)
             allowed = allowed & attention_mask.bool().view(batch, 1, 1, total)
+            masks = {window: allowed if window is None else _window_mask(allowed, query_at, key_at, window)
+                     for window in set(windows)}
             present = []
 
             def attend(index, q, k, v, scale):
@@ -224,13 +230,32 @@ def _traceable(model: Any) -> Any:
                 present.extend([k, v])
                 k = k[:, :, None].expand(batch, kv_heads, group, total, head_dim).reshape(batch, heads, total, head_dim)
                 v = v[:, :, None].expand(batch, kv_heads, group, total, head_dim).reshape(batch, heads, total, head_dim)
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=masks[windows[index]], scale=scale)
 
             for index, layer in enumerate(inner.layers):
-                x = family.decoder_layer(layer, x, cos, sin, dims, partial(attend, index))
+                x = family.decoder_layer(layer, x, *tables[index], dims, partial(attend, index))
             return (lm_head(inner.norm(x)), *present)
 
     return Traceable().eval()
+
+
+def _window_mask(allowed: Any, query_at: Any, key_at: Any, window: int) -> Any:
+    """`allowed` (bool, (batch, 1, tokens, total)) cut to each query's last `window` positions, in the shape
+    OpenVINO's paged-attention pass reads a window from.
+
+    The pass drops every mask (its kernel is causal by itself) and takes a window only from the graph
+    transformers' sliding-window mask traces to (`gpt_oss_sliding_window_pattern` in its
+    state_management_pattern.cpp): `key > query + offset`, a constant offset, four bitwise ANDs, a
+    broadcast, a select and a slice, whose window is -offset. Anything else leaves the window at 0, none.
+    """
+    import torch
+
+    inside = key_at > query_at + (-window)  # (tokens, total): Greater(key, Add(query, offset))
+    # Idempotent ANDs with `allowed`: the same mask, in the pattern's order of operands.
+    seen = (allowed & ((allowed & inside) & allowed)) & allowed
+    seen = seen.expand(allowed.shape[0], 1, -1, -1)
+    total = key_at.shape[1]
+    return torch.where(seen, 0.0, float("-inf"))[..., :total]
 
 
 def export(model: Any, out_dir: str | Path) -> Path:
