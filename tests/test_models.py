@@ -98,6 +98,16 @@ class TestLoadAdapter:
             load_model(tiny_llama_dir, adapter=adapter)
 
 
+    def test_without_a_model_the_base_the_adapter_names_loads_with_the_adapters_tokenizer(self, tiny_llama_dir, tmp_path):
+        adapter = _save_adapter(tiny_llama_dir, tmp_path / "adapter")
+        tokenizer = load_model(tiny_llama_dir)[1]
+        tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}"
+        tokenizer.save_pretrained(adapter)  # as training saves it: the run's chat template beside the adapter
+        model, loaded = load_model(adapter=adapter)  # not the default model: the tiny base its config names
+        assert model.get_base_model().config.hidden_size == 32
+        assert loaded.chat_template == tokenizer.chat_template
+
+
 class TestCheckAdapterFolder:
     def test_a_good_adapter_gives_its_config(self, tiny_llama_dir, tmp_path):
         adapter = _save_adapter(tiny_llama_dir, tmp_path / "adapter")

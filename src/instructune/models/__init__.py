@@ -233,8 +233,8 @@ def load_model(
     """Load a base model and its tokenizer, optionally with a LoRA adapter on top.
 
     Args:
-        model: None for the default SmolLM2-135M-Instruct, a built-in name ("gemma3-270m"), or a local
-            Hugging Face model folder.
+        model: None for the default SmolLM2-135M-Instruct (with an adapter: the base its config names,
+            when that folder is here), a built-in name ("gemma3-270m"), or a local Hugging Face model folder.
             Decoder-only or encoder-decoder is read from the model's config.
         adapter: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors); the tokenizer
             saved beside it (training saves it, with the run's chat template) is used instead of the base's.
@@ -253,10 +253,12 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    path = resolve_model_path(model)
-    check_model_folder(path)
     if adapter is not None:
         check_adapter_folder(adapter)  # before the base loads: a bad adapter costs no waiting
+        # No base named: the one the adapter was trained on, where it is on this machine (a Gemma run's too).
+        model = model if model is not None else adapter_base_model(adapter)
+    path = resolve_model_path(model)
+    check_model_folder(path)
     config = load_model_config(path, trust_remote_code)
     auto = AutoModelForSeq2SeqLM if is_encoder_decoder(config) else AutoModelForCausalLM
     extra = quantization_kwargs(dtype, device) if load_in_4bit else {}
