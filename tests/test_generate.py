@@ -195,8 +195,8 @@ class TestDecoding:
 
     def test_greedy_engine_precisions_are_refused_with_hf_settings(self, llama, tokenizer):
         with pytest.raises(InstructuneError, match="no engine can run this here: (openvino: .*; )?native: repetition_penalty=1.2 needs "
-                                                   "Hugging Face generate; .*hf: compute_type 'bfloat16': Hugging Face "
-                                                   "runs in the model's dtype"):
+                                                   "Hugging Face generate; .*hf: compute_type 'bfloat16': hf runs in "
+                                                   "the model's own dtype"):
             generate(llama, tokenizer, PROMPTS, progress=False, compute_type="bfloat16",
                      decoding=Decoding(repetition_penalty=1.2))
 

@@ -28,6 +28,7 @@ from instructune.data.templates import EVAL_MODES
 from instructune.data.tokenize import format_prompt, pad_rows, prompt_token_ids
 from instructune.errors import InstructuneError
 from instructune.evaluate.choice_pack import score_packed
+from instructune.generation import llamacpp_engine
 from instructune.models import is_encoder_decoder
 
 
@@ -223,6 +224,9 @@ def score_choices(
     with torch.inference_mode():
         if encoder_decoder:
             sums = _score_encoder_decoder(model, encoded, batch_size, pad_id, bar.update)
+        elif isinstance(model, llamacpp_engine.GgufModel):
+            sums = llamacpp_engine.score_items(model.engine, [(contexts, continuations) for contexts, _, continuations
+                                                              in encoded], on_items_done=bar.update)
         else:
             sums = score_packed(model, [(contexts, continuations) for contexts, _, continuations in encoded],
                                 row_tokens=row_tokens, batch_tokens=batch_tokens, on_items_done=bar.update)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,9 +27,10 @@ from instructune.errors import InstructuneError
 from instructune.generation.generate import ENGINE_CHOICES, Decoding, GenerateOptions
 from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
+from instructune.generation import llamacpp_engine
 from instructune.models import load_model
 
-_PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score", "openvino",
+_PACKAGES = ("instructune", "torch", "transformers", "peft", "datasets", "rouge-score", "xllamacpp", "openvino",
              "openvino-genai")
 
 
@@ -198,7 +198,32 @@ def evaluate_to_file(model_path: str | None, adapter: str | None, tasks: list[Ta
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     output = Path(output)
     check_writable(output)  # before the model loads and the tasks run: an unwritable -o costs no waiting
-    model, tokenizer = load_model(model_path, adapter)
+    model, tokenizer = load_any_model(model_path, adapter, options)
+    try:
+        return _evaluate_loaded(model, tokenizer, model_path, adapter, tasks, output, options, started, split=split,
+                                num_fewshot=num_fewshot, template=template, seed=seed, with_options=with_options,
+                                mode=mode)
+    finally:
+        if isinstance(model, llamacpp_engine.GgufModel):
+            model.close()  # llama.cpp's server stops with the evaluation
+
+
+def load_any_model(model_path: str | None, adapter: str | None, options: GenerateOptions):
+    """A model folder (and adapter) through transformers, or a .gguf file (and LoRA .gguf adapter) through llama.cpp."""
+    if model_path is not None and str(model_path).endswith(".gguf"):
+        if adapter is not None and not str(adapter).endswith(".gguf"):
+            raise InstructuneError(f"--adapter {adapter}: over a GGUF model give a LoRA GGUF file "
+                                   "(instructune export --adapter DIR --gguf-adapter f16 -o A.gguf)")
+        return llamacpp_engine.load_gguf(model_path, slots=max(options.batch_size, 8),
+                                         lora=[adapter] if adapter else ())
+    if options.engine == llamacpp_engine.NAME:
+        raise InstructuneError("--engine llamacpp runs GGUF files: give --model FILE.gguf "
+                               "(instructune export --gguf TYPE writes one)")
+    return load_model(model_path, adapter)
+
+
+def _evaluate_loaded(model, tokenizer, model_path, adapter, tasks, output, options, started, *, split, num_fewshot,
+                     template, seed, with_options, mode) -> Path:
     results: dict[str, dict] = {}
     all_rows: list[dict] = []
     for spec in tasks:
@@ -212,7 +237,8 @@ def evaluate_to_file(model_path: str | None, adapter: str | None, tasks: list[Ta
         all_rows.extend({**row, "task": key} for row in rows)
         print(format_metrics(f"{key} ({summary['mode']})", summary["metrics"]))
     result = {
-        "model": model_path or "default", "adapter": adapter, "engine": options.engine,
+        "model": model_path or "default", "adapter": adapter,
+        "engine": llamacpp_engine.NAME if isinstance(model, llamacpp_engine.GgufModel) else options.engine,
         "compute_type": options.compute_type, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": package_versions(),
         "predictions": predictions_path(output).name, "tasks": results,

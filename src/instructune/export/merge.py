@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from instructune.fileio.atomic import atomic_folder, check_writable
 from instructune.errors import InstructuneError
 from instructune.export.gguf import export_gguf
+from instructune.export.gguf_adapter import export_gguf_adapter
 from instructune.models import check_adapter_folder, is_encoder_decoder, load_model_config, merge_adapter
 
 
@@ -70,12 +71,25 @@ def make_parser() -> argparse.ArgumentParser:
                         "'default' for the default model), --gguf only.")
     parser.add_argument("--gguf", default=None, metavar="TYPE",
                         help="Write a GGUF file instead of a folder; TYPE is one of f32, f16, bf16, q8_0, q4_0, q4_1.")
+    parser.add_argument("--gguf-adapter", default=None, metavar="TYPE",
+                        help="Write the LoRA adapter alone as a llama.cpp LoRA GGUF file (TYPE: f32, f16, bf16, q8_0), "
+                        "applied over the base model's GGUF file (export --model BASE --gguf TYPE): one base file, "
+                        "many small adapters. Only the base's config is read.")
     parser.add_argument("-o", "--output", required=True, help="New folder for the merged model, or the .gguf file.")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.gguf_adapter is not None:
+        if args.adapter is None or args.gguf is not None:
+            raise InstructuneError("--gguf-adapter TYPE writes --adapter DIR alone (without --gguf); export the base "
+                                   "with --model BASE --gguf TYPE in a second run")
+        path = export_gguf_adapter(args.output, args.gguf_adapter, adapter=args.adapter, model=args.model)
+        print(f"LoRA GGUF ({args.gguf_adapter}) saved to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+        print(f"run it over the base's GGUF: llama-cli -m BASE.gguf --lora {path}   |   "
+              f"instructune eval --model BASE.gguf --adapter {path} ...")
+        return 0
     if args.gguf is not None:
         if args.adapter is None and args.model is None:
             raise InstructuneError("--gguf needs --adapter DIR or --model DIR (the model to export)")

@@ -22,7 +22,7 @@ from typing import Any
 
 from instructune.data.tokenize import prompt_token_ids
 from instructune.errors import InstructuneError
-from instructune.generation import hf_engine, native, openvino_engine
+from instructune.generation import hf_engine, llamacpp_engine, native, openvino_engine
 from instructune.generation.engines import Decoding, EngineCrashed, Request, Sampling, Where
 from instructune.models import is_encoder_decoder
 from instructune.models.chat_templates import end_of_turn_token
@@ -31,8 +31,10 @@ __all__ = ["Decoding", "GenerateOptions", "Sampling", "Where", "encode_prompt", 
            "stop_token_ids"]
 
 CHAT_END_TOKEN = "<|im_end|>"
-# The engines by name; "auto" tries them in this order and Hugging Face last (it runs anything).
-ENGINES: dict[str, ModuleType] = {engine.NAME: engine for engine in (openvino_engine, native, hf_engine)}
+# The engines by name; "auto" tries them in this order and Hugging Face last (it runs any transformers model).
+# llama.cpp runs GGUF files (llamacpp_engine.load_gguf) and nothing else.
+ENGINES: dict[str, ModuleType] = {engine.NAME: engine for engine in (openvino_engine, native, llamacpp_engine,
+                                                                      hf_engine)}
 ENGINE_CHOICES = ("auto", *ENGINES)
 
 
@@ -130,7 +132,12 @@ def select_engine(model: Any, options: GenerateOptions, where: Where, *, exclude
         >>> select_engine(model, GenerateOptions(), Where(allocator="libtcmalloc_minimal.so.4"))
         Selection(engine='native', passed_over=(('openvino', 'it aborts beside the preloaded allocator ...'),), news=('openvino',))
     """
-    if options.engine != "auto":
+    if isinstance(model, llamacpp_engine.GgufModel):  # a GGUF file runs in llama.cpp only
+        if options.engine not in ("auto", llamacpp_engine.NAME):
+            raise InstructuneError(f"generate: engine {options.engine!r} cannot run a GGUF file; use engine 'auto' "
+                                   "or 'llamacpp'")
+        names = [llamacpp_engine.NAME]
+    elif options.engine != "auto":
         names = [options.engine]
     else:
         names = [name for name in ENGINES if where.auto_engines is None or name in where.auto_engines] or ["hf"]
@@ -164,7 +171,7 @@ def _reason(engine: ModuleType, model: Any, options: GenerateOptions, where: Whe
         return f"{options.decoding.describe()} needs Hugging Face generate"
     if options.compute_type is not None and options.compute_type not in (engine.COMPUTE_TYPES or ("float32",)):
         if not engine.COMPUTE_TYPES:
-            return (f"compute_type {options.compute_type!r}: Hugging Face runs in the model's dtype "
+            return (f"compute_type {options.compute_type!r}: {engine.NAME} runs in the model's own dtype "
                     "(leave compute_type out)")
         return f"compute_type {options.compute_type!r} is not one of {', '.join(engine.COMPUTE_TYPES)}"
     if engine.NEEDS_EXPORT and where.weights_change:
