@@ -19,7 +19,7 @@ from instructune.board.paths import Workdir
 from instructune.board.process import TrainingProcess
 from instructune.train.checkpoint import run_weights
 from instructune.errors import InstructuneError
-from instructune.models import load_model
+from instructune.models import BUILTIN_MODELS, load_model
 
 logger = logging.getLogger("instructune.board")
 _MODELS_KEPT = 3  # base + tuned for chat, and one more, in memory at once
@@ -51,17 +51,23 @@ class Board:
         return sorted(found)
 
     def model_path(self, text: str | None) -> str | None:
-        """A model folder typed in the page (inside the working folder), or None for the default model."""
+        """A model typed in the page: a built-in name (gemma3-270m), a folder inside the working folder, or
+        None for the default model."""
         text = (text or "").strip()
         if not text or text == "default":
             return None
+        if text in BUILTIN_MODELS:
+            return text
         return str(self.work.path(text, must_exist=True, what="model folder"))
 
     def run_model(self, run: str) -> tuple[str | None, str | None]:
         """(model folder, adapter folder) of a finished run folder inside the working folder."""
         model, adapter = run_weights(self.work.path(run, must_exist=True, what="run folder"))
-        # A relative model.name was relative to the working folder, where the run was started.
-        return (str(self.work.root / model) if model and not Path(model).is_absolute() else model), adapter
+        # A relative model.name was relative to the working folder, where the run was started; a built-in
+        # name (gemma3-270m) stays a name.
+        if model and model not in BUILTIN_MODELS and not Path(model).is_absolute():
+            model = str(self.work.root / model)
+        return model, adapter
 
     def load_model(self, model: str | None, adapter: str | None = None) -> tuple[Any, Any]:
         """Load (or reuse) a model and tokenizer; the oldest of more than a few is dropped."""

@@ -17,6 +17,7 @@ from typing import Any
 from instructune.config import RunConfig, default_config_path, load_config
 from instructune.fileio.jsonio import read_jsonl
 from instructune.data.support import TASKS, build_support_instructions
+from instructune.data.tokenize import apply_chat_template_setting
 from instructune.data.templates import load_task
 from instructune.evaluate.compare import compare
 from instructune.evaluate.report import before_after_markdown
@@ -56,6 +57,9 @@ def run_quickstart(config: RunConfig, *, eval_limit: int = 40, eval_batch_size: 
 
     print("[1/5] Loading the model")
     model, tokenizer = load_model(config.model.name, trust_remote_code=config.model.trust_remote_code)
+    # The run's chat template (model.chat_template, or a base model's family template) from the first
+    # evaluation on, so before and after are scored on the text training formats.
+    tokenizer = apply_chat_template_setting(tokenizer, config.model.chat_template, model)
 
     print("[2/5] Building instruction data from the built-in customer-support set")
     paths = build_support_instructions(run_dir, seed=config.seed)
@@ -75,7 +79,7 @@ def run_quickstart(config: RunConfig, *, eval_limit: int = 40, eval_batch_size: 
     tuned.eval()
 
     print("[5/5] Evaluating the tuned model on the same test split")
-    after, after_rows = evaluate_split(tuned, tokenizer, test, **settings)
+    after, after_rows = evaluate_split(tuned, trainer.tokenizer, test, **settings)
 
     table = before_after_markdown(compare(before, after, before_items=before_rows, after_items=after_rows))
     result = {"before": before, "after": after, "train": train_summary, "run_dir": str(run_dir),

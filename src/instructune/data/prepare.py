@@ -320,7 +320,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--template", default="sample",
                         help='"sample" (one seeded template per record), "all" (every applicable one) or an index' + _SINGLE_TASK_ONLY)
     parser.add_argument("--num-fewshot", type=int, default=0, help="exemplars placed before each prompt (default 0)" + _SINGLE_TASK_ONLY)
-    parser.add_argument("--tokenizer", help="local model folder, or 'default' for the default model: report lengths in tokens, not characters")
+    parser.add_argument("--tokenizer", help="local model folder, or a built-in model ('default', 'gemma3-270m'): report lengths in tokens, not characters (plain prompts: no chat template)")
     parser.add_argument("--max-length", type=int, default=1024,
                         help="report how many examples exceed this length (tokens, or characters; default 1024); "
                              "with --tokenizer, which prompts and answers training will cut and which it will drop")

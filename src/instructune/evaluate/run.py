@@ -110,7 +110,7 @@ def make_parser() -> argparse.ArgumentParser:
         prog="instructune eval",
         description="Evaluate a model on tasks with ground truth; write metrics JSON and predictions JSONL.",
     )
-    parser.add_argument("--model", default=None, help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--model", default=None, help="a local Hugging Face model folder, a built-in model (default: SmolLM2-135M-Instruct; gemma3-270m), or a .gguf file (scored in llama.cpp)")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder to load over --model")
     parser.add_argument("--task", action="append", required=True,
                         help="built-in task name or task YAML path; repeat, paired in order with --data")

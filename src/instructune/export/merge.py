@@ -68,7 +68,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None,
                         help="With --adapter: its base model folder (default: the one recorded in the adapter, else "
                         "the default model). Without: the model to export (a merged or full fine-tuned folder; "
-                        "'default' for the default model), --gguf only.")
+                        "'default' or 'gemma3-270m' for a built-in model), --gguf only.")
     parser.add_argument("--gguf", default=None, metavar="TYPE",
                         help="Write a GGUF file instead of a folder; TYPE is one of f32, f16, bf16, q8_0, q4_0, q4_1.")
     parser.add_argument("--gguf-adapter", default=None, metavar="TYPE",

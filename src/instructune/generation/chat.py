@@ -212,7 +212,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Chat with a model in the terminal, or print one answer with --prompt.",
     )
     parser.add_argument("--model", default=None,
-                        help="local Hugging Face model folder (default: SmolLM2-135M-Instruct)")
+                        help="local Hugging Face model folder or a built-in model (default: SmolLM2-135M-Instruct; gemma3-270m)")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder to load on top of the model")
     parser.add_argument("--prompt", default=None, help="answer this one message, print the answer and exit")
     parser.add_argument("--system", default=None, help="system message put before the conversation")

@@ -2,7 +2,8 @@
 
 Decoder-only models see each prompt exactly as training formatted it (`format_prompt`, the chat
 template when the tokenizer has one); encoder-decoder models (T5, FLAN-T5) get the raw prompt as
-encoder input. Answers stop at EOS or `<|im_end|>`. The engines share one protocol (engines.py), and
+encoder input. Answers stop at EOS, `<|im_end|>` or the chat template's end-of-turn token. The
+engines share one protocol (engines.py), and
 `select_engine` is the one place an engine is chosen, from visible inputs only: for plain greedy
 decoding "auto" takes OpenVINO (openvino_engine.py: GenAI's continuous batching and paged attention)
 where it can run, else the native engine (native.py: unpadded prefill, continuous batching), both
