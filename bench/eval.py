@@ -55,12 +55,19 @@ ENGINES = {
     "native-bf16": ({"engine": "native", "compute_type": "bfloat16"}, None),
     "ov-fp32": ({"engine": "openvino", "compute_type": "float32"}, None),
     "ov-bf16": ({"engine": "openvino", "compute_type": "bfloat16"}, None),
+    # llama.cpp as the peer a CPU user would pick (issue 30): the default model exported to that GGUF type
+    # (runs/gguf_bench/, once), its server in this process with --llama-slots sequences, every CPU thread.
+    "llamacpp-f16": ({"engine": "llamacpp"}, "gguf:f16"),
+    "llamacpp-q8_0": ({"engine": "llamacpp"}, "gguf:q8_0"),
+    "llamacpp-q4_0": ({"engine": "llamacpp"}, "gguf:q4_0"),
 }
 DEFAULT_ENGINES = "hf-fp32,hf-bf16,hf-bf16w,native-fp32,native-bf16"
 LABELS = {
     "hf-fp32": "HF generate, fp32", "hf-bf16": "HF generate, bf16 autocast", "hf-bf16w": "HF generate, bf16 weights",
     "native-fp32": "instructune native, fp32", "native-bf16": "instructune native, bf16 weights",
     "ov-fp32": "instructune OpenVINO, fp32", "ov-bf16": "instructune OpenVINO, bf16",
+    "llamacpp-f16": "llama.cpp (xllamacpp), f16 GGUF", "llamacpp-q8_0": "llama.cpp (xllamacpp), q8_0 GGUF",
+    "llamacpp-q4_0": "llama.cpp (xllamacpp), q4_0 GGUF",
 }
 
 
@@ -110,6 +117,17 @@ def _multiple_choice(model, tokenizer, limit: int, batch_size: int) -> dict:
     return {"rows": rows, "notes": notes, "lm_eval": f"lm-evaluation-harness {lm_eval.__version__}"}
 
 
+def _llamacpp(model, tokenizer, gguf_type: str, slots: int):
+    """The default model as a GGUF file of `gguf_type` in llama.cpp's server: (GgufModel, GgufTokenizer)."""
+    from instructune.export.gguf import write_gguf
+    from instructune.generation.llamacpp_engine import load_gguf
+
+    path = Path("runs/gguf_bench") / f"default.{gguf_type}.gguf"
+    if not path.is_file():
+        write_gguf(model, tokenizer, path, gguf_type)
+    return load_gguf(path, slots=slots, threads=os.cpu_count() or 1)
+
+
 def _run_fresh(name: str, args: argparse.Namespace) -> tuple[list[str], float, float]:
     """One engine over all prompts in a child process of this script: its answers, seconds and load after."""
     with tempfile.TemporaryDirectory() as folder:
@@ -119,6 +137,7 @@ def _run_fresh(name: str, args: argparse.Namespace) -> tuple[list[str], float, f
                    "--dump", str(dump)]
         command += ["--native-slots", str(args.native_slots)] if args.native_slots else []
         command += ["--lora"] if args.lora else []
+        command += ["--llama-slots", str(args.llama_slots)]
         env = dict(os.environ)
         if name.startswith("ov-"):  # OpenVINO aborts beside a preloaded tcmalloc: it runs on glibc's malloc
             env["LD_PRELOAD"] = " ".join(p for p in env.get("LD_PRELOAD", "").split() if "malloc" not in Path(p).name)
@@ -144,6 +163,7 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="run each generation engine in a fresh process of its own (HF generate slows down "
                              "after earlier runs in the same process, and so does whatever runs after it)")
+    parser.add_argument("--llama-slots", type=int, default=16, help="llama.cpp sequences decoded at once")
     parser.add_argument("--dump", default=None, help=argparse.SUPPRESS)  # --fresh's child: answers to this JSON
     args = parser.parse_args()
     engines = args.engines.split(",")
@@ -208,12 +228,14 @@ def main() -> int:
             print(f"{name}: {seconds[name]:.1f} s in a fresh process (1-min load {loads[name]:.2f})", flush=True)
             continue
         keywords, bf16 = ENGINES[name]
-        runner = bf16_copy if bf16 == "weights" else model
+        runner, runner_tokenizer = (bf16_copy if bf16 == "weights" else model), tokenizer
+        if bf16 and bf16.startswith("gguf:"):  # the file's export and the server's start are setup, outside the clock
+            runner, runner_tokenizer = _llamacpp(model, tokenizer, bf16.split(":")[1], args.llama_slots)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 == "autocast" else nullcontext()
         batch = args.native_slots if keywords["engine"] == "native" and args.native_slots else args.batch_size
         started = time.perf_counter()
         with autocast:
-            answers[name] = generate(runner, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+            answers[name] = generate(runner, runner_tokenizer, prompts, max_new_tokens=args.max_new_tokens,
                                      batch_size=batch, progress=False, **keywords)
         seconds[name] = time.perf_counter() - started
         loads[name] = os.getloadavg()[0]
