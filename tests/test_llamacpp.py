@@ -14,7 +14,6 @@ base GGUF + adapter GGUF (export/gguf_adapter.py) answers as the merged export d
 """
 
 import copy
-
 import os
 
 import pytest
