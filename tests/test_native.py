@@ -128,6 +128,26 @@ def test_bfloat16_prefill_attention_equals_sdpa(llama):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_bfloat16_prefill_attention_within_a_window_equals_sdpa_with_a_banded_mask(tokenizer):
+    """Where a prompt is longer than a layer's window, the bf16 prefill's matmul attention sees each query's
+    last `window` positions only (itself included), as transformers' sliding-window mask has it."""
+    from tiny_gemma import make_gemma3
+
+    decoder = NativeDecoder(make_gemma3(tokenizer), "bfloat16")
+    torch.manual_seed(0)
+    tokens, window = 12, 5
+    q = torch.randn(1, decoder.heads, tokens, decoder.head_dim)
+    k, v = (torch.randn(1, decoder.kv_heads, tokens, decoder.head_dim) for _ in range(2))
+    distance = torch.arange(tokens).view(-1, 1) - torch.arange(tokens).view(1, -1)
+    band = (distance >= 0) & (distance < window)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=band, scale=0.25, enable_gqa=True)
+    torch.testing.assert_close(decoder._prefill_attention(tokens, window)(q, k, v, scale=0.25), expected,
+                               atol=1e-5, rtol=1e-5)
+    causal = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=True)
+    torch.testing.assert_close(decoder._prefill_attention(tokens, tokens)(q, k, v, scale=0.25), causal,
+                               atol=1e-5, rtol=1e-5)
+
+
 class TestCoverage:
     def test_t5_is_named_and_auto_falls_back_to_hf(self, tokenizer):
         t5 = tiny.make_t5(tokenizer).eval()
