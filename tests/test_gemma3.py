@@ -47,6 +47,13 @@ class TestFamily:
         assert "soft-capping" in gemma_family.engine_unsupported_reason(Gemma3TextConfig(attn_logit_softcapping=50.0))
         assert "soft-capping" in gemma_family.engine_unsupported_reason(Gemma3TextConfig(final_logit_softcapping=30.0))
 
+    def test_gguf_export_is_refused_in_one_line_until_the_family_has_its_gguf_side(self, gemma):
+        from instructune.errors import InstructuneError
+        from instructune.export.gguf import check_architecture
+
+        with pytest.raises(InstructuneError, match="GGUF export does not support Gemma 3 yet"):
+            check_architecture(gemma.config)
+
     @pytest.mark.parametrize("index", [0, 1])  # a sliding-window layer and a global one
     def test_decoder_layer_equals_transformers_own_layer(self, gemma, index):
         """The layer the engines run, with SDPA under the layer's own mask as attention, against

@@ -15,7 +15,8 @@ The engines (generation/native.py, generation/openvino_engine.py) run `decoder_l
 attention function, take each layer's rotary tables from `rotary_tables` and each layer's window from
 `attention_windows`, the interface models/llama.py has too. What this file leaves out: the engines'
 caches and masks, the multimodal Gemma 3 (`gemma3`, a vision tower in front), Gemma 2 (logit
-soft-capping), GGUF and chat templates (added beside this by their owners).
+soft-capping), GGUF (only a one-line refusal here) and the chat template (added beside this by their
+owners).
 """
 
 from __future__ import annotations
@@ -102,3 +103,10 @@ def decoder_layer(layer: Any, x: Any, cos: Any, sin: Any, config_dims: tuple[int
     out = attention.o_proj(out.transpose(1, 2).flatten(2))  # (rows, tokens, heads * head dim)
     x = x + layer.post_attention_layernorm(out)
     return x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+
+
+def gguf_unsupported_reason(config: Any) -> str | None:
+    """GGUF export refuses Gemma 3 in one line until this module has its GGUF side (llama.cpp's `gemma3`
+    architecture, names and norm convention), which its owner adds in place of this function."""
+    return (f"GGUF export does not support Gemma 3 yet ({getattr(config, 'model_type', None)!r}); "
+            "export a merged model folder instead")
