@@ -173,8 +173,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 grad_logits = grad_logits.to(dtype)
                 if need_hidden:
                     grad_hidden += (grad_logits @ block).float()
-                if need_weight:
-                    grad_weight[start:start + block.shape[0]] = grad_logits.T @ scaled_h
+                if need_weight:  # in place where the dtypes agree: a (columns, H) temporary is the block's size
+                    rows_of_weight = grad_weight[start:start + block.shape[0]]
+                    if rows_of_weight.dtype == dtype:
+                        torch.matmul(grad_logits.T, scaled_h, out=rows_of_weight)
+                    else:  # fp32 weights under bf16 autocast: the bf16 product, then fp32, as autograd does
+                        rows_of_weight.copy_(grad_logits.T @ scaled_h)
         if need_hidden:
             grad_hidden = grad_hidden.mul_(grad_output).to(hidden.dtype)
         return grad_hidden, grad_weight, None, None, None
