@@ -15,8 +15,12 @@ Each block of the weight gradient is one matmul over all labelled rows, so it is
 the training precision, as the unchunked backward rounds it: no fp32 accumulator of the weight's
 size is needed, and bf16 keeps its speed (on a 2-core Xeon with AMX a (32768 x 512) @ (512 x 640)
 product ran at 490 GFLOP/s in bf16 against 91 in fp32). torch 2.13's own `F.linear_cross_entropy`
-was the first choice: there it took 294 s for what one unchunked matmul does in 13 s (512 rows x 640
-x 262,144, fp32), and its bf16 sum was 10% off.
+was the first choice: there its forward and backward took 294 s where the unchunked ones took 13 s
+(512 rows x 640 x 262,144, fp32, acc_policy "accurate"), and its bf16 sum was 10% off (5,792 against
+6,439). This function, on the same shapes at a quieter moment: 3.3 s against the unchunked 2.6 s in fp32,
+1.6 s against 1.6 s in bf16, with the unchunked sums and gradients. A training step of Gemma 3 270M
+(bf16-true, 2 x 512 packed tokens) peaked 1.4 GB over its start chunked against 4.1 GB unchunked with
+every position labelled, and about the same (1.3-1.4 GB) with DialogSum's 113 (bench/loss_memory.py).
 """
 
 from __future__ import annotations
