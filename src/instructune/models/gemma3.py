@@ -28,6 +28,8 @@ from instructune.models.llama import project_qkv
 NAME = "gemma3"
 # transformers' model type of the text-only Gemma3ForCausalLM (Gemma 3 270M and 1B are text-only).
 MODEL_TYPES = ("gemma3_text",)
+# The chat template a Gemma 3 base model (which ships none) trains and chats with: models/chat_templates.py's.
+CHAT_TEMPLATE = "gemma"
 SLIDING = "sliding_attention"
 
 
