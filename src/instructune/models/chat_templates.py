@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from instructune.config import CHAT_TEMPLATE_NAMES
 from instructune.errors import InstructuneError
 
 # ChatML, with no default system turn (SmolLM2's own template adds one; a built-in format should not).
