@@ -35,6 +35,25 @@ class TestFamilyOf:
         assert fallbacks(config) == [f"generation on Hugging Face generate (instructune's engines cover "
                                      f"{', '.join(sorted(FAMILIES))})", "no GGUF export"]
 
+    def test_loading_a_model_of_no_family_says_once_what_falls_back(self, tokenizer, tmp_path, capsys, monkeypatch):
+        from instructune import models
+
+        monkeypatch.setattr(models, "_SAID_FALLBACKS", set())
+        folder = tmp_path / "t5"
+        tiny.make_t5(tokenizer).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        models.load_model(folder)
+        models.load_model(folder)
+        said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("model:")]
+        assert said == ["model: 't5' has no family module in instructune, so it runs with "
+                        + "; ".join(fallbacks(models.load_model_config(folder)))]
+
+    def test_loading_a_known_family_says_nothing(self, tiny_llama_dir, capsys):
+        from instructune import models
+
+        models.load_model(tiny_llama_dir)
+        assert "model:" not in capsys.readouterr().err
+
     def test_engine_eligibility_is_checked_in_one_place(self, tokenizer, llama):
         assert engine_unsupported_reason(llama) is None
         assert engine_unsupported_reason(tiny.make_t5(tokenizer)) == "encoder-decoder models use Hugging Face generate"

@@ -155,7 +155,7 @@ class TestOneOwner:
 
     def test_encoder_decoder_is_asked_of_models_only(self):
         direct = self._definitions(r"getattr\([^)]*\"is_encoder_decoder\"")
-        assert direct == ["models/__init__.py"], direct
+        assert direct == ["models/kinds.py"], direct
 
 
 class TestTrainHelp:

@@ -19,12 +19,15 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from instructune.fileio.atomic import atomic_folder
 from instructune.errors import InstructuneError
 from instructune.fileio.jsonio import read_json_object
+from instructune.models.families import fallbacks
+from instructune.models.kinds import is_encoder_decoder, unwrapped_model  # noqa: F401  (the package's API)
 from instructune.models.weights import ADAPTER_FILE, check_weights_match, saved_shapes
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -207,11 +210,6 @@ def load_model_config(path: str | os.PathLike, trust_remote_code: bool = False) 
     return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def is_encoder_decoder(model_or_config: Any) -> bool:
-    config = getattr(model_or_config, "config", model_or_config)
-    return bool(getattr(config, "is_encoder_decoder", False))
-
-
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -273,7 +271,21 @@ def load_model(
     if adapter is not None:
         loaded = load_adapter(loaded, adapter)
     loaded.eval()
+    say_fallbacks(config)
     return loaded, tokenizer
+
+
+_SAID_FALLBACKS: set[str] = set()
+
+
+def say_fallbacks(config: Any) -> None:
+    """One stderr line, once per model type and process, naming what a model of no known family runs without."""
+    missing = fallbacks(config)
+    model_type = str(getattr(config, "model_type", None))
+    if missing and model_type not in _SAID_FALLBACKS:
+        _SAID_FALLBACKS.add(model_type)
+        print(f"model: {model_type!r} has no family module in instructune, so it runs with " + "; ".join(missing),
+              file=sys.stderr)
 
 
 def quantization_kwargs(compute_dtype: Any = None, device: Any = None) -> dict:
@@ -339,12 +351,6 @@ def load_adapter(model: Any, adapter: str | os.PathLike) -> Any:
     expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(wrapped).items()}
     check_weights_match(path, saved_shapes([path / ADAPTER_FILE]), expected, "adapter")
     return wrapped
-
-
-def unwrapped_model(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def merged_copy(model: Any) -> Any:

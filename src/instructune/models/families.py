@@ -13,7 +13,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from instructune.models import gemma3, is_encoder_decoder, llama, unwrapped_model
+from instructune.models import gemma3, llama
+from instructune.models.kinds import is_encoder_decoder, unwrapped_model
 
 # transformers model_type -> the family module that covers it.
 FAMILIES: dict[str, ModuleType] = {model_type: family for family in (llama, gemma3) for model_type in family.MODEL_TYPES}
