@@ -166,6 +166,8 @@ def compare(name: str, reference: dict, ours: dict, tie_tolerance: float) -> lis
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
+    parser.add_argument("--model", default=None,
+                        help="built-in name (gemma3-270m) or model folder; default: the default model")
     parser.add_argument("--limit", type=int, default=500, help="first N validation items of each task")
     parser.add_argument("--batch-size", type=int, default=8, help="lm-eval requests / instructune items per forward")
     parser.add_argument("--threads", type=int, default=torch_threads_default(), help="torch threads for both")
@@ -181,9 +183,9 @@ def main() -> int:
     from instructune.models import load_model, resolve_model_path
 
     torch.set_num_threads(args.threads)
-    path = resolve_model_path(None)
+    path = resolve_model_path(args.model)
     lm = HFLM(pretrained=str(path), dtype="float32", device="cpu", batch_size=args.batch_size)
-    model, tokenizer = load_model(None)
+    model, tokenizer = load_model(args.model)
     reference = run_lm_eval(lm, args.tasks, args.limit)
     ours = run_instructune(model, tokenizer, args.tasks, args.limit, args.batch_size)
 
@@ -192,7 +194,7 @@ def main() -> int:
         f"## Multiple choice, lm-eval mode vs lm-evaluation-harness {lm_eval.__version__}: first {args.limit} items",
         "",
         f"- command: `python bench/choice.py {' '.join(sys.argv[1:])}`",
-        f"- {torch.get_num_threads()} torch threads, float32, batch {args.batch_size} (lm-eval: requests; "
+        f"- model: {args.model or 'default (SmolLM2-135M-Instruct)'}; {torch.get_num_threads()} torch threads, float32, batch {args.batch_size} (lm-eval: requests; "
         f"instructune: items, all their options together); torch {torch.__version__}",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; 5-min load average at the end "
         f"{load_average:.2f} on {os.cpu_count()} cores",

@@ -80,7 +80,7 @@ def _cpu_name() -> str:
     return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
 
 
-def _multiple_choice(model, tokenizer, limit: int, batch_size: int) -> dict:
+def _multiple_choice(model, tokenizer, limit: int, batch_size: int, model_name: str | None = None) -> dict:
     """lm-evaluation-harness and instructune's lm-eval mode on the first `limit` PIQA and HellaSwag items.
 
     bench/choice.py's own functions, in this process and on this model's weights file; returns the
@@ -94,7 +94,7 @@ def _multiple_choice(model, tokenizer, limit: int, batch_size: int) -> dict:
     from instructune.models import resolve_model_path
 
     names = ["hellaswag", "piqa"]
-    lm = HFLM(pretrained=str(resolve_model_path(None)), dtype="float32", device="cpu", batch_size=batch_size)
+    lm = HFLM(pretrained=str(resolve_model_path(model_name)), dtype="float32", device="cpu", batch_size=batch_size)
     reference = run_lm_eval(lm, names, limit)
     load = {"lm-eval": os.getloadavg()[0]}
     ours = run_instructune(model, tokenizer, names, limit, batch_size)
@@ -117,15 +117,15 @@ def _multiple_choice(model, tokenizer, limit: int, batch_size: int) -> dict:
     return {"rows": rows, "notes": notes, "lm_eval": f"lm-evaluation-harness {lm_eval.__version__}"}
 
 
-def _llamacpp(model, tokenizer, gguf_type: str, slots: int):
-    """The default model as a GGUF file of `gguf_type` in llama.cpp's server: (GgufModel, GgufTokenizer)."""
+def _llamacpp(model, tokenizer, gguf_type: str, slots: int, threads: int, model_name: str | None = None):
+    """The model as a GGUF file of `gguf_type` in llama.cpp's server: (GgufModel, GgufTokenizer)."""
     from instructune.export.gguf import write_gguf
     from instructune.generation.llamacpp_engine import load_gguf
 
-    path = Path("runs/gguf_bench") / f"default.{gguf_type}.gguf"
+    path = Path("runs/gguf_bench") / f"{Path(model_name).name if model_name else 'default'}.{gguf_type}.gguf"
     if not path.is_file():
         write_gguf(model, tokenizer, path, gguf_type)
-    return load_gguf(path, slots=slots, threads=os.cpu_count() or 1)
+    return load_gguf(path, slots=slots, threads=threads)
 
 
 def _run_fresh(name: str, args: argparse.Namespace) -> tuple[list[str], float, float]:
@@ -137,7 +137,8 @@ def _run_fresh(name: str, args: argparse.Namespace) -> tuple[list[str], float, f
                    "--dump", str(dump)]
         command += ["--native-slots", str(args.native_slots)] if args.native_slots else []
         command += ["--lora"] if args.lora else []
-        command += ["--llama-slots", str(args.llama_slots)]
+        command += ["--llama-slots", str(args.llama_slots), "--llama-threads", str(args.llama_threads)]
+        command += ["--model", args.model] if args.model else []
         env = dict(os.environ)
         if name.startswith("ov-"):  # OpenVINO aborts beside a preloaded tcmalloc: it runs on glibc's malloc
             env["LD_PRELOAD"] = " ".join(p for p in env.get("LD_PRELOAD", "").split() if "malloc" not in Path(p).name)
@@ -164,6 +165,9 @@ def main() -> int:
                         help="run each generation engine in a fresh process of its own (HF generate slows down "
                              "after earlier runs in the same process, and so does whatever runs after it)")
     parser.add_argument("--llama-slots", type=int, default=16, help="llama.cpp sequences decoded at once")
+    parser.add_argument("--llama-threads", type=int, default=os.cpu_count() or 1, help="llama.cpp CPU threads")
+    parser.add_argument("--model", default=None,
+                        help="built-in name (gemma3-270m) or model folder; default: the default model")
     parser.add_argument("--dump", default=None, help=argparse.SUPPRESS)  # --fresh's child: answers to this JSON
     args = parser.parse_args()
     engines = args.engines.split(",")
@@ -189,7 +193,7 @@ def main() -> int:
     limits = roofline.measure()  # before the engines run, on the same machine state
     print(roofline.format_limits(limits), flush=True)
     started = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(args.model)
     load_seconds = time.perf_counter() - started
     if args.lora:
         from peft import LoraConfig, get_peft_model
@@ -230,7 +234,8 @@ def main() -> int:
         keywords, bf16 = ENGINES[name]
         runner, runner_tokenizer = (bf16_copy if bf16 == "weights" else model), tokenizer
         if bf16 and bf16.startswith("gguf:"):  # the file's export and the server's start are setup, outside the clock
-            runner, runner_tokenizer = _llamacpp(model, tokenizer, bf16.split(":")[1], args.llama_slots)
+            runner, runner_tokenizer = _llamacpp(model, tokenizer, bf16.split(":")[1], args.llama_slots,
+                                                 args.llama_threads, args.model)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 == "autocast" else nullcontext()
         batch = args.native_slots if keywords["engine"] == "native" and args.native_slots else args.batch_size
         started = time.perf_counter()
@@ -254,7 +259,8 @@ def main() -> int:
                          for k in ("rouge1", "rouge2", "rougeL")}}
     hf_best = max((rows[n]["tokens_per_s"] for n in rows if n.startswith("hf-")), default=None)
     reference = answers.get("hf-fp32")
-    choice = _multiple_choice(model, tokenizer, args.choice_limit, args.batch_size) if args.choice_limit else None
+    choice = (_multiple_choice(model, tokenizer, args.choice_limit, args.batch_size, args.model)
+              if args.choice_limit else None)
 
     command = "python bench/eval.py " + " ".join(sys.argv[1:])
     if choice:
@@ -271,8 +277,9 @@ def main() -> int:
         f"{torch.get_num_threads()} threads; "
         f"5-min load average at the end {os.getloadavg()[1]:.2f} on {os.cpu_count()} cores",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; model load {load_seconds:.1f} s",
-        f"- generation: default model, template 0, greedy, HF batch {args.batch_size}, native slots "
-        f"{max(args.native_slots or args.batch_size, MIN_SLOTS)}, max {args.max_new_tokens} new tokens; engines one after "
+        f"- generation: {args.model or 'default model'}, template 0, greedy, HF batch {args.batch_size}, native slots "
+        f"{max(args.native_slots or args.batch_size, MIN_SLOTS)}, max {args.max_new_tokens} new tokens; "
+        f"llama.cpp {args.llama_slots} slots, {args.llama_threads} threads; engines one after "
         f"another over all prompts, {'each in a fresh process' if args.fresh else 'in one process'}; ROUGE-1/2/L as the mean over the references (the DialogSum lab's "
         "protocol), and ROUGE-1 best of the references",
     ]

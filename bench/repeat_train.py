@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import roofline  # noqa: E402
-from train import run_subprocess  # noqa: E402
+from train import MODEL_ENV, run_subprocess  # noqa: E402
 
 
 def parse(text: str) -> tuple:
@@ -42,7 +43,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dialogues", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "train-repeats.jsonl")
+    parser.add_argument("--model", default=None, help="built-in name (gemma3-270m) or model folder; default: the default model")
     args = parser.parse_args()
+    if args.model:
+        os.environ[MODEL_ENV] = args.model  # run_subprocess's children read it
     limits = roofline.measure()  # before the runs, on the same machine state: the share-of-limit column
     print(roofline.format_limits(limits), flush=True)
     runs: dict[tuple, list[dict]] = {config: [] for config in args.config}
@@ -57,7 +61,7 @@ def main() -> int:
             with args.out.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")
             print(f"round {round_}: {config} {row['tokens_per_s']:.1f} tokens/s, {row['peak_rss_gb']:.2f} GB", flush=True)
-    config_of_model = _default_model_config()
+    config_of_model = _model_config(args.model)
     for config, rows in runs.items():
         speeds, peaks = [r["tokens_per_s"] for r in rows], [r["peak_rss_gb"] for r in rows]
         engine, mode, precision = config[:3]
@@ -79,10 +83,10 @@ def main() -> int:
     return 0
 
 
-def _default_model_config():
-    from instructune.models import default_model_path, load_model_config
+def _model_config(model: str | None):
+    from instructune.models import load_model_config, resolve_model_path
 
-    return load_model_config(default_model_path())
+    return load_model_config(resolve_model_path(model))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,13 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dialogsum" / "train.jsonl"
+# The model both engines train: a built-in name or a folder (`--model`; children inherit it from the
+# environment), None = the default SmolLM2-135M-Instruct.
+MODEL_ENV = "INSTRUCTUNE_BENCH_MODEL"
+
+
+def bench_model() -> str | None:
+    return os.environ.get(MODEL_ENV) or None
 PROMPT = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:\n"  # ends in a newline: instructune adds none
 MAX_LENGTH, BATCH = 512, 8
 
@@ -56,9 +63,9 @@ def load_examples(n: int) -> list[dict]:
     example whose summary is cut away entirely; instructune cuts the prompt's start), and the loss
     curves are compared on identical tokens.
     """
-    from instructune.models import default_model_path, load_tokenizer
+    from instructune.models import load_tokenizer, resolve_model_path
 
-    tokenizer = load_tokenizer(default_model_path())
+    tokenizer = load_tokenizer(resolve_model_path(bench_model()))
     examples = []
     for line in DATA.read_text().splitlines():
         record = json.loads(line)
@@ -86,7 +93,7 @@ def run_instructune(examples: list[dict], mode: str, precision: str, packing: bo
     from instructune.train.runlog import MetricsLog
     from instructune.train.trainer import Trainer
 
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(bench_model())
     config = load_config(overrides=[
         "run_name=bench", f"output_dir=/tmp/instructune-bench-{os.getpid()}", f"lora.enabled={mode == 'lora'}",
         f"train.lr={2e-4 if mode == 'lora' else 2e-5}", f"train.batch_size={micro_batch}",
@@ -128,7 +135,7 @@ def run_trl(examples: list[dict], mode: str, precision: str, packing: bool, micr
 
     from instructune.models import load_model
 
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(bench_model())
     if precision == "bf16-true":  # weights, gradients and AdamW state in bf16; torch's AdamW rounds to nearest
         import torch
 
@@ -208,8 +215,8 @@ def one(engine: str, mode: str, precision: str, packing: bool, dialogues: int, m
     runner = run_instructune if engine == "instructune" else run_trl
     result = runner(examples, mode, precision, packing, micro_batch, checkpointing, compile)
     allocator = "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
-    return {"engine": engine, "mode": mode, "precision": precision, "packing": packing, "micro_batch": micro_batch,
-            "checkpointing": checkpointing, "compile": compile, "allocator": allocator, **result,
+    return {"model": bench_model() or "default", "engine": engine, "mode": mode, "precision": precision,
+            "packing": packing, "micro_batch": micro_batch, "checkpointing": checkpointing, "compile": compile, "allocator": allocator, **result,
             "peak_rss_gb": peak_rss_gb()}
 
 
@@ -354,16 +361,20 @@ def main() -> int:
     parser.add_argument("--micro-batch", type=int, default=BATCH,
                         help=f"Rows per micro-batch; {BATCH} // this many are accumulated per optimizer step.")
     parser.add_argument("--dialogues", type=int, default=256, help="First N DialogSum training dialogues.")
+    parser.add_argument("--model", default=None, help="built-in name (gemma3-270m) or model folder; default: the default model")
     parser.add_argument("--out", type=Path, help="JSONL of finished runs (default bench/results/train-N.jsonl); "
                         "configurations already in it are skipped, so an interrupted benchmark continues.")
     parser.add_argument("--report", action="store_true", help="Only print the table and plot from --out.")
     parser.add_argument("--append", action="store_true", help="Append the table to bench/RESULTS.md.")
     args = parser.parse_args()
+    if args.model:
+        os.environ[MODEL_ENV] = args.model  # the runs are child processes: they read it there
     if args.one:
         print(json.dumps(one(*args.one, packing=not args.no_packing, dialogues=args.dialogues,
                              micro_batch=args.micro_batch, checkpointing=args.checkpointing, compile=args.compile)))
         return 0
-    out = args.out or Path(__file__).with_name("results") / f"train-{args.dialogues}.jsonl"
+    model_tag = f"-{Path(args.model).name}" if args.model else ""
+    out = args.out or Path(__file__).with_name("results") / f"train-{args.dialogues}{model_tag}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(l) for l in out.read_text().splitlines()] if out.exists() else []
     if not args.report:
