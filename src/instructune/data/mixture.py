@@ -42,6 +42,9 @@ class MixtureTask(BaseModel):
     limit: int | None = Field(None, ge=1, description="read at most this many raw records (the first ones from start on)")
     template: str | int | None = Field(None, description="override the mixture's template choice for this task")
     num_fewshot: int | None = Field(None, ge=0, description="override the mixture's few-shot count for this task")
+    drop_columns: list[str] = Field(default_factory=list,
+                                    description="raw columns removed before rendering, so no template can show "
+                                                "them (a held-out task's label: DialogSum's topic, Bitext's category)")
 
 
 class MixtureConfig(BaseModel):

@@ -77,6 +77,7 @@ def build_task_examples(
     template: str | int = "sample",
     num_fewshot: int = 0,
     skipped: list[str] | None = None,
+    drop_columns: list[str] | tuple[str, ...] = (),
 ) -> list[dict]:
     """Load one raw file and render it with one task.
 
@@ -91,6 +92,8 @@ def build_task_examples(
         seed, template, num_fewshot: as in `render_records`.
         skipped: a list to leave out examples whose completion renders empty; the location of each
             (`file:LINE`, or `path record N`) is appended.
+        drop_columns: raw columns removed before rendering, so no template can show them; a template
+            that needs one applies no more (`when`) or is an error naming the field.
 
     Returns:
         The rendered examples.
@@ -101,6 +104,11 @@ def build_task_examples(
     """
     loaded_task = load_task(task)
     records = load_records(data, split=split)
+    for column in drop_columns:
+        if column not in records.column_names:
+            raise InstructuneError(f"{data}: drop_columns: no column {column!r} (columns: {', '.join(records.column_names)})")
+    if drop_columns:
+        records = records.remove_columns(list(drop_columns))
     positions = select_positions(len(records), start=start, every=every, limit=limit, what=str(data))
     if positions != range(len(records)):
         records = records.select(positions)
@@ -135,6 +143,7 @@ def build_mixture_examples(
             every=entry.every, seed=config.seed,
             template=entry.template if entry.template is not None else config.template,
             num_fewshot=entry.num_fewshot if entry.num_fewshot is not None else config.num_fewshot, skipped=skipped,
+            drop_columns=entry.drop_columns,
         )
     return mix(per_task, strategy=config.strategy, cap=config.cap, temperature=config.temperature,
                weights=config.weights, total=config.total, seed=config.seed)
