@@ -24,7 +24,7 @@ from typing import Any
 
 from instructune.errors import InstructuneError
 from instructune.fileio.jsonio import read_jsonl
-from instructune.evaluate import report
+from instructune.evaluate import report, wellformed
 from instructune.evaluate.provenance import decoding_settings, scoring_modes, scoring_protocols
 from instructune.evaluate.stats import paired_difference
 
@@ -360,6 +360,11 @@ def compare_runs(runs: list[str | Path], out_dir: str | Path, *, names: list[str
     if decodings:
         markdown += "\nDecoding (`instructune eval --num-beams` and the other decoding flags): " + "; ".join(
             f"{task} {how}" for task, how in decodings.items()) + ".\n"
+    shares = wellformed.shares_markdown(names, results)
+    if shares:
+        markdown += ("\nWell-formed answers (an option where options were given, a stop before the new-token cap, no "
+                     "continuation of the prompt; evaluate/wellformed.py), each run's share with its 95% Wilson "
+                     "interval; the change and its paired test are the `well_formed` rows above:\n\n" + shares + "\n")
     print(markdown)
     (out_dir / "comparison.md").write_text(markdown)
     (out_dir / "comparison.json").write_text(json.dumps(

@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 from instructune.fileio.atomic import check_writable, write_text_atomic
 from instructune.data.render import parse_template_choice
+from instructune.data.tokenize import apply_chat_template_setting
 from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
 from instructune.generation.generate import ENGINE_CHOICES, Decoding, GenerateOptions
@@ -136,7 +138,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per HF generate call (times --num-beams rows; "
                              "the native engine keeps at least 32 answers in flight; "
                              "multiple choice on decoder-only models packs items by tokens instead)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap for generation tasks")
+    parser.add_argument("--max-new-tokens", type=int, action="append", default=None,
+                        help="answer length cap for generation tasks (default 128): once for every task, or once per "
+                             "--task (a topic needs 16, a support answer 320); an answer that reaches it is not "
+                             "well formed (it did not stop)"),
     parser.add_argument("--mode", choices=EVAL_MODES, default=None,
                         help="'lm-eval': lm-evaluation-harness 0.4's rules (plain prompt, ' ' + option, no chat "
                              "template, no options listed); 'instruct': prompts as training renders them "
@@ -175,6 +180,7 @@ class TaskData:
     limit: int | None = None  # at most this many examples, after start and every
     start: int = 0
     every: int = 1
+    max_new_tokens: int | None = None  # this task's answer cap; None = the evaluation's
 
 
 def evaluate_to_file(model_path: str | None, adapter: str | None, tasks: list[TaskData], output: str | Path, *,
@@ -219,7 +225,13 @@ def load_any_model(model_path: str | None, adapter: str | None, options: Generat
     if options.engine == llamacpp_engine.NAME:
         raise InstructuneError("--engine llamacpp runs GGUF files: give --model FILE.gguf "
                                "(instructune export --gguf TYPE writes one)")
-    return load_model(model_path, adapter)
+    model, tokenizer = load_model(model_path, adapter)
+    if options.chat_template is not False:
+        # A base model without a chat template (Gemma 3 270M) is scored in its family's turns, as training with
+        # model.chat_template null formats it, so base and tuned read the same prompts (--no-chat-template: plain).
+        tokenizer = apply_chat_template_setting(tokenizer, None, model, say=lambda line: print(f"eval: {line}",
+                                                                                               file=sys.stderr))
+    return model, tokenizer
 
 
 def _evaluate_loaded(model, tokenizer, model_path, adapter, tasks, output, options, started, *, split, num_fewshot,
@@ -227,15 +239,19 @@ def _evaluate_loaded(model, tokenizer, model_path, adapter, tasks, output, optio
     results: dict[str, dict] = {}
     all_rows: list[dict] = []
     for spec in tasks:
+        task_options = replace(options, max_new_tokens=spec.max_new_tokens) if spec.max_new_tokens else options
         summary, rows = evaluate_task(
             model, tokenizer, spec.task, spec.data, split=split, limit=spec.limit, start=spec.start, every=spec.every,
             num_fewshot=num_fewshot, template=template, seed=seed, with_options=with_options, mode=mode,
-            options=options,
+            options=task_options,
         )
         key = summary["task"] if summary["task"] not in results else f"{summary['task']}:{Path(spec.data).stem}"
         results[key] = summary
         all_rows.extend({**row, "task": key} for row in rows)
         print(format_metrics(f"{key} ({summary['mode']})", summary["metrics"]))
+        if "well_formed" in summary.get("intervals", {}):
+            low, high = summary["intervals"]["well_formed"]
+            print(f"  {key}: well formed {summary['metrics']['well_formed']:.3f} [{low:.3f}, {high:.3f}] (95% interval)")
     result = {
         "model": model_path or "default", "adapter": adapter,
         "engine": llamacpp_engine.NAME if isinstance(model, llamacpp_engine.GgufModel) else options.engine,
@@ -258,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     limits = per_task_values("--limit", args.limit, len(args.task), default=None, smallest=1)
     starts = per_task_values("--start", args.start, len(args.task), default=0, smallest=0)
     strides = per_task_values("--every", args.every, len(args.task), default=1, smallest=1)
+    caps = per_task_values("--max-new-tokens", args.max_new_tokens, len(args.task), default=128, smallest=1)
     decoding = Decoding(num_beams=args.num_beams, length_penalty=args.length_penalty,
                         no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
-    options = GenerateOptions(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    options = GenerateOptions(max_new_tokens=caps[0], batch_size=args.batch_size,
                               chat_template=args.chat_template, engine=args.engine, compute_type=args.compute_type,
                               decoding=decoding, progress=not args.no_progress)
-    tasks = [TaskData(*spec) for spec in zip(args.task, args.data, limits, starts, strides)]
+    tasks = [TaskData(*spec) for spec in zip(args.task, args.data, limits, starts, strides, caps)]
     output = evaluate_to_file(args.model, args.adapter, tasks, args.output, options=options, split=args.split,
                               num_fewshot=args.num_fewshot, template=parse_template_choice(args.template),
                               seed=args.seed, with_options=not args.no_options, mode=args.mode)

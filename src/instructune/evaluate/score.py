@@ -24,6 +24,7 @@ from instructune.errors import InstructuneError, OutOfMemory, is_out_of_memory
 from instructune.evaluate.choice import score_choices
 from instructune.generation.generate import GenerateOptions, Where, encode_prompt, generate
 from instructune.evaluate.metrics import generation_item_scores, mean_scores
+from instructune.evaluate.wellformed import share_intervals, well_formed_scores
 from instructune.models import is_encoder_decoder
 
 # The `eval` command's names for batch_size and max_new_tokens, which an out-of-memory line tells to lower.
@@ -64,8 +65,8 @@ def evaluate_examples(
         overrides: `GenerateOptions` fields that replace those of `options` (batch_size=16, ...).
 
     Returns:
-        (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1"} or choice
-        metrics {"acc", "acc_norm"}; one prediction row per example with "prompt", "prediction" and
+        (metrics, predictions): generation metrics {"rouge1", ..., "exact_match", "f1", "well_formed" and
+        its three checks (wellformed.py)} or choice metrics {"acc", "acc_norm"}; one prediction row per example with "prompt", "prediction" and
         "references" (multiple choice adds "options", "label", "pred", "pred_norm", "logprobs"), and
         "scores": the example's own value of every metric (the metrics are their means), which
         `instructune compare` pairs across runs for confidence intervals.
@@ -120,8 +121,15 @@ def _evaluate_examples(model: Any, tokenizer: Any, examples: list[dict], *, kind
         ]
         return metrics, rows
     references = [_references_of(example, index) for index, example in enumerate(examples)]
-    predictions = generate(model, tokenizer, [example["prompt"] for example in examples], options, where=where)
+    new_tokens: list[int] = []
+    predictions = generate(model, tokenizer, [example["prompt"] for example in examples], options, where=where,
+                           new_token_counts=new_tokens)
     item_scores = generation_item_scores(predictions, references)
+    # Instruction following beside the metric: an option where options were given, a stop before the cap,
+    # no continuation of the prompt (wellformed.py); per item, so compare pairs them across runs.
+    for example, prediction, count, scores in zip(examples, predictions, new_tokens, item_scores):
+        scores.update(well_formed_scores(prediction, example["prompt"], options=example.get("options"),
+                                         new_tokens=count, max_new_tokens=options.max_new_tokens))
     rows = [
         {"prompt": example["prompt"], "prediction": prediction, "references": refs, "scores": scores}
         for example, prediction, refs, scores in zip(examples, predictions, references, item_scores)
@@ -201,7 +209,8 @@ def evaluate_task(
     Returns:
         ({"task", "kind", "mode", "metric", "data", "split", "template", "num_fewshot", "start", "every", "limit",
           "seed", "with_options", "chat_template", "max_new_tokens", "decoding", "n_examples", "seconds", "metrics"},
-          "max_new_tokens" and "decoding" (every `Decoding` setting) None unless the task kind is generation;
+          "max_new_tokens" and "decoding" (every `Decoding` setting) None unless the task kind is generation,
+          and for generated answers "intervals": {share: [low, high]}, the well-formed shares' 95% intervals;
           prediction rows with "task", "template" and "mode" added).
     """
     options = replace(options or GenerateOptions(), **overrides)
@@ -236,6 +245,9 @@ def evaluate_task(
         "decoding": options.decoding.to_dict() if generation else None,
         "n_examples": len(examples), "seconds": round(seconds, 2), "metrics": metrics,
     }
+    intervals = share_intervals(metrics, len(examples))
+    if intervals:
+        summary["intervals"] = intervals  # Wilson 95% intervals of the well-formed shares
     return summary, rows
 
 

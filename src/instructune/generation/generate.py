@@ -181,7 +181,7 @@ def _reason(engine: ModuleType, model: Any, options: GenerateOptions, where: Whe
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], options: GenerateOptions | None = None, *,
-             where: Where | None = None, **settings: Any) -> list[str]:
+             where: Where | None = None, new_token_counts: list[int] | None = None, **settings: Any) -> list[str]:
     """Generate one answer per prompt, greedy by default.
 
     Args:
@@ -191,6 +191,9 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], options: GenerateOp
         options: `GenerateOptions`; None = the defaults.
         where: the calling process as engines see it; None = `Where.here()` (this process, weights
             that stay the same between calls). In-training checks pass `Where.here(weights_change=True)`.
+        new_token_counts: a list that receives each answer's number of new tokens (the stop token left
+            out), in the order of `prompts`: an answer of `max_new_tokens` tokens ran into the cap instead
+            of stopping (evaluate/wellformed.py).
         settings: `GenerateOptions` fields that replace those of `options` (as Hugging Face's
             `generate(**kwargs)` over its GenerationConfig), e.g. `max_new_tokens=32, engine="hf"`.
 
@@ -235,4 +238,6 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], options: GenerateOp
     new_tokens: list[list[int]] = [[] for _ in prompts]
     for index, row in zip(order, rows):
         new_tokens[index] = row
+    if new_token_counts is not None:
+        new_token_counts.extend(len(row) for row in new_tokens)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
