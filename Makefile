@@ -198,3 +198,127 @@ dialogsum-search: dialogsum-data
 			train.save_every_n_steps=null train.select_best_by=val_loss --overwrite; \
 		$(VENV)/bin/instructune eval --model runs/dialogsum-search-lr$$lr/model $(DS_VAL_EVAL) -o $(LAB)/search/lr$$lr.json; \
 	done
+
+# The foundation experiment (issue 32): Gemma 3 270M BASE turned into an instruction follower by a FLAN-style
+# mixture (configs/foundation/), scored against the untouched model on held-out clusters never trained in any
+# form (PIQA with options, generated and as lm-eval; Bitext categories with options; DialogSum topics), on the
+# trained tasks, on well-formed answers (every generation task), and on lm-eval PIQA + HellaSwag (forgetting).
+# docs/foundation.md has the design, the item table and the time estimates. Run `make foundation` first: the
+# ablations and the search reuse its base evaluation and data. FOUND_METHOD=lora runs everything with LoRA.
+# Smoke run (real model, a few minutes): make foundation FOUND_N=4 FOUND_CAT=4 FOUND_LONG=2 FOUND_MC=4 \
+#   FOUND_TRAIN="train.max_steps=2 train.compile=false" FOUND=/tmp/found FOUND_OUTPUT=/tmp/found/runs FOUND_DOCS=/tmp/found/docs
+FOUND ?= runs/foundation
+FOUND_OUTPUT ?= runs
+FOUND_DOCS ?= docs/foundation
+FOUND_METHOD ?= full
+FOUND_BASE ?= gemma3-270m
+FOUND_TRAIN ?=
+FOUND_N ?= 500
+FOUND_CAT ?= 565
+FOUND_LONG ?= 200
+FOUND_MC ?= 1000
+FOUND_VAL ?= 200
+FOUND_EVAL_EXTRA ?=
+FOUND_ABLATIONS ?= one_template dialogsum_only no_inverted
+# The tuned model: a full fine-tune's folder, or a LoRA adapter over FOUND_BASE.
+found_tuned = $(if $(filter lora,$(FOUND_METHOD)),--model $(FOUND_BASE) --adapter $(FOUND_OUTPUT)/$(1)/adapter,--model $(FOUND_OUTPUT)/$(1)/model)
+# Held-out clusters (docs/foundation.md): PIQA validation 0-499 generated with options, 0-999 lm-eval; Bitext rows
+# 0, 8, 16, ... (565, all 11 categories; training reads odd rows); DialogSum test topics (topic1..3).
+FOUND_HELD = --task piqa_generate --data $(SHARED)/piqa/validation.jsonl --limit $(FOUND_N) --start 0 --every 1 --max-new-tokens 128 \
+	--task support_category --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(FOUND_CAT) --start 0 --every 8 --max-new-tokens 16 \
+	--task dialogsum_topic --data $(SHARED)/dialogsum/test.jsonl --limit $(FOUND_N) --start 0 --every 1 --max-new-tokens 16 \
+	--task piqa_lmeval --data $(SHARED)/piqa/validation.jsonl --limit $(FOUND_MC) --start 0 --every 1 --max-new-tokens 16
+# Trained tasks on items training never reads (DialogSum test; HellaSwag validation 1000-1499; Bitext rows 6, 14, ...
+# for intents and 2, 26, 50, ... (188, all 27 intents) for answers; Alpaca 4800-4999), and HellaSwag in lm-eval
+# mode, items 0-999 (knowledge kept).
+FOUND_TRAINED = --task dialogsum --data $(SHARED)/dialogsum/test.jsonl --limit $(FOUND_N) --start 0 --every 1 --max-new-tokens 128 \
+	--task hellaswag_generate --data $(SHARED)/hellaswag/validation.jsonl --limit $(FOUND_N) --start 1000 --every 1 --max-new-tokens 96 \
+	--task support_intent --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(FOUND_CAT) --start 6 --every 8 --max-new-tokens 16 \
+	--task support_response --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(FOUND_LONG) --start 2 --every 24 --max-new-tokens 320 \
+	--task alpaca --data $(SHARED)/alpaca/train.jsonl --limit $(FOUND_LONG) --start 4800 --every 1 --max-new-tokens 320 \
+	--task hellaswag_lmeval --data $(SHARED)/hellaswag/validation.jsonl --limit $(FOUND_MC) --start 0 --every 1 --max-new-tokens 16
+# Validation items for settings (full vs LoRA): read by no test above and by no training entry.
+FOUND_VALSET = --task piqa_generate --data $(SHARED)/piqa/validation.jsonl --limit $(FOUND_VAL) --start 1000 --every 1 --max-new-tokens 128 \
+	--task support_category --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(FOUND_VAL) --start 4 --every 8 --max-new-tokens 16 \
+	--task dialogsum_topic --data $(SHARED)/dialogsum/validation.jsonl --limit $(FOUND_VAL) --start 0 --every 1 --max-new-tokens 16 \
+	--task dialogsum --data $(SHARED)/dialogsum/validation.jsonl --limit $(FOUND_VAL) --start 0 --every 1 --max-new-tokens 128 \
+	--task hellaswag_generate --data $(SHARED)/hellaswag/validation.jsonl --limit $(FOUND_VAL) --start 1500 --every 1 --max-new-tokens 96 \
+	--task piqa_lmeval --data $(SHARED)/piqa/validation.jsonl --limit $(FOUND_VAL) --start 1000 --every 1 --max-new-tokens 16
+FOUND_FLAGS = --template 0 --no-progress $(FOUND_EVAL_EXTRA)
+FOUND_HELD_OUT := piqa_generate support_category dialogsum_topic piqa_lmeval hellaswag_lmeval
+# `$(call found_timed,STAGE,COMMAND)`: run COMMAND (stop if it fails), then append "STAGE<tab>seconds" to the times file.
+found_timed = set -e; t=$$(date +%s); $(2); printf '%s\t%s\n' "$(1)" $$(( $$(date +%s) - t )) >> $(FOUND)/times.tsv
+.PHONY: foundation-data foundation foundation-search foundation-ablations foundation-dialogsum foundation-dialogsum-search
+foundation-data: $(STAMP)
+	mkdir -p $(FOUND) && [ -f $(FOUND)/times.tsv ] || printf 'stage\tseconds\n' > $(FOUND)/times.tsv
+	set -e; for mix in mixture $(FOUND_ABLATIONS); do \
+		$(VENV)/bin/instructune prepare --mixture configs/foundation/$$mix.mixture.yaml -o $(FOUND)/data/$$mix.jsonl; done
+foundation: foundation-data
+	$(call found_timed,eval base,$(VENV)/bin/instructune eval --model $(FOUND_BASE) $(FOUND_HELD) $(FOUND_TRAINED) $(FOUND_FLAGS) -o $(FOUND)/base.json)
+	$(call found_timed,train $(FOUND_METHOD),$(VENV)/bin/instructune train configs/foundation/$(FOUND_METHOD).yaml model.name=$(FOUND_BASE) \
+		data.train=$(FOUND)/data/mixture.jsonl output_dir=$(FOUND_OUTPUT) $(FOUND_TRAIN) --overwrite)
+	$(call found_timed,eval $(FOUND_METHOD),$(VENV)/bin/instructune eval $(call found_tuned,foundation-$(FOUND_METHOD)) \
+		$(FOUND_HELD) $(FOUND_TRAINED) $(FOUND_FLAGS) -o $(FOUND)/$(FOUND_METHOD).json)
+	mkdir -p $(FOUND_DOCS)
+	$(VENV)/bin/instructune compare $(FOUND)/base.json $(FOUND)/$(FOUND_METHOD).json --names base $(FOUND_METHOD) \
+		--held-out $(FOUND_HELD_OUT) --loss-png $(FOUND_OUTPUT)/foundation-$(FOUND_METHOD)/loss.png -o $(FOUND_DOCS)
+	cp $(FOUND)/base.json $(FOUND)/base.predictions.jsonl $(FOUND)/$(FOUND_METHOD).json $(FOUND)/$(FOUND_METHOD).predictions.jsonl $(FOUND_DOCS)/
+	cp $(FOUND_OUTPUT)/foundation-$(FOUND_METHOD)/loss.png $(FOUND_DOCS)/loss-$(FOUND_METHOD).png
+	cp $(FOUND)/times.tsv $(FOUND_DOCS)/times.tsv
+
+# Full fine-tune vs LoRA (issue 32 item 1), each at FOUND_SEARCH_STEPS (default: a quarter of the budget), scored on
+# validation items only (FOUND_VALSET) against the base model there; pick the method, then `make foundation FOUND_METHOD=...`.
+FOUND_SEARCH_STEPS ?= 250
+foundation-search: foundation-data
+	$(call found_timed,eval base validation,$(VENV)/bin/instructune eval --model $(FOUND_BASE) $(FOUND_VALSET) $(FOUND_FLAGS) -o $(FOUND)/search/base.json)
+	set -e; for method in full lora; do \
+		$(call found_timed,train search $$method,$(VENV)/bin/instructune train configs/foundation/$$method.yaml model.name=$(FOUND_BASE) \
+			data.train=$(FOUND)/data/mixture.jsonl output_dir=$(FOUND_OUTPUT) run_name=foundation-search-$$method \
+			train.max_steps=$(FOUND_SEARCH_STEPS) train.save_every_n_steps=null $(FOUND_TRAIN) --overwrite); \
+	done
+	$(call found_timed,eval search full,$(VENV)/bin/instructune eval --model $(FOUND_OUTPUT)/foundation-search-full/model $(FOUND_VALSET) $(FOUND_FLAGS) -o $(FOUND)/search/full.json)
+	$(call found_timed,eval search lora,$(VENV)/bin/instructune eval --model $(FOUND_BASE) --adapter $(FOUND_OUTPUT)/foundation-search-lora/adapter \
+		$(FOUND_VALSET) $(FOUND_FLAGS) -o $(FOUND)/search/lora.json)
+	mkdir -p $(FOUND_DOCS)/search
+	$(VENV)/bin/instructune compare $(FOUND)/search/base.json $(FOUND)/search/full.json $(FOUND)/search/lora.json \
+		--names base full lora --held-out piqa_generate support_category dialogsum_topic piqa_lmeval -o $(FOUND_DOCS)/search
+	cp $(FOUND)/search/*.json $(FOUND)/search/*.predictions.jsonl $(FOUND_DOCS)/search/
+
+# What makes it work (issue 32 item 5): each ablation mixture trained at the same budget (the same run config,
+# only its data and name change), scored on the held-out clusters, compared with the base model and the full mixture.
+foundation-ablations: foundation-data
+	set -e; for abl in $(FOUND_ABLATIONS); do \
+		$(call found_timed,train $$abl,$(VENV)/bin/instructune train configs/foundation/$(FOUND_METHOD).yaml model.name=$(FOUND_BASE) \
+			data.train=$(FOUND)/data/$$abl.jsonl output_dir=$(FOUND_OUTPUT) run_name=foundation-$$abl $(FOUND_TRAIN) --overwrite); \
+		$(call found_timed,eval $$abl,$(VENV)/bin/instructune eval $(call found_tuned,foundation-$$abl) $(FOUND_HELD) $(FOUND_FLAGS) \
+			-o $(FOUND)/ablations/$$abl.json); \
+	done
+	mkdir -p $(FOUND_DOCS)/ablations
+	$(VENV)/bin/instructune compare $(FOUND)/base.json $(FOUND)/$(FOUND_METHOD).json $(foreach abl,$(FOUND_ABLATIONS),$(FOUND)/ablations/$(abl).json) \
+		--names base mixture $(FOUND_ABLATIONS) --held-out $(FOUND_HELD_OUT) -o $(FOUND_DOCS)/ablations
+	cp $(FOUND)/ablations/*.json $(FOUND)/ablations/*.predictions.jsonl $(FOUND_DOCS)/ablations/
+
+# DialogSum on Gemma 3 270M (issue 32 item 6): the lab's data and protocol (test, 500 dialogues, template 0, 96 new
+# tokens, ROUGE-1 mean of 3), at most 60 minutes of training; compared with the untouched model and the lab's SmolLM2 rows.
+FOUND_LAB_EVAL = --task dialogsum --data $(SHARED)/dialogsum/test.jsonl --limit $(FOUND_N) --template 0 --max-new-tokens 96 --no-progress $(FOUND_EVAL_EXTRA)
+foundation-dialogsum: dialogsum-data
+	mkdir -p $(FOUND)/dialogsum $(FOUND_DOCS)/dialogsum
+	$(VENV)/bin/instructune eval --model $(FOUND_BASE) $(FOUND_LAB_EVAL) -o $(FOUND)/dialogsum/zeroshot.json
+	$(VENV)/bin/instructune train configs/foundation/dialogsum.yaml model.name=$(FOUND_BASE) output_dir=$(FOUND_OUTPUT) $(FOUND_TRAIN) --overwrite
+	$(VENV)/bin/instructune eval --model $(FOUND_OUTPUT)/foundation-dialogsum/best $(FOUND_LAB_EVAL) -o $(FOUND)/dialogsum/full.json
+	$(VENV)/bin/instructune compare $(FOUND)/dialogsum/zeroshot.json $(FOUND)/dialogsum/full.json --names zero-shot full \
+		--loss-png $(FOUND_OUTPUT)/foundation-dialogsum/loss.png -o $(FOUND_DOCS)/dialogsum
+	cp $(FOUND)/dialogsum/*.json $(FOUND)/dialogsum/*.predictions.jsonl $(FOUND_DOCS)/dialogsum/
+
+# Its rate, chosen on the first FOUND_VAL validation dialogues (never the test split): short full fine-tunes at each rate.
+FOUND_DS_LRS ?= 3e-5 1e-4 3e-4
+FOUND_DS_STEPS ?= 160
+foundation-dialogsum-search: dialogsum-data
+	set -e; for lr in $(FOUND_DS_LRS); do \
+		$(VENV)/bin/instructune train configs/foundation/dialogsum.yaml model.name=$(FOUND_BASE) output_dir=$(FOUND_OUTPUT) \
+			train.lr=$$lr train.max_steps=$(FOUND_DS_STEPS) run_name=foundation-dialogsum-lr$$lr train.eval_every_n_steps=null \
+			train.save_every_n_steps=null $(FOUND_TRAIN) --overwrite; \
+		$(VENV)/bin/instructune eval --model $(FOUND_OUTPUT)/foundation-dialogsum-lr$$lr/model --task dialogsum \
+			--data $(SHARED)/dialogsum/validation.jsonl --limit $(FOUND_VAL) --template 0 --max-new-tokens 96 --no-progress \
+			$(FOUND_EVAL_EXTRA) -o $(FOUND)/dialogsum/search/lr$$lr.json; \
+	done
