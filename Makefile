@@ -232,7 +232,7 @@ FOUND_HELD = --task piqa_generate --data $(SHARED)/piqa/validation.jsonl --limit
 # for intents and 2, 26, 50, ... (188, all 27 intents) for answers; Alpaca 4800-4999), and HellaSwag in lm-eval
 # mode, items 0-999 (knowledge kept).
 FOUND_TRAINED = --task dialogsum --data $(SHARED)/dialogsum/test.jsonl --limit $(FOUND_N) --start 0 --every 1 --max-new-tokens 128 \
-	--task hellaswag_generate --data $(SHARED)/hellaswag/validation.jsonl --limit $(FOUND_N) --start 1000 --every 1 --max-new-tokens 96 \
+	--task hellaswag_generate --data $(SHARED)/hellaswag/validation.jsonl --limit $(FOUND_N) --start 1000 --every 1 --max-new-tokens 64 \
 	--task support_intent --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(FOUND_CAT) --start 6 --every 8 --max-new-tokens 16 \
 	--task support_response --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(FOUND_LONG) --start 2 --every 24 --max-new-tokens 320 \
 	--task alpaca --data $(SHARED)/alpaca/train.jsonl --limit $(FOUND_LONG) --start 4800 --every 1 --max-new-tokens 320 \
@@ -242,7 +242,7 @@ FOUND_VALSET = --task piqa_generate --data $(SHARED)/piqa/validation.jsonl --lim
 	--task support_category --data $(SHARED)/bitext_customer_support/train.jsonl --limit $(FOUND_VAL) --start 4 --every 8 --max-new-tokens 16 \
 	--task dialogsum_topic --data $(SHARED)/dialogsum/validation.jsonl --limit $(FOUND_VAL) --start 0 --every 1 --max-new-tokens 16 \
 	--task dialogsum --data $(SHARED)/dialogsum/validation.jsonl --limit $(FOUND_VAL) --start 0 --every 1 --max-new-tokens 128 \
-	--task hellaswag_generate --data $(SHARED)/hellaswag/validation.jsonl --limit $(FOUND_VAL) --start 1500 --every 1 --max-new-tokens 96 \
+	--task hellaswag_generate --data $(SHARED)/hellaswag/validation.jsonl --limit $(FOUND_VAL) --start 1500 --every 1 --max-new-tokens 64 \
 	--task piqa_lmeval --data $(SHARED)/piqa/validation.jsonl --limit $(FOUND_VAL) --start 1000 --every 1 --max-new-tokens 16
 FOUND_FLAGS = --template 0 --no-progress $(FOUND_EVAL_EXTRA)
 FOUND_HELD_OUT := piqa_generate support_category dialogsum_topic piqa_lmeval hellaswag_lmeval
