@@ -85,15 +85,17 @@ def chat_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def hf_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-    """transformers greedy answers (new ids, cut before EOS), one prompt at a time (no padding)."""
+def hf_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int,
+              stops: list[int] | None = None) -> list[list[int]]:
+    """transformers greedy answers (new ids, cut before a stop id: EOS unless `stops` says), one prompt at a time."""
+    stops = stops or [tokenizer.eos_token_id]
     answers = []
     with torch.inference_mode():
         for prompt in prompts:
             ids = chat_ids(tokenizer, prompt)
             out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            answers.append(cut_at_stop(out[0, len(ids):].tolist(), {tokenizer.eos_token_id}))
+                                 eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
+            answers.append(cut_at_stop(out[0, len(ids):].tolist(), set(stops)))
     return answers
 
 
@@ -136,15 +138,13 @@ def check_read_back(server: LlamaCppServer, tokenizer) -> None:
 
 # ---- the tiny model ----
 
-@pytest.fixture(scope="module")
-def trained():
-    """A tiny Llama (hidden 64) trained ~3 s to answer PAIRS and end with <|im_end|>; (model, tokenizer)."""
-    tokenizer = tiny.make_tokenizer()
-    model = tiny.make_llama(tokenizer, hidden_size=64)
+def train_to_answer(model, tokenizer, encode_prompt, turn_end: str):
+    """`model` trained ~3 s (full batch, 150 AdamW steps) to answer PAIRS: each question as `encode_prompt` encodes
+    it, then its answer and `turn_end`; returned in eval mode. (Gemma's tests train theirs the same way.)"""
     rows = []
     for question, answer in PAIRS:
-        prompt = chat_ids(tokenizer, question)
-        full = prompt + tokenizer(answer + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
+        prompt = encode_prompt(question)
+        full = prompt + tokenizer(answer + turn_end, add_special_tokens=False)["input_ids"]
         labels = [-100] * len(prompt) + full[len(prompt):]
         rows.append((torch.tensor([full]), torch.tensor([labels])))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -154,7 +154,15 @@ def trained():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return model.eval(), tokenizer
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny Llama (hidden 64) trained ~3 s to answer PAIRS and end with <|im_end|>; (model, tokenizer)."""
+    tokenizer = tiny.make_tokenizer()
+    model = tiny.make_llama(tokenizer, hidden_size=64)
+    return train_to_answer(model, tokenizer, lambda question: chat_ids(tokenizer, question), "<|im_end|>\n"), tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ LAYER_TYPES = ("sliding_attention", "full_attention", "sliding_attention")
 
 
 def make_gemma3(tokenizer, seed: int = 0, *, vocab_size: int = 4096, hidden_size: int = 32,
-                sliding_window: int = SLIDING_WINDOW, layer_types: tuple[str, ...] = LAYER_TYPES) -> Gemma3ForCausalLM:
+                sliding_window: int = SLIDING_WINDOW, layer_types: tuple[str, ...] = LAYER_TYPES,
+                query_pre_attn_scalar: int = 24) -> Gemma3ForCausalLM:
     """A tiny Gemma3ForCausalLM for `tokenizer` (tests/tiny.py's), SDPA attention, in eval mode."""
     import torch
 
@@ -23,7 +24,7 @@ def make_gemma3(tokenizer, seed: int = 0, *, vocab_size: int = 4096, hidden_size
     config = Gemma3TextConfig(
         vocab_size=max(vocab_size, len(tokenizer)), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=len(layer_types), layer_types=list(layer_types), num_attention_heads=4,
-        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=24, sliding_window=sliding_window,
+        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=query_pre_attn_scalar, sliding_window=sliding_window,
         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, attn_implementation="sdpa",
     )

@@ -1,15 +1,17 @@
 """`instructune export --gguf TYPE`: a model as one GGUF file for llama.cpp, Ollama, LM Studio.
 
 The file holds what llama.cpp reads: the family's hyperparameters, the weights under GGUF tensor
-names as the family stores them (models/llama.py: q/k projections permuted for llama.cpp's rotary
-layout), the tokenizer (gguf_tokenizer.py) and the chat template; an Ollama Modelfile is written
-beside it (modelfile.py). Quantizing uses the
+names as the family stores them (models/llama.py: llama.cpp's `llama`, q/k projections permuted for
+its rotary layout; models/gemma3.py: its `gemma3`, every RMSNorm weight stored as 1 + weight), the
+tokenizer (gguf_tokenizer.py: byte-level BPE, or Gemma's SentencePiece-style vocabulary with scores)
+and the chat template; an Ollama Modelfile is written beside it (modelfile.py). Quantizing uses the
 `gguf` package's own quantizers, so no compiler and no network are needed. Tensor types follow
 llama.cpp: norms stay F32; for 4-bit files the output matrix (the token embedding when tied) stays
 Q8_0, where llama-quantize would use Q6_K and falls back to Q8_0 on shapes like SmolLM2's.
 Missing parent folders of the output are created; a place that cannot be written is one line before
 the merge, and a write that fails midway (a full disk) leaves nothing (fileio/atomic.py).
-What this file leaves out: families without a module (one error line names the supported one), K-quants
+What this file leaves out: families without a module, and family configs llama.cpp fixes otherwise
+(Gemma 3's layer pattern: one error line each, naming what is supported), K-quants
 (the `gguf` package cannot write them), and LoRA merging (models.merge_adapter).
 """
 
@@ -42,8 +44,9 @@ def gguf_family(config: Any) -> ModuleType:
     """The family module that writes this model's GGUF file, or one line naming what GGUF export supports."""
     family = family_of(config)
     reason = family.gguf_unsupported_reason(config) if family is not None else (
-        f"GGUF export supports the llama architecture (LlamaForCausalLM, e.g. SmolLM2, TinyLlama); this model is "
-        f"{getattr(config, 'model_type', None)!r} {getattr(config, 'architectures', None) or []}")
+        f"GGUF export supports the llama architecture (LlamaForCausalLM, e.g. SmolLM2, TinyLlama) and gemma3 "
+        f"(Gemma3ForCausalLM, e.g. Gemma 3 270M); this model is {getattr(config, 'model_type', None)!r} "
+        f"{getattr(config, 'architectures', None) or []}")
     if reason is not None:
         raise InstructuneError(reason)
     return family
@@ -92,13 +95,13 @@ def gguf_tensors(model: Any, gguf_type: str) -> Iterator[tuple[str, Any, Any]]:
 
 def write_gguf(model: Any, tokenizer: Any, output: str | os.PathLike, gguf_type: str = "q8_0", *,
                name: str | None = None) -> Path:
-    """Write a Llama model and its tokenizer as one GGUF file.
+    """Write a model of a family with a GGUF side (Llama, Gemma 3) and its tokenizer as one GGUF file.
 
     The file is written beside `output` first and renamed into place, so a failed export never
     leaves a truncated file where llama.cpp would try to load it.
 
     Args:
-        model: a transformers LlamaForCausalLM (merged: no LoRA layers).
+        model: a transformers LlamaForCausalLM or Gemma3ForCausalLM (merged: no LoRA layers).
         tokenizer: its fast tokenizer, chat template included.
         output: the .gguf path; must not exist yet.
         gguf_type: one of GGUF_TYPES (f32, f16, bf16, q8_0, q4_0, q4_1).

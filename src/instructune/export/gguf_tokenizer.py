@@ -1,11 +1,21 @@
-"""A byte-level BPE tokenizer as GGUF metadata: vocabulary, merges, token types, special ids, pre-tokenizer name.
+"""A tokenizer as GGUF metadata: vocabulary, token types, merges or scores, special ids, chat template.
 
-llama.cpp does not read `tokenizer.json`. It rebuilds the tokenizer from `tokenizer.ggml.*` keys and
-picks the text-splitting rule (the "pre-tokenizer") by a name stored in the file. A wrong name still
-loads but splits text differently from the model's training, which shows as degraded answers. This
-file chooses that name the way llama.cpp's converter does (a fingerprint of known tokenizers) and,
-for tokenizers it does not know, by checking which of llama.cpp's split rules reproduces the
-tokenizer's own encodings. What it leaves out: sentencepiece/unigram vocabularies (Llama 2, T5),
+llama.cpp does not read `tokenizer.json`. It rebuilds the tokenizer from `tokenizer.ggml.*` keys, in
+one of two kinds this file writes, chosen from the tokenizer itself:
+- byte-level BPE (GPT-2 style, SmolLM2's; GGUF tokenizer model "gpt2"): the merges, and the
+  text-splitting rule (the "pre-tokenizer") named in the file. A wrong name still loads but splits
+  text differently from the model's training, which shows as degraded answers. This file chooses
+  that name the way llama.cpp's converter does (a fingerprint of known tokenizers) and, for
+  tokenizers it does not know, by checking which of llama.cpp's split rules reproduces the
+  tokenizer's own encodings.
+- SentencePiece-style BPE with byte fallback (Gemma's; GGUF tokenizer model "llama"): llama.cpp
+  merges the adjacent pair whose joined token has the highest score, where transformers' tokenizer
+  applies its merge list in order. So each token's score is its place in that list (the first merge
+  that makes it), which reproduces the tokenizer, and on Gemma 3's vocabulary equals the score
+  llama.cpp's converter read from the original SentencePiece model for every token a merge makes.
+  Token types as that converter writes them: added special tokens CONTROL, other added tokens and
+  Gemma's runs of spaces USER_DEFINED, `<0x..>` byte tokens BYTE.
+What it leaves out: unigram vocabularies (T5) and SentencePiece tokenizers that prepend a space (Llama 2),
 which raise an error naming what is supported, and the model weights (gguf.py).
 """
 
@@ -13,13 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from instructune.errors import InstructuneError
 from instructune.models.chat_templates import end_of_turn_token
 
 # llama.cpp token types (gguf.TokenType): what its tokenizer does with each vocabulary entry.
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 6
+NORMAL, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 3, 4, 5, 6
+# Scores llama.cpp's converter gives tokens its SentencePiece merging never makes (special, added, padding).
+_NOT_MERGED_SCORE = -1000.0
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+SPACE_MARK = "\u2581"  # "▁", SentencePiece's spelling of a space
 
 # llama.cpp's converter names a pre-tokenizer by the sha256 of the token ids a tokenizer gives for one
 # check text (convert_hf_to_gguf_update.py, ggml-org/llama.cpp#6920). The text and two of its hashes,
@@ -96,41 +111,123 @@ def pre_tokenizer_name(tokenizer: Any) -> str:
     )
 
 
-def _bpe_model(tokenizer: Any) -> dict:
-    """The `model` section of the tokenizer's tokenizer.json; only byte-level BPE is supported."""
+def _tokenizer_json(tokenizer: Any) -> dict:
+    """The tokenizer's tokenizer.json as a dict ({} for a slow tokenizer)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    model = json.loads(backend.to_str())["model"] if backend is not None else {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise InstructuneError(
-            f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: GGUF export supports byte-level BPE tokenizers "
-            f"(GPT-2 style, as SmolLM2's); this one is {model.get('type', 'not a fast tokenizer')}"
-        )
-    return model
+    return json.loads(backend.to_str()) if backend is not None else {}
 
 
-def vocabulary(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
-    """Tokens by id, and their llama.cpp token types, padded to the model's `vocab_size`.
+def tokenizer_kind(spec: dict, name: str = "") -> str:
+    """llama.cpp's tokenizer model for a tokenizer.json: "gpt2" (byte-level BPE) or "llama" (SentencePiece-style).
 
-    Added tokens marked special (or shaped like `<|...|>`) are CONTROL: llama.cpp matches them whole
-    and does not print them. Other added tokens are USER_DEFINED; ids the tokenizer lacks are UNUSED
-    placeholders, as llama.cpp's converter writes them.
+    SentencePiece-style means what Gemma's tokenizer is: BPE with byte fallback over text whose spaces
+    became "▁" (a normalizer replacing " "), with no space put in front, so llama.cpp's SentencePiece
+    tokenizer with `add_space_prefix` false splits text the same way.
+
+    Example:
+        >>> tokenizer_kind(_tokenizer_json(gemma_tokenizer))
+        'llama'
     """
+    model = spec.get("model") or {}
+    if model.get("type") == "BPE" and not model.get("byte_fallback"):
+        return "gpt2"
+    spaces = {"type": "Replace", "pattern": {"String": " "}, "content": SPACE_MARK}
+    normalizer = spec.get("normalizer") or {}
+    normalizers = normalizer.get("normalizers", [normalizer]) if normalizer.get("type") == "Sequence" else [normalizer]
+    split = spec.get("pre_tokenizer")  # Gemma's splits at " ", which the normalizer has already replaced: no-op
+    no_op_split = split is None or (split.get("type") == "Split" and split.get("pattern") == {"String": " "})
+    if model.get("type") == "BPE" and normalizers == [spaces] and no_op_split:
+        return "llama"
+    raise InstructuneError(
+        f"tokenizer {name!r}: GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM2's) and "
+        f"SentencePiece-style BPE with byte fallback and no prefix space (Gemma's); this one is "
+        f"{model.get('type', 'not a fast tokenizer')}{' with byte fallback' if model.get('byte_fallback') else ''} "
+        f"with normalizer {normalizer.get('type')} and pre-tokenizer {(split or {}).get('type')}"
+    )
+
+
+def _typed_tokens(tokenizer: Any, vocab_size: int, spell: Any) -> tuple[list[str], list[int]]:
+    """Tokens by id and their llama.cpp types, padded to `vocab_size` with UNUSED "[PAD{id}]" placeholders (as
+    llama.cpp's converter writes ids the tokenizer lacks); `spell(token, added_token_or_None)` gives
+    (text in the file, type) for each entry the tokenizer has."""
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
     added = tokenizer.added_tokens_decoder  # {id: AddedToken}
     tokens, types = [], []
     for index in range(vocab_size):
         token = by_id.get(index)
-        if token is None:
-            tokens.append(f"[PAD{index}]")
-            types.append(UNUSED)
-        elif index in added:
-            tokens.append(token)
-            looks_special = token.startswith("<|") and token.endswith("|>")
-            types.append(CONTROL if added[index].special or looks_special else USER_DEFINED)
-        else:
-            tokens.append(token)
-            types.append(NORMAL)
+        text, kind = (f"[PAD{index}]", UNUSED) if token is None else spell(token, added.get(index))
+        tokens.append(text)
+        types.append(kind)
     return tokens, types
+
+
+def vocabulary(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
+    """Tokens by id, and their llama.cpp token types, padded to the model's `vocab_size` (byte-level BPE).
+
+    Added tokens marked special (or shaped like `<|...|>`) are CONTROL: llama.cpp matches them whole
+    and does not print them. Other added tokens are USER_DEFINED; ids the tokenizer lacks are UNUSED
+    placeholders, as llama.cpp's converter writes them.
+    """
+    def spell(token: str, added: Any) -> tuple[str, int]:
+        if added is None:
+            return token, NORMAL
+        looks_special = token.startswith("<|") and token.endswith("|>")
+        return token, CONTROL if added.special or looks_special else USER_DEFINED
+
+    return _typed_tokens(tokenizer, vocab_size, spell)
+
+
+def _merge_text(merge: Any) -> str:
+    """The token a merge makes; tokenizers writes a merge as a pair (newer) or as "a b" (older)."""
+    return "".join(merge) if not isinstance(merge, str) else merge.replace(" ", "", 1)
+
+
+def sentencepiece_vocabulary(tokenizer: Any, vocab_size: int,
+                             merges: list | None = None) -> tuple[list[str], list[float], list[int]]:
+    """Tokens by id, their scores and their llama.cpp token types, for a SentencePiece-style tokenizer.
+
+    Scores: a token some merge makes scores -(its place among such tokens, in merge order), so llama.cpp's
+    highest-score-first merging applies the merges in transformers' order; the other normal tokens
+    (single characters) follow, in id order; byte tokens 0, special, added and padding entries -1000.
+    Gemma's runs of two or more spaces are USER_DEFINED tokens written with real spaces (transformers
+    spells them "▁▁"): llama.cpp matches those in the raw text, before any merging.
+
+    Args:
+        tokenizer: a transformers fast tokenizer whose `tokenizer_kind` is "llama".
+        vocab_size: rows of the embedding matrix; ids the tokenizer lacks become UNUSED "[PAD{id}]".
+        merges: its merge list (default: read from the tokenizer).
+
+    Example:
+        >>> tokens, scores, types = sentencepiece_vocabulary(gemma_tokenizer, 262144)
+        >>> tokens[2], types[2], tokens[494], scores[494], tokens[138], types[138]
+        ('<bos>', 3, '▁t', -0.0, '  ', 4)
+    """
+    if merges is None:
+        merges = _tokenizer_json(tokenizer)["model"]["merges"]
+    def spell(token: str, added: Any) -> tuple[str, int]:
+        if added is not None:
+            return token, CONTROL if added.special else USER_DEFINED
+        if _BYTE_TOKEN.fullmatch(token):
+            return token, BYTE
+        if len(token) > 1 and set(token) == {SPACE_MARK}:
+            return " " * len(token), USER_DEFINED
+        return token, NORMAL
+
+    tokens, types = _typed_tokens(tokenizer, vocab_size, spell)
+    scores = [0.0 if kind == BYTE else _NOT_MERGED_SCORE for kind in types]
+    vocab = tokenizer.get_vocab()
+    # (normal token ids in the order merges first make them, then the rest in id order)
+    order = {}
+    for merge in merges:
+        index = vocab.get(_merge_text(merge))
+        if index is not None and index < vocab_size and types[index] == NORMAL:
+            order.setdefault(index, len(order))
+    for index in range(vocab_size):
+        if types[index] == NORMAL:
+            order.setdefault(index, len(order))
+    for index, place in order.items():
+        scores[index] = -float(place)
+    return tokens, scores, types
 
 
 def add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> str:
@@ -141,23 +238,38 @@ def add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> str:
 
     Args:
         writer: a gguf.GGUFWriter.
-        tokenizer: a transformers fast tokenizer (byte-level BPE).
+        tokenizer: a transformers fast tokenizer (byte-level BPE, or SentencePiece-style as Gemma's).
         vocab_size: rows of the embedding matrix; the token list is padded to it.
 
     Returns:
-        The pre-tokenizer name written.
+        The pre-tokenizer name written ("default" for a SentencePiece-style tokenizer, as llama.cpp's
+        converter writes it).
+
+    Example:
+        >>> add_tokenizer(writer, gemma_tokenizer, 262144)
+        'default'
     """
-    model = _bpe_model(tokenizer)
+    spec = _tokenizer_json(tokenizer)
+    kind = tokenizer_kind(spec, getattr(tokenizer, "name_or_path", ""))
     if max(tokenizer.get_vocab().values()) >= vocab_size:
         raise InstructuneError(f"tokenizer has ids beyond the model's vocab_size {vocab_size}; resize the embeddings")
-    pre = pre_tokenizer_name(tokenizer)
-    tokens, types = vocabulary(tokenizer, vocab_size)
-    writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    # tokenizers writes a merge as a pair (newer) or as "a b" (older); GGUF wants "a b".
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
+    if kind == "gpt2":
+        pre = pre_tokenizer_name(tokenizer)
+        tokens, types = vocabulary(tokenizer, vocab_size)
+        writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        # GGUF wants a merge as "a b"
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    else:
+        pre = "default"
+        tokens, scores, types = sentencepiece_vocabulary(tokenizer, vocab_size, spec["model"]["merges"])
+        writer.add_tokenizer_model("llama")  # llama.cpp's name for SentencePiece
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
     for key, token_id in (
         ("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
         ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id),
@@ -174,7 +286,7 @@ def add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> str:
     # Whether the tokenizer itself adds BOS/EOS around a plain encode; llama.cpp follows these flags.
     plain = tokenizer.encode("a", add_special_tokens=False)
     full = tokenizer.encode("a")
-    writer.add_add_space_prefix(False)  # byte-level BPE: a leading space is part of the text
+    writer.add_add_space_prefix(False)  # a leading space is part of the text (byte-level BPE, Gemma's)
     writer.add_add_bos_token(tokenizer.bos_token_id is not None and full[:1] == [tokenizer.bos_token_id] != plain[:1])
     if tokenizer.eos_token_id is not None and full[-1:] == [tokenizer.eos_token_id] != plain[-1:]:
         writer.add_add_eos_token(True)

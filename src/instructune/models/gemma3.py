@@ -1,4 +1,4 @@
-"""The Gemma 3 family (text models): what instructune's own engines need to know of Gemma 3's layers.
+"""The Gemma 3 family (text models): what instructune's own engines and the GGUF export need to know of Gemma 3.
 
 Gemma 3's decoder layer is not Llama's (models/llama.py), though it has the same projections:
 - RMSNorm multiplies by (1 + weight), in fp32, and there are four per layer: before attention, after
@@ -15,15 +15,21 @@ The engines (generation/native.py, generation/openvino_engine.py) run `decoder_l
 attention function, take each layer's rotary tables from `rotary_tables` and each layer's window from
 `attention_windows`, the interface models/llama.py has too. What this file leaves out: the engines'
 caches and masks, the multimodal Gemma 3 (`gemma3`, a vision tower in front), Gemma 2 (logit
-soft-capping), GGUF (only a one-line refusal here) and the chat template (added beside this by their
-owners).
+soft-capping) and the chat template's text (models/chat_templates.py).
+
+It also holds the GGUF side: llama.cpp's `gemma3` architecture, its hyperparameter keys, and the norm
+convention (every RMSNorm weight stored as 1 + weight; q/k rows as they are, llama.cpp rotating them in
+transformers' half-split layout). llama.cpp fixes the attention scale where transformers configures it
+(`query_pre_attn_scalar`), so `gguf_unsupported_reason` refuses, in one line, a config llama.cpp would run
+differently. The tokenizer side (SentencePiece-style vocabulary, scores, token types) is
+export/gguf_tokenizer.py's.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from instructune.models.llama import project_qkv
+from instructune.models.llama import add_gguf_dimensions, project_qkv
 
 NAME = "gemma3"
 # transformers' model type of the text-only Gemma3ForCausalLM (Gemma 3 270M and 1B are text-only).
@@ -31,6 +37,9 @@ MODEL_TYPES = ("gemma3_text",)
 # The chat template a Gemma 3 base model (which ships none) trains and chats with: models/chat_templates.py's.
 CHAT_TEMPLATE = "gemma"
 SLIDING = "sliding_attention"
+# llama.cpp's `gemma3` architecture reads these; its GGUF tokenizer kind is SentencePiece ("llama").
+GGUF_ARCHITECTURES = ("Gemma3ForCausalLM",)
+GGUF_TOKENIZER = "llama"
 
 
 def engine_unsupported_reason(config: Any) -> str | None:
@@ -107,8 +116,98 @@ def decoder_layer(layer: Any, x: Any, cos: Any, sin: Any, config_dims: tuple[int
     return x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
 
 
+# ---- GGUF (llama.cpp's `gemma3` architecture) ----
+
+# llama.cpp's gemma3 loader (llama-model.cpp) makes every 6th layer global and the others sliding-window
+# unless the file lists the layers (`attention.sliding_window_pattern`, read by the pinned xllamacpp),
+# and scales attention by 1/sqrt(head dim), by 1/sqrt(hidden / heads) for its 62-layer 27B, with no key.
+GGUF_LAYER_PATTERN = 6
+GGUF_27B_LAYERS = 62
+
+
+def _llama_cpp_layer_types(config: Any) -> list[str]:
+    """The layer kinds llama.cpp's gemma3 assumes when a file does not list them."""
+    return [SLIDING if i % GGUF_LAYER_PATTERN < GGUF_LAYER_PATTERN - 1 else "full_attention"
+            for i in range(config.num_hidden_layers)]
+
+
+def _rope(config: Any, kind: str) -> dict:
+    """The RoPE parameters of one layer kind (transformers keeps one dict per kind in `rope_parameters`)."""
+    rope = dict(config.rope_parameters[kind])
+    rope.setdefault("rope_type", "default")
+    return rope
+
+
 def gguf_unsupported_reason(config: Any) -> str | None:
-    """GGUF export refuses Gemma 3 in one line until this module has its GGUF side (llama.cpp's `gemma3`
-    architecture, names and norm convention), which its owner adds in place of this function."""
-    return (f"GGUF export does not support Gemma 3 yet ({getattr(config, 'model_type', None)!r}); "
-            "export a merged model folder instead")
+    """Why llama.cpp's `gemma3` architecture would run this model wrongly, or None.
+
+    Example:
+        >>> gguf_unsupported_reason(gemma_270m_config) is None
+        True
+        >>> gguf_unsupported_reason(Gemma3TextConfig(query_pre_attn_scalar=24, head_dim=16))
+        "GGUF export: llama.cpp's gemma3 scales attention by 1/sqrt(16); this model's query_pre_attn_scalar is 24"
+    """
+    archs = getattr(config, "architectures", None) or ["Gemma3ForCausalLM"]
+    if getattr(config, "model_type", None) not in MODEL_TYPES or not set(archs) <= set(GGUF_ARCHITECTURES):
+        return f"GGUF export supports Gemma 3 text models ({', '.join(GGUF_ARCHITECTURES)}); this one is {archs}"
+    reason = engine_unsupported_reason(config)  # soft-capping, bidirectional: llama.cpp's gemma3 has neither
+    if reason is not None:
+        return f"GGUF export: {reason}"
+    if getattr(config, "attention_bias", False):
+        return "GGUF export: llama.cpp's gemma3 has no attention biases"
+    if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        return (f"GGUF export supports hidden_activation 'gelu_pytorch_tanh'; this model uses "
+                f"{config.hidden_activation!r}")
+    if SLIDING in config.layer_types and not config.sliding_window:
+        return "GGUF export: sliding-window layers need config.sliding_window"
+    heads, _, head_dim = dims(config)
+    scalar = config.hidden_size // heads if config.num_hidden_layers == GGUF_27B_LAYERS else head_dim
+    if config.query_pre_attn_scalar != scalar:
+        return (f"GGUF export: llama.cpp's gemma3 scales attention by 1/sqrt({scalar}); this model's "
+                f"query_pre_attn_scalar is {config.query_pre_attn_scalar}")
+    local, full = _rope(config, SLIDING), _rope(config, "full_attention")
+    if local["rope_type"] != "default":
+        return (f"GGUF export: llama.cpp's gemma3 does not scale the sliding-window layers' RoPE; this model "
+                f"uses {local}")
+    if full["rope_type"] not in ("default", "linear"):
+        return f"GGUF export supports default or linear RoPE on global layers; this model uses {full['rope_type']!r}"
+    return None
+
+
+def gguf_arch() -> Any:
+    import gguf
+
+    return gguf.MODEL_ARCH.GEMMA3
+
+
+def add_gguf_hyperparameters(writer: Any, config: Any) -> None:
+    """The `gemma3.*` keys llama.cpp reads to build the graph, as its converter (Gemma3Model) writes them.
+
+    The layer list is written only for a model whose layers differ from llama.cpp's every-6th-global
+    default (tiny test models): older llama.cpp builds ignore the key, so a standard Gemma 3 file carries
+    what the converter writes. The attention scale has no key (`gguf_unsupported_reason`).
+    """
+    _, kv_heads, head_dim = dims(config)
+    add_gguf_dimensions(writer, config, kv_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_key_length(head_dim)  # 256 in Gemma 3, not hidden / heads
+    writer.add_value_length(head_dim)
+    full = _rope(config, "full_attention")
+    writer.add_rope_freq_base(float(full["rope_theta"]))  # the global layers' (1,000,000)
+    writer.add_rope_freq_base_swa(float(_rope(config, SLIDING)["rope_theta"]))  # the local layers' (10,000)
+    if full["rope_type"] == "linear":  # Gemma 3 4B and larger: global layers only, as llama.cpp applies it
+        import gguf
+
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(full["factor"]))
+    if config.sliding_window:
+        writer.add_sliding_window(config.sliding_window)
+    if list(config.layer_types) != _llama_cpp_layer_types(config):
+        writer.add_sliding_window_pattern([kind == SLIDING for kind in config.layer_types])
+
+
+def gguf_tensor(name: str, data: Any, config: Any) -> Any:
+    """A weight (numpy, fp32) as llama.cpp stores it: every RMSNorm weight (q/k norms and post-norms included)
+    as 1 + weight, since llama.cpp multiplies by the stored weight; projections as they are (llama.cpp
+    rotates Gemma's q and k in transformers' half-split layout, NEOX style, so no row permutation)."""
+    return data + 1.0 if name.endswith("norm.weight") else data

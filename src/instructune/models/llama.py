@@ -127,15 +127,20 @@ def gguf_arch() -> Any:
     return gguf.MODEL_ARCH.LLAMA
 
 
-def add_gguf_hyperparameters(writer: Any, config: Any) -> None:
-    """The `llama.*` keys llama.cpp reads to build the graph (names as its converter writes them)."""
-    _, kv_heads, head_dim = dims(config)
+def add_gguf_dimensions(writer: Any, config: Any, kv_heads: int) -> None:
+    """The `ARCH.*` sizes every llama.cpp decoder reads: layers, context, widths, head counts (Gemma 3's too)."""
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(kv_heads)
+
+
+def add_gguf_hyperparameters(writer: Any, config: Any) -> None:
+    """The `llama.*` keys llama.cpp reads to build the graph (names as its converter writes them)."""
+    _, kv_heads, head_dim = dims(config)
+    add_gguf_dimensions(writer, config, kv_heads)
     rope = _rope_parameters(config)
     writer.add_rope_freq_base(float(rope["rope_theta"]))
     if rope.get("rope_type") == "linear":
