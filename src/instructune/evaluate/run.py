@@ -141,7 +141,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, action="append", default=None,
                         help="answer length cap for generation tasks (default 128): once for every task, or once per "
                              "--task (a topic needs 16, a support answer 320); an answer that reaches it is not "
-                             "well formed (it did not stop)"),
+                             "well formed (it did not stop)")
     parser.add_argument("--mode", choices=EVAL_MODES, default=None,
                         help="'lm-eval': lm-evaluation-harness 0.4's rules (plain prompt, ' ' + option, no chat "
                              "template, no options listed); 'instruct': prompts as training renders them "
