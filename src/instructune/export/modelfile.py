@@ -188,8 +188,9 @@ def write_modelfile(path: str | os.PathLike, gguf_path: str | os.PathLike, token
         pieces = pieces.without_start(tokenizer.bos_token)  # Ollama adds the GGUF's BOS when it tokenizes
     lines = [f"FROM ./{Path(gguf_path).name}"]
     if pieces is None:
-        print(f"note: the chat template does not split into per-turn pieces; {path.name} has no TEMPLATE "
-              "(Ollama will send raw prompts)")
+        why = ("the model has no chat template (a base model: train it with model.chat_template set)"
+               if not tokenizer.chat_template else "the chat template does not split into per-turn pieces")
+        print(f"note: {why}; {path.name} has no TEMPLATE (Ollama will send raw prompts)")
     else:
         lines.append(f'TEMPLATE """{go_template(pieces)}"""')
     lines += [f'PARAMETER stop "{token}"' for token in stop_tokens(tokenizer, pieces)]
