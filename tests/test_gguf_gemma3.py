@@ -325,6 +325,23 @@ class TestExportCommand:
         assert text == 'FROM ./base.gguf\nPARAMETER stop "<eos>"\n'
         assert "the model has no chat template" in capsys.readouterr().out
 
+class TestGgufFileForEvaluation:
+    def test_the_file_formats_and_encodes_prompts_as_the_original_bos_included(self, trained, tiny_files):
+        # `instructune eval --model FILE.gguf`: llama.cpp renders Gemma's template without the <bos> it adds
+        # when tokenizing; the file's tokenizer puts it back, so prompts are the ids transformers gives
+        from instructune.data.tokenize import format_prompt, prompt_token_ids
+        from instructune.generation import llamacpp_engine
+
+        _, tokenizer = trained
+        model, file_tokenizer = llamacpp_engine.load_gguf(tiny_files("f32"), slots=1, ctx_per_slot=256, threads=1)
+        try:
+            for question, _ in PAIRS:
+                assert format_prompt(file_tokenizer, question) == format_prompt(tokenizer, question)
+                assert prompt_token_ids(file_tokenizer, question) == prompt_token_ids(tokenizer, question)
+                assert prompt_token_ids(file_tokenizer, question)[0] == tokenizer.bos_token_id
+        finally:
+            model.close()
+
 # ---- the real Gemma 3 270M (INSTRUCTUNE_SLOW_TESTS=1; skipped when it is not converted in the cache) ----
 
 REAL_FOLDER = models.cache_dir() / "models" / models.GEMMA_MODEL

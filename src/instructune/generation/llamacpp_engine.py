@@ -412,6 +412,7 @@ class GgufTokenizer:
                                           for i in (self.bos_token_id, self.eos_token_id))
         self.all_special_tokens = [self._tokens[i] for i in sorted(self._control)]
         self._index = {token: index for index, token in enumerate(self._tokens)}
+        self._add_bos = metadata.get("add_bos", False)
 
     def __len__(self) -> int:
         return len(self._tokens)
@@ -419,6 +420,10 @@ class GgufTokenizer:
     def apply_chat_template(self, messages: list[dict], tokenize: bool = False, add_generation_prompt: bool = False,
                             **_: Any) -> str | list[int]:
         text = self.engine.apply_template(messages, add_generation_prompt)
+        # llama.cpp leaves the BOS out of the rendering when the file adds one on tokenizing (Gemma's), and
+        # feeds it all the same: put it back, as transformers' rendering of such a template writes it
+        if self._add_bos and self.bos_token and not text.startswith(self.bos_token):
+            text = self.bos_token + text
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -463,7 +468,7 @@ def read_metadata(gguf_path: str | os.PathLike) -> dict:
     eog = sorted({ids[name] for name in ("eos", "eot") if name in ids})
     return {"architecture": value("general.architecture"), "tokens": tokens, "ids": ids, "eog_ids": eog,
             "control_ids": {i for i, t in enumerate(types) if t == _CONTROL},
-            "chat_template": value("tokenizer.chat_template")}
+            "chat_template": value("tokenizer.chat_template"), "add_bos": bool(value("tokenizer.ggml.add_bos_token"))}
 
 
 def load_gguf(gguf_path: str | os.PathLike, **server_options: Any) -> tuple[GgufModel, GgufTokenizer]:
