@@ -130,7 +130,8 @@ def header(args, xllamacpp_version: str, torch_version: str) -> list[str]:
     from eval import _cpu_name  # bench/eval.py, beside this script (its folder is first on sys.path)
 
     load_average = os.getloadavg()[1]  # 5-minute: other jobs on the same cores slow every row
-    busy = " (shared, busy machine: timings are approximate)" if load_average > 0.75 * (os.cpu_count() or 1) else ""
+    # The run's own threads make a load of about --threads; more than that is another job on the cores.
+    busy = " (another job shared the cores: timings are approximate)" if load_average > args.threads + 0.5 else ""
     return [
         f"## What quantization costs: GGUF files in llama.cpp beside the merged model, {args.n} DialogSum test "
         "dialogues (issue 30)",
@@ -141,7 +142,7 @@ def header(args, xllamacpp_version: str, torch_version: str) -> list[str]:
         f"- model: {args.model or 'default (SmolLM2-135M-Instruct)'}; template 0 through the chat template, greedy, "
         f"at most {args.max_new_tokens} new tokens; each engine's time includes reading the prompts",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; 5-min load average at the end "
-        f"{load_average:.2f} on {os.cpu_count()} cores{busy}",
+        f"{load_average:.2f} on {os.cpu_count()} cores, this run's {args.threads} threads included{busy}",
         "",
     ]
 
