@@ -89,20 +89,20 @@ def peak_rss_gb() -> float:
 def run_instructune(examples: list[dict], mode: str, precision: str, packing: bool, micro_batch: int = BATCH,
                     checkpointing: bool = False, compile: bool = False) -> dict:
     from instructune.config import load_config
-    from instructune.models import load_model
     from instructune.train.runlog import MetricsLog
     from instructune.train.trainer import Trainer
 
-    model, tokenizer = load_model(bench_model())
-    config = load_config(overrides=[
+    config = load_config(overrides=[*([f"model.name={bench_model()}"] if bench_model() else []),
         "run_name=bench", f"output_dir=/tmp/instructune-bench-{os.getpid()}", f"lora.enabled={mode == 'lora'}",
         f"train.lr={2e-4 if mode == 'lora' else 2e-5}", f"train.batch_size={micro_batch}",
         f"train.grad_accum_steps={BATCH // micro_batch}", f"data.max_length={MAX_LENGTH}",
         f"data.packing={packing}", f"train.precision={precision}", "model.chat_template=false", "train.warmup_ratio=0",
         "train.schedule=constant", f"train.gradient_checkpointing={checkpointing}", f"train.compile={compile}",
     ])
-    trainer = Trainer(config, model=model, tokenizer=tokenizer, train_examples=examples, progress=False)
+    # The trainer loads the model as `instructune train` does (bf16-true: straight into bf16), before the clock.
+    trainer = Trainer(config, train_examples=examples, progress=False)
     trainer.setup()
+    tokenizer = trainer.tokenizer
     marks = []  # (clock, tokens) at the end of each optimizer step
     begun = []  # clock at the start of each optimizer step
     step = trainer._optimizer_step
