@@ -513,7 +513,7 @@ class TestPrecision:
 
     def test_bf16_true_loads_its_model_straight_into_bf16_with_the_weights_a_cast_gives(self, tmp_path, tiny_llama_dir,
                                                                                      monkeypatch):
-        # No fp32 copy in memory first (Gemma 3 270M: 1.07 GB of the peak); round-to-nearest either way.
+        # No fp32 copy is made first; round-to-nearest either way.
         from instructune.train import trainer as trainer_module
 
         asked = []

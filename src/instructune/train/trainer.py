@@ -88,8 +88,9 @@ class Trainer:
 
         # Model before data: tokenization needs the tokenizer and the model kind.
         if self.model is None:
-            # bf16-true loads straight into bf16 (the same round-to-nearest as a cast after an fp32 load), so the
-            # fp32 copy never takes memory: 1.07 GB of Gemma 3 270M's peak.
+            # bf16-true loads straight into bf16 (the same round-to-nearest as a cast after an fp32 load): no fp32
+            # copy is made. (It did not lower the measured peak of Gemma 3 270M's full fine-tune: 4.97 GB either
+            # way, the peak lies later in the run; bench/RESULTS.md.)
             straight_to_bf16 = (cfg.train.precision == "bf16-true" and not cfg.lora.load_in_4bit
                                 and not is_sharded(self.accelerator))
             self.model, self.tokenizer = load_model(
