@@ -41,6 +41,12 @@ class TestWellFormedScores:
         at_cap = scores("Tom is busy.", DIALOGUE_PROMPT, new_tokens=64, cap=64)
         assert at_cap["well_formed_stop"] == 0.0 and at_cap["well_formed"] == 0.0
 
+    @pytest.mark.parametrize("answer", ["", "  \n "])
+    def test_an_empty_answer_is_no_answer(self, answer):
+        # A model that stops at once (seen after two training steps) answered nothing: not well formed.
+        empty = scores(answer, DIALOGUE_PROMPT, new_tokens=0, cap=64)
+        assert empty["well_formed_stop"] == 0.0 and empty["well_formed"] == 0.0
+
     @pytest.mark.parametrize("answer", [
         "#Person1#: Then let's meet on Friday.",                  # a new turn of the dialogue
         "Tom is busy.\n#Person2#: Fine.",                         # ... after a first line

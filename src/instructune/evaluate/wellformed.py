@@ -3,7 +3,8 @@
 An answer is well formed when all three checks hold (issue 32 item 3):
 - `well_formed_option`: where the prompt's example carried options, the answer is one of them
   (exact match after SQuAD normalisation, metrics.normalize_answer); 1 where no options were given;
-- `well_formed_stop`: the answer ended by itself (end of turn or EOS) before the new-token cap;
+- `well_formed_stop`: the answer said something and ended by itself (end of turn or EOS) before the
+  new-token cap; an empty answer (a stop at once) fails it, as it answered nothing;
 - `well_formed_no_continuation`: the answer does not continue the prompt instead of answering it: no
   line of it opens with a label that opens a line of the prompt ("#Person2#:", "Customer:",
   "OPTIONS:", "Goal:"), it holds no speaker turn ("#Person1#:"), and it repeats no whole line of the
@@ -101,7 +102,7 @@ def well_formed_scores(answer: str, prompt: str, *, options: Sequence[str] | Non
     """
     normalized = normalize_answer(answer)
     is_option = not options or any(normalized == normalize_answer(option) for option in options)
-    stopped = new_tokens < max_new_tokens
+    stopped = new_tokens < max_new_tokens and bool(answer.strip())
     fresh = not continues_prompt(answer, prompt, options)
     scores = dict(zip(CHECKS, (float(is_option), float(stopped), float(fresh))))
     scores["well_formed"] = float(is_option and stopped and fresh)
