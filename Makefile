@@ -248,7 +248,7 @@ FOUND_FLAGS = --template 0 --no-progress $(FOUND_EVAL_EXTRA)
 FOUND_HELD_OUT := piqa_generate support_category dialogsum_topic piqa_lmeval hellaswag_lmeval
 # `$(call found_timed,STAGE,COMMAND)`: run COMMAND (stop if it fails), then append "STAGE<tab>seconds" to the times file.
 found_timed = set -e; t=$$(date +%s); $(2); printf '%s\t%s\n' "$(1)" $$(( $$(date +%s) - t )) >> $(FOUND)/times.tsv
-.PHONY: foundation-data foundation foundation-search foundation-ablations foundation-dialogsum foundation-dialogsum-search
+.PHONY: foundation-data foundation foundation-ship foundation-search foundation-ablations foundation-dialogsum foundation-dialogsum-search
 foundation-data: $(STAMP)
 	mkdir -p $(FOUND) && [ -f $(FOUND)/times.tsv ] || printf 'stage\tseconds\n' > $(FOUND)/times.tsv
 	set -e; for mix in mixture $(FOUND_ABLATIONS); do \
@@ -283,6 +283,34 @@ foundation-search: foundation-data
 	$(VENV)/bin/instructune compare $(FOUND)/search/base.json $(FOUND)/search/full.json $(FOUND)/search/lora.json \
 		--names base full lora --held-out piqa_generate support_category dialogsum_topic piqa_lmeval -o $(FOUND_DOCS)/search
 	cp $(FOUND)/search/*.json $(FOUND)/search/*.predictions.jsonl $(FOUND_DOCS)/search/
+
+# The result shipped (issue 32 item 7): the tuned model as a plain folder (a LoRA run merged into its base) and a
+# GGUF file with its chat template, the untouched base model as GGUF too, and the same instructions put to both in
+# llama.cpp (`instructune chat --model FILE.gguf`, the prompt rendered by llama.cpp from the file's own template; the base
+# file carries the same Gemma turns, as eval gives them to the base model).
+FOUND_GGUF ?= q8_0
+FOUND_SHIP = $(FOUND_OUTPUT)/foundation-ship
+FOUND_PROMPTS = "Write a two-sentence email to my landlord asking him to repair the heating this week." \
+	"List three things to pack for a day at the beach." \
+	"I was charged twice for the same order. What should I do?" \
+	"Goal: keep bread fresh longer. Which is better? OPTIONS: - store it in a sealed bag - leave it open on the counter"
+foundation-ship:
+	mkdir -p $(FOUND_SHIP) $(FOUND_DOCS)
+	$(if $(filter lora,$(FOUND_METHOD)),$(VENV)/bin/instructune export --model $(FOUND_BASE) --adapter $(FOUND_OUTPUT)/foundation-lora/adapter -o $(FOUND_SHIP)/model,rm -rf $(FOUND_SHIP)/model && cp -r $(FOUND_OUTPUT)/foundation-full/model $(FOUND_SHIP)/model)
+	$(VENV)/bin/instructune export --model $(FOUND_SHIP)/model --gguf $(FOUND_GGUF) -o $(FOUND_SHIP)/tuned.$(FOUND_GGUF).gguf
+	$(VENV)/bin/instructune export --model $(FOUND_BASE) --gguf $(FOUND_GGUF) --chat-template gemma -o $(FOUND_SHIP)/base.$(FOUND_GGUF).gguf
+	set -e; out=$(FOUND_DOCS)/chat.md; \
+	printf '# The same instructions to the base and the tuned model, in llama.cpp\n\n`make foundation-ship` (%s GGUF files, greedy, 160 new tokens at most; generated %s).\n' \
+		"$(FOUND_GGUF)" "$$(date -u +%F)" > $$out; \
+	for prompt in $(FOUND_PROMPTS); do \
+		printf '\n## %s\n' "$$prompt" >> $$out; \
+		for which in base tuned; do \
+			printf '\n**%s:**\n\n```text\n' $$which >> $$out; \
+			$(VENV)/bin/instructune chat --model $(FOUND_SHIP)/$$which.$(FOUND_GGUF).gguf --prompt "$$prompt" --max-new-tokens 160 >> $$out; \
+			printf '```\n' >> $$out; \
+		done; \
+	done
+	@echo "wrote $(FOUND_DOCS)/chat.md; the model: $(FOUND_SHIP)/model, $(FOUND_SHIP)/tuned.$(FOUND_GGUF).gguf (and its Modelfile)"
 
 # What makes it work (issue 32 item 5): each ablation mixture trained at the same budget (the same run config,
 # only its data and name change), scored on the held-out clusters, compared with the base model and the full mixture.

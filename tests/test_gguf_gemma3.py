@@ -13,6 +13,7 @@ skipped when it is not cached): the file's vocabulary, keys and norms against th
 converter wrote (the model's source), tokenization, and greedy answers.
 """
 
+import copy
 import importlib.util
 import json
 import os
@@ -32,6 +33,7 @@ import tiny
 from instructune import models
 from instructune.errors import InstructuneError
 from instructune.export.gguf import GGUF_TYPES, export_gguf, write_gguf
+from instructune.export.merge import main as merge_main
 from instructune.export.gguf_tokenizer import (
     BYTE, CONTROL, NORMAL, UNUSED, USER_DEFINED, sentencepiece_vocabulary, tokenizer_kind,
 )
@@ -317,6 +319,28 @@ class TestExportCommand:
                                 stop_ids=stop_ids(tokenizer)) == hf_greedy(rounded(model, "f16"), tokenizer,
                                                                             [PAIRS[0][0]], MAX_NEW_TOKENS)
 
+
+    def test_a_base_model_exported_with_its_familys_template(self, trained, tmp_path):
+        # `export --model BASE --gguf f32 --chat-template gemma`: a base model asked in the turns its tuned
+        # copy learned (issue 32's chat, base vs tuned): the file carries the template, llama.cpp renders it,
+        # the Modelfile stops at <end_of_turn>; `--chat-template none` writes none.
+        model, tokenizer = trained
+        folder = tmp_path / "base"
+        model.save_pretrained(folder)
+        plain = copy.deepcopy(tokenizer)
+        plain.chat_template = None
+        plain.save_pretrained(folder)
+        path = tmp_path / "base.f32.gguf"
+        assert merge_main(["--model", str(folder), "--gguf", "f32", "--chat-template", "gemma", "-o", str(path)]) == 0
+        assert read_keys(path)["tokenizer.chat_template"] == GEMMA
+        assert 'PARAMETER stop "<end_of_turn>"' in path.with_suffix(".Modelfile").read_text()
+        with tiny_server(path) as server:
+            for messages in CONVERSATIONS:
+                assert server.apply_template(messages) == tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True).removeprefix(tokenizer.bos_token)
+        bare = tmp_path / "bare.f32.gguf"
+        assert merge_main(["--model", str(folder), "--gguf", "f32", "--chat-template", "none", "-o", str(bare)]) == 0
+        assert "tokenizer.chat_template" not in read_keys(bare)
 
     def test_a_base_model_without_template_gets_a_modelfile_saying_so(self, tmp_path, capsys):
         tokenizer = gemma_style_tokenizer()

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
+from instructune.data.tokenize import apply_chat_template_setting
 from instructune.errors import InstructuneError
 from instructune.export.gguf_tokenizer import add_tokenizer
 from instructune.export.modelfile import write_modelfile
@@ -151,7 +152,7 @@ def _write(writer: Any, model: Any, tokenizer: Any, gguf_type: str, name: str, f
 
 
 def export_gguf(output: str | os.PathLike, gguf_type: str, *, adapter: str | None = None,
-                model: str | None = None) -> tuple[Path, Path]:
+                model: str | None = None, chat_template: bool | str | None = None) -> tuple[Path, Path]:
     """Merge `adapter` into its base (or take `model` as it is) and write a GGUF file plus an Ollama Modelfile.
 
     Args:
@@ -160,6 +161,9 @@ def export_gguf(output: str | os.PathLike, gguf_type: str, *, adapter: str | Non
         adapter: a LoRA adapter folder; its base is `model`, else the one in its config, else the default.
         model: without `adapter`, the model to export: a merged or fully fine-tuned folder, or None for
             the default model.
+        chat_template: None keeps the tokenizer's own template; a built-in name ("gemma", "chatml") or a
+            .jinja path puts that one in the file instead (a base model asked in its family's turns); False
+            writes none (`model.chat_template` values, data.tokenize.apply_chat_template_setting).
 
     Returns:
         (GGUF path, Modelfile path).
@@ -185,6 +189,8 @@ def export_gguf(output: str | os.PathLike, gguf_type: str, *, adapter: str | Non
         loaded, tokenizer = merge_adapter(adapter, model=model)
     else:
         loaded, tokenizer = load_model(model)
+    if chat_template is not None:
+        tokenizer = apply_chat_template_setting(tokenizer, chat_template, loaded)
     check_architecture(loaded.config)  # before the slow part, and before anything is written
     write_gguf(loaded, tokenizer, output, gguf_type)
     return output, write_modelfile(modelfile, output, tokenizer)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from instructune.data.tokenize import apply_chat_template_setting
 from instructune.fileio.atomic import atomic_folder, check_writable
 from instructune.errors import InstructuneError
 from instructune.export.gguf import export_gguf
@@ -24,10 +25,13 @@ from instructune.export.gguf_adapter import export_gguf_adapter
 from instructune.models import check_adapter_folder, is_encoder_decoder, load_model_config, merge_adapter
 
 
-def export_merged(adapter: str | Path, output: str | Path, *, model: str | None = None) -> Path:
+def export_merged(adapter: str | Path, output: str | Path, *, model: str | None = None,
+                  chat_template: bool | str | None = None) -> Path:
     """Merge `adapter` into its base and save to `output`.
 
     The base is `model`, else the folder named in the adapter's config, else the default model.
+    `chat_template` as in gguf.export_gguf: None keeps the tokenizer's own, a name or .jinja path
+    replaces it, False drops it.
 
     The folder is written beside `output` first and renamed into place, so a failed export never
     leaves a half-written model where a user expects a good one.
@@ -44,6 +48,8 @@ def export_merged(adapter: str | Path, output: str | Path, *, model: str | None 
     check_adapter_folder(adapter)  # a bad adapter, then a bad place: both before the merge, nothing created
     check_writable(output)
     merged, tokenizer = merge_adapter(adapter, model=model)
+    if chat_template is not None:
+        tokenizer = apply_chat_template_setting(tokenizer, chat_template, merged)
     try:
         with atomic_folder(output) as tmp:
             merged.save_pretrained(tmp, safe_serialization=True)
@@ -75,8 +81,16 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Write the LoRA adapter alone as a llama.cpp LoRA GGUF file (TYPE: f32, f16, bf16, q8_0), "
                         "applied over the base model's GGUF file (export --model BASE --gguf TYPE): one base file, "
                         "many small adapters. Only the base's config is read.")
+    parser.add_argument("--chat-template", default=None, metavar="NAME|FILE|none",
+                        help="Put this chat template in the export instead of the tokenizer's own: a built-in name "
+                        "(gemma, chatml) or a .jinja file; 'none' writes none. Default: the tokenizer's own (a tuned "
+                        "model carries the one it was trained with). E.g. a base model asked in its family's turns.")
     parser.add_argument("-o", "--output", required=True, help="New folder for the merged model, or the .gguf file.")
     return parser
+
+
+def _template_setting(value: str | None) -> bool | str | None:
+    return False if value is not None and value.lower() == "none" else value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,14 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.gguf is not None:
         if args.adapter is None and args.model is None:
             raise InstructuneError("--gguf needs --adapter DIR or --model DIR (the model to export)")
-        path, modelfile = export_gguf(args.output, args.gguf, adapter=args.adapter, model=args.model)
+        path, modelfile = export_gguf(args.output, args.gguf, adapter=args.adapter, model=args.model,
+                                      chat_template=_template_setting(args.chat_template))
         size_mib = path.stat().st_size / 2**20
         print(f"GGUF ({args.gguf}) saved to {path} ({size_mib:.1f} MiB); Ollama Modelfile: {modelfile}")
         print(f"run it: llama-cli -m {path} -cnv   |   ollama create NAME -f {modelfile} && ollama run NAME")
         return 0
     if args.adapter is None:
         raise InstructuneError("--adapter is required (without --gguf, export merges an adapter into its base)")
-    out = export_merged(args.adapter, args.output, model=args.model)
+    out = export_merged(args.adapter, args.output, model=args.model,
+                        chat_template=_template_setting(args.chat_template))
     seq2seq = is_encoder_decoder(load_model_config(out))
     print(f"merged model saved to {out} (load it with {'AutoModelForSeq2SeqLM' if seq2seq else 'AutoModelForCausalLM'}"
           ".from_pretrained)")
