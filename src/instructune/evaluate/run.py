@@ -217,11 +217,8 @@ def evaluate_to_file(model_path: str | None, adapter: str | None, tasks: list[Ta
 def load_any_model(model_path: str | None, adapter: str | None, options: GenerateOptions):
     """A model folder (and adapter) through transformers, or a .gguf file (and LoRA .gguf adapter) through llama.cpp."""
     if model_path is not None and str(model_path).endswith(".gguf"):
-        if adapter is not None and not str(adapter).endswith(".gguf"):
-            raise InstructuneError(f"--adapter {adapter}: over a GGUF model give a LoRA GGUF file "
-                                   "(instructune export --adapter DIR --gguf-adapter f16 -o A.gguf)")
         return llamacpp_engine.load_gguf(model_path, slots=max(options.batch_size, 8),
-                                         lora=[adapter] if adapter else ())
+                                         lora=llamacpp_engine.lora_files(adapter))
     if options.engine == llamacpp_engine.NAME:
         raise InstructuneError("--engine llamacpp runs GGUF files: give --model FILE.gguf "
                                "(instructune export --gguf TYPE writes one)")

@@ -9,7 +9,12 @@ streamed as they are generated; `/reset` clears the history and `/exit`, EOF or 
 prompt quit. Ctrl-C while the model answers stops that answer only.
 
 Greedy decoding by default; sampling when --temperature > 0, on Hugging Face `generate` with the
-settings batch generation passes it (hf_engine.py). Left out: batch generation (generate.py),
+settings batch generation passes it (hf_engine.py).
+
+`--model FILE.gguf` talks to that very file in llama.cpp (`GgufChatSession`, llamacpp_engine.py), as
+llama.cpp, Ollama or LM Studio would: the file's own chat template rendered by llama.cpp, llama.cpp's
+tokenizer and sampler, a LoRA `.gguf` as `--adapter`; a file without a chat template gets plain text,
+and says so. Its answers arrive whole, not token by token. Left out: batch generation (generate.py),
 conversation saving, and trimming a history longer than the model's context.
 """
 
@@ -21,7 +26,7 @@ import threading
 from typing import Any, Callable, TextIO
 
 from instructune.errors import InstructuneError
-from instructune.generation import hf_engine
+from instructune.generation import hf_engine, llamacpp_engine
 from instructune.generation.engines import Request, Sampling
 from instructune.generation.generate import stop_token_ids
 from instructune.models import is_encoder_decoder, load_model
@@ -99,9 +104,14 @@ class ChatSession:
         Returns:
             The answer, without special tokens or surrounding whitespace.
         """
+        answer = self._answer(self.render_prompt(user_text), stream)
+        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
+        return answer
+
+    def _answer(self, prompt: str, stream: Callable[[str], Any] | None) -> str:
+        """The model's answer to the rendered `prompt`, through Hugging Face `generate`."""
         import torch
 
-        prompt = self.render_prompt(user_text)
         # A chat template already writes its special tokens (BOS included); plain text gets the
         # tokenizer's own (e.g. T5's </s>).
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not self.use_template)
@@ -115,9 +125,7 @@ class ChatSession:
             else:
                 output_ids = self._generate_streaming(kwargs, stream)
         new_ids = output_ids[0] if self.encoder_decoder else output_ids[0, input_ids.shape[1]:]
-        answer = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
-        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
-        return answer
+        return self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
 
     def _generation_kwargs(self) -> dict[str, Any]:
         # Hugging Face `generate` with the same explicit settings batch generation uses (hf_engine.py).
@@ -162,6 +170,36 @@ class ChatSession:
         if "error" in result:
             raise result["error"]
         return result["ids"]
+
+
+class GgufChatSession(ChatSession):
+    """A conversation with a GGUF file, run by llama.cpp as `llama-server` runs it (llamacpp_engine.py).
+
+    The history and the prompt are `ChatSession`'s, but every step goes through llama.cpp: the prompt
+    is the file's own chat template rendered by llama.cpp's Jinja engine (`GgufTokenizer`), tokenized
+    by llama.cpp, and answered by llama.cpp's sampler (greedy, or temperature/top-p as
+    `llamacpp_engine.sampler_settings`), stopping at the file's end-of-turn and EOS tokens as
+    `instructune eval --model FILE.gguf` does. Answers are not streamed: `stream` gets the whole answer.
+
+    Args:
+        model, tokenizer: the pair `llamacpp_engine.load_gguf` returns; the rest as `ChatSession`.
+
+    Example:
+        >>> model, tokenizer = load_gguf("exported/support-bot.q8_0.gguf", slots=1)
+        >>> GgufChatSession(model, tokenizer, max_new_tokens=32).reply("Where is my order?")
+        'Your order has shipped and will arrive in three days.'
+    """
+
+    def _answer(self, prompt: str, stream: Callable[[str], Any] | None) -> str:
+        prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=not self.use_template)
+        sampling = Sampling(self.temperature, self.top_p) if self.temperature > 0 else None
+        stop_ids = stop_token_ids(self.model, self.tokenizer)  # as eval's llama.cpp path: EOS and end of turn
+        [new_ids] = llamacpp_engine.generate_ids(self.model.engine, [prompt_ids], max_new_tokens=self.max_new_tokens,
+                                                 stop_ids=stop_ids, sampling=sampling)
+        answer = self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        if stream is not None:
+            stream(answer)
+        return answer
 
 
 def chat_loop(
@@ -212,8 +250,10 @@ def make_parser() -> argparse.ArgumentParser:
         description="Chat with a model in the terminal, or print one answer with --prompt.",
     )
     parser.add_argument("--model", default=None,
-                        help="local Hugging Face model folder or a built-in model (default: SmolLM2-135M-Instruct; gemma3-270m)")
-    parser.add_argument("--adapter", default=None, help="LoRA adapter folder to load on top of the model")
+                        help="local Hugging Face model folder, a built-in model (default: SmolLM2-135M-Instruct; "
+                             "gemma3-270m), or a .gguf file (run in llama.cpp with its own chat template)")
+    parser.add_argument("--adapter", default=None,
+                        help="LoRA adapter folder to load on top of the model (over a .gguf model: a LoRA .gguf file)")
     parser.add_argument("--prompt", default=None, help="answer this one message, print the answer and exit")
     parser.add_argument("--system", default=None, help="system message put before the conversation")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens")
@@ -232,21 +272,34 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     # Check the settings before the (slow) model load.
     _check_generation_settings(args.max_new_tokens, args.temperature, args.top_p)
-    model, tokenizer = load_model(args.model, args.adapter)
-    session = ChatSession(
-        model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p,
-        chat_template=False if args.no_chat_template else None,
-    )
-    if args.prompt is not None:
-        print(session.reply(args.prompt))
-        return 0
+    gguf = args.model is not None and str(args.model).endswith(".gguf")
+    model, tokenizer = _load_gguf(args.model, args.adapter) if gguf else load_model(args.model, args.adapter)
     try:
-        import readline  # noqa: F401  (arrow keys and line history for input(); absent on Windows)
-    except ImportError:
-        pass
-    chat_loop(session)
-    return 0
+        session = (GgufChatSession if gguf else ChatSession)(
+            model, tokenizer, system=args.system, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, top_p=args.top_p,
+            chat_template=False if args.no_chat_template else None,
+        )
+        if gguf and not args.no_chat_template and not session.use_template:
+            print(f"chat: {args.model} has no chat template (tokenizer.chat_template); prompts are plain text",
+                  file=sys.stderr)
+        if args.prompt is not None:
+            print(session.reply(args.prompt))
+            return 0
+        try:
+            import readline  # noqa: F401  (arrow keys and line history for input(); absent on Windows)
+        except ImportError:
+            pass
+        chat_loop(session)
+        return 0
+    finally:
+        if gguf:
+            model.close()  # llama.cpp's server stops with the chat
+
+
+def _load_gguf(model_path: str, adapter: str | None) -> tuple[Any, Any]:
+    """A GGUF file (and a LoRA GGUF adapter) in llama.cpp: one sequence at a time, slots grown as the history does."""
+    return llamacpp_engine.load_gguf(model_path, slots=1, lora=llamacpp_engine.lora_files(adapter))
 
 
 def _check_generation_settings(max_new_tokens: int, temperature: float, top_p: float) -> None:

@@ -6,8 +6,8 @@ no compiler, no network) for one GGUF file, optionally with LoRA adapter files a
 server's own endpoints, so what is measured is what a llama.cpp, Ollama or LM Studio user gets:
 `apply_template` (the file's chat template, rendered by llama.cpp's Jinja engine), `tokenize` and
 `detokenize` (llama.cpp's tokenizer, rebuilt from the file's vocabulary and pre-tokenizer name),
-`generate_ids` (greedy: temperature 0, top-k 1; all prompts in flight at once, one HTTP request per
-prompt from a thread pool; llama.cpp stops at the file's end-of-generation tokens) and
+`generate_ids` (greedy: temperature 0, top-k 1, or sampling for chat; all prompts in flight at once, one
+HTTP request per prompt from a thread pool; llama.cpp stops at the file's end-of-generation tokens) and
 `score_items` (multiple choice). The server listens on 127.0.0.1 behind a random API key, and
 `close()` shuts it down: xllamacpp has no stop method; dropping the last reference to its `Server`
 runs the C++ destructor, which terminates the task loop, stops the HTTP server and joins its thread
@@ -31,8 +31,9 @@ go either way between runs. On f32 and f16 files greedy answers equal transforme
 
 `load_gguf` wraps a file as the (model, tokenizer) pair the evaluation library takes, so
 `instructune eval --engine llamacpp --model FILE.gguf` tokenizes, formats and scores exactly as for
-any other model. What this file leaves out: sampling (greedy only), streaming, embeddings, GPUs,
-and building llama.cpp (the wheel is the only route: see `unsupported_reason`).
+any other model, and `instructune chat --model FILE.gguf` talks to it (chat.py). What this file leaves
+out: sampling in the engine protocol (evaluation is greedy only), streaming, embeddings, GPUs, and
+building llama.cpp (the wheel is the only route: see `unsupported_reason`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 from instructune.errors import InstructuneError
-from instructune.generation.engines import Request, Where, cut_at_stop
+from instructune.generation.engines import Request, Sampling, Where, cut_at_stop
 
 # The engine protocol (engines.py). The precision is the file's own (f32 ... q4_1), so no compute types;
 # greedy only; nothing to export (the model is the file); it runs beside tcmalloc (tried: same answers).
@@ -222,15 +223,31 @@ class LlamaCppServer:
         return ("<" in text and ">" in text) or self._eos_text in text
 
     def complete(self, prompt_ids: list[int], max_new_tokens: int, **extra: Any) -> dict:
-        """One greedy /completion from token ids; the server's JSON answer."""
+        """One /completion from token ids, greedy unless `extra` sets the samplers; the server's JSON answer."""
         body = {"prompt": list(prompt_ids), "n_predict": max_new_tokens, "temperature": 0.0, "top_k": 1,
                 "samplers": ["top_k"], "return_tokens": True, "cache_prompt": True, "stream": False, **extra}
         return self.request("/completion", body)
 
 
+def sampler_settings(sampling: Sampling | None) -> dict:
+    """llama.cpp /completion settings: greedy (top-k 1), or sampling as Hugging Face `generate` samples.
+
+    Sampling mirrors hf_engine.generation_config: temperature, then top-k 50, then top-p, in
+    transformers' order; llama.cpp's other default samplers (min-p 0.05, penalties, DRY) are left out.
+
+    Example:
+        >>> sampler_settings(Sampling(temperature=0.7, top_p=0.9))
+        {'temperature': 0.7, 'top_k': 50, 'top_p': 0.9, 'samplers': ['temperature', 'top_k', 'top_p']}
+    """
+    if sampling is None:
+        return {"temperature": 0.0, "top_k": 1, "samplers": ["top_k"]}
+    return {"temperature": sampling.temperature, "top_k": 50, "top_p": sampling.top_p,
+            "samplers": ["temperature", "top_k", "top_p"]}
+
+
 def generate_ids(engine: LlamaCppServer, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
-                 on_done: Callable[[int], None] | None = None) -> list[list[int]]:
-    """Greedy new token ids for every encoded prompt, all sent at once, each cut before its first stop token.
+                 on_done: Callable[[int], None] | None = None, sampling: Sampling | None = None) -> list[list[int]]:
+    """New token ids for every encoded prompt (greedy unless `sampling`), all sent at once, cut before a stop token.
 
     Args:
         engine: a running `LlamaCppServer` (restarted with larger slots when a prompt needs them).
@@ -238,6 +255,7 @@ def generate_ids(engine: LlamaCppServer, prompts: list[list[int]], *, max_new_to
         max_new_tokens: cap on new tokens per answer.
         stop_ids: tokens that end an answer (llama.cpp itself stops at the file's end-of-generation tokens).
         on_done: called with a prompt's index as its answer finishes (progress bars).
+        sampling: None = greedy; else llama.cpp samples as `sampler_settings` says.
 
     Example:
         >>> generate_ids(engine, [[1, 9690, 198]], max_new_tokens=4, stop_ids=[2])
@@ -251,7 +269,7 @@ def generate_ids(engine: LlamaCppServer, prompts: list[list[int]], *, max_new_to
     stops = set(stop_ids)
 
     def one(index: int) -> list[int]:
-        answer = engine.complete(prompts[index], max_new_tokens)
+        answer = engine.complete(prompts[index], max_new_tokens, **sampler_settings(sampling))
         if answer.get("truncated"):
             raise InstructuneError(f"llama.cpp engine: prompt {index} was truncated to fit its slot "
                                    f"({engine.ctx_per_slot} tokens)")
@@ -269,7 +287,16 @@ def run(model: "GgufModel", tokenizer: Any, request: Request, where: Where,
 
 def _run_all(engine: LlamaCppServer, n: int, job: Callable[[int], Any],
              on_done: Callable[[int], None] | None) -> list[Any]:
-    """job(0..n-1) on a pool as wide as the server's slots; results in index order."""
+    """job(0..n-1) on a pool as wide as the server's slots; results in index order.
+
+    One job runs in the calling thread: Ctrl-C there closes its HTTP request, and llama.cpp's server
+    then cancels the generation (chat's answers stop at once; a pool would wait for the answer's end).
+    """
+    if n == 1:
+        result = job(0)
+        if on_done:
+            on_done(0)
+        return [result]
     results: list[Any] = [None] * n
     with ThreadPoolExecutor(max_workers=min(engine.slots, n)) as pool:
         futures = {pool.submit(job, index): index for index in range(n)}
@@ -469,6 +496,21 @@ def read_metadata(gguf_path: str | os.PathLike) -> dict:
     return {"architecture": value("general.architecture"), "tokens": tokens, "ids": ids, "eog_ids": eog,
             "control_ids": {i for i, t in enumerate(types) if t == _CONTROL},
             "chat_template": value("tokenizer.chat_template"), "add_bos": bool(value("tokenizer.ggml.add_bos_token"))}
+
+
+def lora_files(adapter: str | os.PathLike | None) -> list[str | os.PathLike]:
+    """`--adapter` over a GGUF model, as `LlamaCppServer`'s `lora` list: a LoRA GGUF file or nothing.
+
+    Example:
+        >>> lora_files("runs/quickstart/adapter")
+        InstructuneError: --adapter runs/quickstart/adapter: over a GGUF model give a LoRA GGUF file (...)
+    """
+    if adapter is None:
+        return []
+    if not str(adapter).endswith(".gguf"):
+        raise InstructuneError(f"--adapter {adapter}: over a GGUF model give a LoRA GGUF file "
+                               "(instructune export --adapter DIR --gguf-adapter f16 -o A.gguf)")
+    return [adapter]
 
 
 def load_gguf(gguf_path: str | os.PathLike, **server_options: Any) -> tuple[GgufModel, GgufTokenizer]:
