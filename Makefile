@@ -248,7 +248,7 @@ FOUND_FLAGS = --template 0 --no-progress $(FOUND_EVAL_EXTRA)
 FOUND_HELD_OUT := piqa_generate support_category dialogsum_topic piqa_lmeval hellaswag_lmeval
 # `$(call found_timed,STAGE,COMMAND)`: run COMMAND (stop if it fails), then append "STAGE<tab>seconds" to the times file.
 found_timed = set -e; t=$$(date +%s); $(2); printf '%s\t%s\n' "$(1)" $$(( $$(date +%s) - t )) >> $(FOUND)/times.tsv
-.PHONY: foundation-data foundation foundation-ship foundation-search foundation-ablations foundation-dialogsum foundation-dialogsum-search
+.PHONY: foundation-data foundation foundation-ship foundation-templates-short foundation-search foundation-ablations foundation-dialogsum foundation-dialogsum-search
 foundation-data: $(STAMP)
 	mkdir -p $(FOUND) && [ -f $(FOUND)/times.tsv ] || printf 'stage\tseconds\n' > $(FOUND)/times.tsv
 	set -e; for mix in mixture $(FOUND_ABLATIONS); do \
@@ -263,7 +263,6 @@ foundation: foundation-data
 	$(VENV)/bin/instructune compare $(FOUND)/base.json $(FOUND)/$(FOUND_METHOD).json --names base $(FOUND_METHOD) \
 		--held-out $(FOUND_HELD_OUT) --loss-png $(FOUND_OUTPUT)/foundation-$(FOUND_METHOD)/loss.png -o $(FOUND_DOCS)
 	cp $(FOUND)/base.json $(FOUND)/base.predictions.jsonl $(FOUND)/$(FOUND_METHOD).json $(FOUND)/$(FOUND_METHOD).predictions.jsonl $(FOUND_DOCS)/
-	cp $(FOUND_OUTPUT)/foundation-$(FOUND_METHOD)/loss.png $(FOUND_DOCS)/loss-$(FOUND_METHOD).png
 	cp $(FOUND)/times.tsv $(FOUND_DOCS)/times.tsv
 
 # Full fine-tune vs LoRA (issue 32 item 1), each at FOUND_SEARCH_STEPS (default: a quarter of the budget), scored on
@@ -325,6 +324,23 @@ foundation-ablations: foundation-data
 	$(VENV)/bin/instructune compare $(FOUND)/base.json $(FOUND)/$(FOUND_METHOD).json $(foreach abl,$(FOUND_ABLATIONS),$(FOUND)/ablations/$(abl).json) \
 		--names base mixture $(FOUND_ABLATIONS) --held-out $(FOUND_HELD_OUT) -o $(FOUND_DOCS)/ablations
 	cp $(FOUND)/ablations/*.json $(FOUND)/ablations/*.predictions.jsonl $(FOUND_DOCS)/ablations/
+
+# One template per task vs many, at a quarter of the budget (FOUND_SHORT_STEPS steps each, both trained here, nothing
+# else changed): the ablation that fit a session beside `make foundation`; scored on the held-out clusters and
+# compared with the base model and the full-budget mixture run.
+FOUND_SHORT_STEPS ?= 250
+foundation-templates-short: foundation-data
+	mkdir -p $(FOUND)/short $(FOUND_DOCS)/short
+	set -e; for abl in mixture one_template; do \
+		$(call found_timed,train short $$abl,$(VENV)/bin/instructune train configs/foundation/$(FOUND_METHOD).yaml model.name=$(FOUND_BASE) \
+			data.train=$(FOUND)/data/$$abl.jsonl output_dir=$(FOUND_OUTPUT) run_name=foundation-short-$$abl \
+			train.max_steps=$(FOUND_SHORT_STEPS) train.save_every_n_steps=null $(FOUND_TRAIN) --overwrite); \
+		$(call found_timed,eval short $$abl,$(VENV)/bin/instructune eval $(call found_tuned,foundation-short-$$abl) $(FOUND_HELD) $(FOUND_FLAGS) \
+			-o $(FOUND)/short/$$abl.json); \
+	done
+	$(VENV)/bin/instructune compare $(FOUND)/base.json $(FOUND)/$(FOUND_METHOD).json $(FOUND)/short/mixture.json $(FOUND)/short/one_template.json \
+		--names base mixture-1000 mixture-$(FOUND_SHORT_STEPS) one_template-$(FOUND_SHORT_STEPS) --held-out $(FOUND_HELD_OUT) -o $(FOUND_DOCS)/short
+	cp $(FOUND)/short/*.json $(FOUND)/short/*.predictions.jsonl $(FOUND_DOCS)/short/
 
 # DialogSum on Gemma 3 270M (issue 32 item 6): the lab's data and protocol (test, 500 dialogues, template 0, 96 new
 # tokens, ROUGE-1 mean of 3), at most 60 minutes of training; compared with the untouched model and the lab's SmolLM2 rows.
