@@ -286,6 +286,59 @@ class TestChunkedLoss:
         for name, grad in plain_grads.items():
             torch.testing.assert_close(chunked_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
 
+    @pytest.mark.parametrize("wrapped", [False, True])
+    def test_the_tied_embedding_gets_one_full_size_gradient_equal_to_transformers(self, gemma, tokenizer, chunked,
+                                                                                   wrapped):
+        """Gemma 3's input embedding is the head's weight: both backward passes add into one (vocab x
+        hidden) tensor, the weight's .grad, so two accumulated micro-batches make one such tensor where
+        autograd makes three a micro-batch (the head's, the lookup's dense one, their sum). Wrapped as
+        DDP wraps a model (its hooks need the gradient to arrive through autograd): one a micro-batch.
+        The gradients are transformers' own, over padded rows (a pad position gives the pad row nothing
+        through the lookup, as nn.Embedding's padding_idx)."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        from instructune.train import loss
+        from instructune.train.pack import collate
+
+        class LikeDDP(torch.nn.Module):
+            def __init__(self, module):
+                super().__init__()
+                self.module = module
+
+            def forward(self, **inputs):
+                return self.module(**inputs)
+
+        class FullSizeTensors(TorchDispatchMode):  # new (vocab x hidden) tensors made in the backward pass
+            made = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if (isinstance(out, torch.Tensor) and out.numel() == full_size and not func.is_view
+                        and not func._schema.is_mutable):
+                    FullSizeTensors.made += 1
+                return out
+
+        encoded = _encoded(tokenizer)
+        batches = [collate(encoded[:2], tokenizer.pad_token_id), collate(encoded[2:], tokenizer.pad_token_id)]
+        assert all((b["input_ids"] == tokenizer.pad_token_id).any() for b in batches)
+        model = gemma.train()
+        assert model.get_input_embeddings().weight is model.lm_head.weight
+        full_size = model.lm_head.weight.numel()
+        reference = copy.deepcopy(model)
+        for batch in batches:
+            loss_sum, _ = loss.causal_lm_loss_sum(LikeDDP(model) if wrapped else model, batch)
+            with FullSizeTensors():
+                loss_sum.backward()
+        assert FullSizeTensors.made == (len(batches) if wrapped else 1)
+        FullSizeTensors.made = 0
+        for batch in batches:
+            expected = _transformers_loss_sum(reference, batch)
+            with FullSizeTensors():
+                expected.backward()
+        assert FullSizeTensors.made == 3 * len(batches)
+        for (name, got), want in zip(model.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(got.grad, want.grad, atol=2e-5, rtol=1e-4, msg=name)
+
     def test_the_real_vocabulary_is_chunked(self):
         from instructune.train import loss
 

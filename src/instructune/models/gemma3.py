@@ -58,6 +58,17 @@ def engine_unsupported_reason(config: Any) -> str | None:
     return None
 
 
+def embed(embedding: Any, lookup: Callable[[], Any]) -> Any | None:
+    """Gemma 3's input embeddings as transformers computes them, with `lookup()` as the table lookup.
+
+    `Gemma3TextScaledWordEmbedding.forward` multiplies the looked-up rows by sqrt(hidden), taken to
+    the weight's dtype; train/loss.py calls this with its own lookup. None for any other module.
+    """
+    if type(embedding).__name__ != "Gemma3TextScaledWordEmbedding":
+        return None
+    return lookup() * embedding.embed_scale.to(embedding.weight.dtype)
+
+
 def dims(config: Any) -> tuple[int, int, int]:
     """(query heads, key/value heads, head dim) of the attention (Gemma 3 270M: 4, 1, 256)."""
     return config.num_attention_heads, config.num_key_value_heads, config.head_dim

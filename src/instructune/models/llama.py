@@ -33,6 +33,14 @@ def engine_unsupported_reason(config: Any) -> str | None:
     return None
 
 
+def embed(embedding: Any, lookup: Callable[[], Any]) -> Any | None:
+    """The input embeddings as a plain `nn.Embedding` gives them, with `lookup()` as the table lookup;
+    None for any other module (train/loss.py then lets the model embed its tokens itself)."""
+    import torch
+
+    return lookup() if type(embedding) is torch.nn.Embedding else None
+
+
 def dims(config: Any) -> tuple[int, int, int]:
     """(query heads, key/value heads, head dim) of the attention."""
     heads = config.num_attention_heads

@@ -32,14 +32,20 @@ import torch
 import torch.nn.functional as F
 
 from instructune.models import unwrapped_model
+from instructune.models.families import family_of
 from instructune.train.attention import segments, uses_packed_attention
 from instructune.data.tokenize import IGNORE_INDEX
 
 # Vocabularies at least this large are scored in chunks (Gemma 3: 262,144); smaller ones (SmolLM2's
 # 49,152) in one matmul, where the full logits of a step's labelled rows stay within a few hundred MB.
 CHUNKED_VOCAB = 100_000
-# fp32 logits per chunk at most (elements): 2**24 is 64 MB, e.g. 256 labelled rows x 65,536 columns.
-CHUNK_ELEMENTS = 2**24
+# fp32 logits per chunk at most (elements): 2**22 is 16 MB, e.g. 256 labelled rows x 16,384 columns. At 2**24
+# a Gemma 3 270M step (bench setting) peaked 0.19 GB higher at the same speed (bench/RESULTS.md).
+CHUNK_ELEMENTS = 2**22
+# Labelled rows are scored padded to a multiple of this, the blocks a power of two columns wide: every new matmul
+# shape makes oneDNN compile and cache a kernel (~2.4 MB each for bf16 on an AMX Xeon, up to 1,024 of them), and
+# one shape per micro-batch's label count made a 16-step Gemma 3 run grow 14 MB a step.
+ROW_BUCKET = 64
 
 
 def label_count(batch: dict[str, torch.Tensor], encoder_decoder: bool) -> int:
@@ -76,11 +82,12 @@ def causal_lm_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torc
         if logits.dim() == 3:  # a model without boolean logits_to_keep support returned every position
             logits = logits[keep]
         return F.cross_entropy(logits, targets[keep[:, :-1]], reduction="sum"), count
+    tie = _tie_gradients(model, head, inputs)
     with _without_head(model):
         hidden = model(**inputs).logits  # (N, hidden): the labelled rows' final hidden states
     if hidden.dim() == 3:
         hidden = hidden[keep]
-    return linear_cross_entropy_sum(hidden, head.weight, targets[keep[:, :-1]]), count
+    return linear_cross_entropy_sum(hidden, head.weight, targets[keep[:, :-1]], tie=tie), count
 
 
 def chunked_head(model: Any) -> torch.nn.Linear | None:
@@ -100,6 +107,88 @@ def chunked_head(model: Any) -> torch.nn.Linear | None:
     return head
 
 
+def _tie_gradients(model: Any, head: torch.nn.Linear, inputs: dict[str, Any]) -> _Tie | None:
+    """Embed the tokens here when the input embedding shares the chunked head's weight (Gemma 3's are tied).
+
+    Left to autograd, a tied (V, H) weight gets three gradients of its full size per micro-batch: the
+    head's, the lookup's (dense, zero but for the rows looked up) and their sum, and accumulating
+    micro-batches holds one of them beside `.grad` (Gemma 3 270M: 336 MB each in bf16). Instead both
+    backward passes add into one tensor (`_Tie.gradient`): the weight's `.grad` itself in a single
+    process, so a whole optimizer step makes one; under DDP, whose hooks must see the gradient arrive
+    through autograd, one per micro-batch, which the lookup's backward (the last to run) returns.
+    Replaces `input_ids` by `inputs_embeds` in `inputs`, as the family's embedding module computes them.
+    None (inputs unchanged) when no gradient is wanted or the family's embedding module is not known.
+    """
+    weight = head.weight
+    if not (torch.is_grad_enabled() and weight.requires_grad):
+        return None
+    base = unwrapped_model(getattr(model, "module", model))
+    embedding = base.get_input_embeddings()
+    family = family_of(base)
+    if (family is None or not isinstance(embedding, torch.nn.Embedding) or embedding.weight is not weight
+            or embedding.max_norm is not None or embedding.sparse or embedding._forward_hooks
+            or embedding._forward_pre_hooks or weight._backward_hooks or weight._post_accumulate_grad_hooks):
+        return None
+    tie = _Tie(weight, into_grad=not hasattr(model, "module"))  # DDP and FSDP wrap the model as .module
+    ids = inputs["input_ids"]
+    embeds = family.embed(embedding, lambda: _TiedEmbedding.apply(ids, weight, embedding.padding_idx, tie))
+    if embeds is None:
+        return None
+    del inputs["input_ids"]
+    inputs["inputs_embeds"] = embeds
+    return tie
+
+
+class _Tie:
+    """The one gradient tensor the head's and the lookup's backward passes of a tied weight add into."""
+
+    def __init__(self, weight: torch.nn.Parameter, into_grad: bool):
+        self.weight, self.into_grad, self._gradient = weight, into_grad, None
+
+    def gradient(self) -> torch.Tensor:
+        if self.into_grad:
+            if self.weight.grad is None:
+                self.weight.grad = torch.zeros_like(self.weight)
+            return self.weight.grad
+        if self._gradient is None:
+            self._gradient = torch.zeros_like(self.weight)
+        return self._gradient
+
+    def returned(self) -> torch.Tensor | None:
+        """What the lookup's backward returns as the weight's gradient: None where it went into .grad."""
+        gradient, self._gradient = self._gradient, None
+        return gradient
+
+
+class _TiedEmbedding(torch.autograd.Function):
+    """`F.embedding(ids, weight, padding_idx)` whose backward adds into the head's gradient of the same weight.
+
+    The looked-up rows' gradient is summed per distinct token in fp32 and added to those rows of
+    `tie.gradient()` (rounded once, as autograd's sum of the two gradients is); positions holding
+    `padding_idx` give none, as in `nn.Embedding`.
+    """
+
+    @staticmethod
+    def forward(ctx, ids, weight, padding_idx, tie):
+        ctx.save_for_backward(ids)
+        ctx.padding_idx, ctx.tie = padding_idx, tie
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (ids,) = ctx.saved_tensors
+        gradient = ctx.tie.gradient()
+        ids, grad_rows = ids.flatten(), grad_output.reshape(-1, gradient.shape[1])
+        if ctx.padding_idx is not None:
+            kept = ids != ctx.padding_idx
+            ids, grad_rows = ids[kept], grad_rows[kept]
+        tokens, where = torch.unique(ids, return_inverse=True)
+        summed = torch.zeros(len(tokens), gradient.shape[1], dtype=torch.float32, device=gradient.device)
+        summed.index_add_(0, where, grad_rows.float())
+        gradient[tokens] = (gradient[tokens].float() + summed).to(gradient.dtype)
+        return None, ctx.tie.returned(), None, None
+
+
 @contextmanager
 def _without_head(model: Any) -> Iterator[None]:
     """The model's output layer as an identity for one forward: `.logits` are then the final hidden states."""
@@ -113,17 +202,18 @@ def _without_head(model: Any) -> Iterator[None]:
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+                             chunk_elements: int | None = None, tie: _Tie | None = None) -> torch.Tensor:
     """sum(cross_entropy(hidden @ weight.T, targets)), a block of vocabulary columns at a time.
 
     The logits are computed as the model's output layer would (in bf16 under bf16 autocast or bf16
-    weights, then taken to fp32), never more than `chunk_elements` of them at once, forward or
+    weights, then taken to fp32), never more than `chunk_elements` (default CHUNK_ELEMENTS) of them at once, forward or
     backward. Gradients equal the unchunked computation's (tests/test_gemma3.py).
 
     Args:
         hidden: (N, H) final hidden states of the labelled positions.
         weight: (V, H) the output layer's weight.
         targets: (N,) the label at each of those positions (none ignored: gather them first).
+        tie: from `_tie_gradients`: the weight's gradient is added into `tie.gradient()`, not returned.
 
     Example:
         >>> linear_cross_entropy_sum(torch.zeros(2, 4), torch.zeros(8, 4), torch.tensor([1, 5]))
@@ -132,8 +222,19 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
     dtype = hidden.dtype
     if torch.is_autocast_enabled(hidden.device.type):
         dtype = torch.get_autocast_dtype(hidden.device.type)
-    columns = max(1, chunk_elements // max(1, hidden.shape[0]))
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, dtype, columns)
+    # A power of two per padded row count: few distinct matmul shapes (each new one costs memory, above).
+    columns = 1 << max(0, ((chunk_elements or CHUNK_ELEMENTS) // _padded(hidden.shape[0])).bit_length() - 1)
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, dtype, columns, tie)
+
+
+def _padded(rows: int) -> int:
+    """Rows rounded up to a multiple of ROW_BUCKET (at least one bucket)."""
+    return max(1, -(-rows // ROW_BUCKET)) * ROW_BUCKET
+
+
+def _padded_rows(x: torch.Tensor) -> torch.Tensor:
+    """x with zero rows appended up to `_padded(len(x))`."""
+    return F.pad(x, (0, 0, 0, _padded(x.shape[0]) - x.shape[0]))
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -142,21 +243,24 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     Forward keeps each row's logsumexp (N floats). Backward recomputes each block's logits, turns them
     into softmax - one-hot, adds the block's share to the hidden-state gradient (an fp32 accumulator)
     and writes the block's rows of the weight gradient: one matmul over all N rows, so those rows
-    are rounded once, as in the unchunked backward.
+    are rounded once, as in the unchunked backward. The N rows run padded with zero rows to a multiple
+    of ROW_BUCKET, which adds nothing: a zero row's loss is left out of the sum, its hidden-state
+    gradient dropped, and its share of the weight gradient is its zero hidden state times anything.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, dtype, columns):
+    def forward(ctx, hidden, weight, targets, dtype, columns, tie=None):
+        n = hidden.shape[0]
         with torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.to(dtype)
-            lse_blocks, target_logits = [], torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+            h = _padded_rows(hidden.to(dtype))  # (N padded, H)
+            lse_blocks, target_logits = [], torch.zeros(n, dtype=torch.float32, device=hidden.device)
             for start, rows, columns_hit in _blocks(targets, weight.shape[0], columns):
-                logits = F.linear(h, weight[start:start + columns].to(dtype)).float()  # (N, columns)
+                logits = F.linear(h, weight[start:start + columns].to(dtype)).float()  # (N padded, columns)
                 lse_blocks.append(torch.logsumexp(logits, dim=-1))
                 target_logits[rows] = logits[rows, columns_hit]
-            lse = torch.logsumexp(torch.stack(lse_blocks, dim=-1), dim=-1)  # (N,)
+            lse = torch.logsumexp(torch.stack(lse_blocks, dim=-1), dim=-1)[:n]  # (N,)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.dtype, ctx.columns = dtype, columns
+        ctx.dtype, ctx.columns, ctx.tie = dtype, columns, tie
         return (lse - target_logits).sum()
 
     @staticmethod
@@ -164,14 +268,17 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         dtype, columns = ctx.dtype, ctx.columns
         need_hidden, need_weight = ctx.needs_input_grad[:2]
-        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
-        grad_weight = torch.empty_like(weight) if need_weight else None
+        n = hidden.shape[0]
+        h = _padded_rows(hidden.to(dtype))  # (N padded, H)
+        grad_hidden = torch.zeros(h.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
+        tie = ctx.tie if need_weight else None
+        grad_weight = tie.gradient() if tie else torch.empty_like(weight) if need_weight else None
         with torch.autocast(hidden.device.type, enabled=False):
-            h = hidden.to(dtype)
-            scaled_h = (hidden.float() * grad_output).to(dtype)  # the incoming gradient, on the small side
+            scaled_h = _padded_rows((hidden.float() * grad_output).to(dtype))  # the incoming gradient, on the small side
+            lse = F.pad(lse, (0, h.shape[0] - n))
             for start, rows, columns_hit in _blocks(targets, weight.shape[0], columns):
                 block = weight[start:start + columns].to(dtype)  # (columns, H)
-                # d(loss)/d(logits) = softmax - one-hot, (N, columns), in fp32, then in the matmuls' dtype
+                # d(loss)/d(logits) = softmax - one-hot, (N padded, columns), in fp32, then in the matmuls' dtype
                 grad_logits = F.linear(h, block).float().sub_(lse.unsqueeze(1)).exp_()
                 grad_logits[rows, columns_hit] -= 1
                 grad_logits = grad_logits.to(dtype)
@@ -179,13 +286,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                     grad_hidden += (grad_logits @ block).float()
                 if need_weight:  # in place where the dtypes agree: a (columns, H) temporary is the block's size
                     rows_of_weight = grad_weight[start:start + block.shape[0]]
-                    if rows_of_weight.dtype == dtype:
+                    if tie:  # added to what the tied weight's gradient holds: the bf16 product, then the sum
+                        rows_of_weight += grad_logits.T @ scaled_h
+                    elif rows_of_weight.dtype == dtype:
                         torch.matmul(grad_logits.T, scaled_h, out=rows_of_weight)
                     else:  # fp32 weights under bf16 autocast: the bf16 product, then fp32, as autograd does
                         rows_of_weight.copy_(grad_logits.T @ scaled_h)
         if need_hidden:
-            grad_hidden = grad_hidden.mul_(grad_output).to(hidden.dtype)
-        return grad_hidden, grad_weight, None, None, None
+            grad_hidden = grad_hidden[:n].mul_(grad_output).to(hidden.dtype)
+        return grad_hidden, None if tie else grad_weight, None, None, None, None
 
 
 def _blocks(targets: torch.Tensor, vocab: int, columns: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
