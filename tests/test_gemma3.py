@@ -339,6 +339,39 @@ class TestChunkedLoss:
         for (name, got), want in zip(model.named_parameters(), reference.parameters()):
             torch.testing.assert_close(got.grad, want.grad, atol=2e-5, rtol=1e-4, msg=name)
 
+    def test_the_logit_blocks_take_few_shapes_whatever_the_label_count(self):
+        """Every new matmul shape makes oneDNN compile and keep a kernel (~2.4 MB each on an AMX Xeon): the
+        labelled rows are padded to a multiple of 64 and the blocks are a power of two wide, so 1 to 256
+        labelled rows run in 4 row counts and 4 block widths, not 256 of each; the sums are unchanged."""
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        from instructune.train.loss import linear_cross_entropy_sum
+
+        class Shapes(TorchDispatchMode):
+            seen: set = set()
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                    Shapes.seen.add(tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+                return func(*args, **(kwargs or {}))
+
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(4096, 16, generator=generator, requires_grad=True)
+        for rows in range(1, 257):
+            hidden = torch.randn(rows, 16, generator=generator, requires_grad=True)
+            targets = torch.randint(0, 4096, (rows,), generator=generator)
+            with Shapes():
+                total = linear_cross_entropy_sum(hidden, weight, targets, chunk_elements=2**16)
+                total.backward()
+            if rows in (1, 63, 65, 200):
+                expected = F.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+                torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-4)
+                grads = torch.autograd.grad(expected, (hidden, weight))
+                torch.testing.assert_close(hidden.grad, grads[0], rtol=1e-4, atol=1e-5)
+        # forward logits (rows, H) @ (H, columns) and the hidden-state gradient (rows, columns) @ (columns, H)
+        assert {shape[0][0] for shape in Shapes.seen} == {64, 128, 192, 256}
+        assert len(Shapes.seen) == 8
+
     def test_the_real_vocabulary_is_chunked(self):
         from instructune.train import loss
 
