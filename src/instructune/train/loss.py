@@ -206,8 +206,8 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
     """sum(cross_entropy(hidden @ weight.T, targets)), a block of vocabulary columns at a time.
 
     The logits are computed as the model's output layer would (in bf16 under bf16 autocast or bf16
-    weights, then taken to fp32), never more than `chunk_elements` (default CHUNK_ELEMENTS) of them at once, forward or
-    backward. Gradients equal the unchunked computation's (tests/test_gemma3.py).
+    weights, then taken to fp32), never more than `chunk_elements` (default CHUNK_ELEMENTS) of them at
+    once, forward or backward. Gradients equal the unchunked computation's (tests/test_gemma3.py).
 
     Args:
         hidden: (N, H) final hidden states of the labelled positions.
@@ -274,7 +274,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         tie = ctx.tie if need_weight else None
         grad_weight = tie.gradient() if tie else torch.empty_like(weight) if need_weight else None
         with torch.autocast(hidden.device.type, enabled=False):
-            scaled_h = _padded_rows((hidden.float() * grad_output).to(dtype))  # the incoming gradient, on the small side
+            # the incoming gradient, on the small side
+            scaled_h = _padded_rows((hidden.float() * grad_output).to(dtype))
             lse = F.pad(lse, (0, h.shape[0] - n))
             for start, rows, columns_hit in _blocks(targets, weight.shape[0], columns):
                 block = weight[start:start + columns].to(dtype)  # (columns, H)
