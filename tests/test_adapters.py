@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from instructune.train.adapters import FastDropout, prepare_for_training
+from instructune.train.adapters import DropoutLinear, dropout_linear, prepare_for_training, use_fast_dropout
 from instructune.config import LoraConfig
 from tiny import make_llama, make_tokenizer
 
@@ -45,32 +45,103 @@ def test_same_seed_gives_the_same_lora_initialisation():
 
 
 class TestFastDropout:
-    """LoRA's training dropout, against nn.Dropout's distribution: keep rate, scale, lanes, gradient."""
+    """LoRA's training dropout folded into A, against nn.Dropout's distribution and autograd's own gradient."""
+
+    @staticmethod
+    def layer(width: int, p: float, identity: bool = False) -> DropoutLinear:
+        linear = torch.nn.Linear(width, 5 if not identity else width, bias=False)
+        if identity:
+            with torch.no_grad():
+                linear.weight.copy_(torch.eye(width))
+        return DropoutLinear(linear, p).train()
 
     def test_keeps_each_element_with_probability_1_minus_p_at_nn_dropouts_scale(self):
         torch.manual_seed(0)
-        n, p = 1_000_003, 0.05
-        out = FastDropout(p).train()(torch.ones(n))
+        n, p = 1_000_004, 0.05
+        out = self.layer(4, p, identity=True)(torch.ones(n // 4, 4)).detach().flatten()
         kept = out != 0
         # 5 standard deviations of a binomial keep rate: a wrong threshold or a biased lane fails.
         assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
         torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / (1 - p)))
         # Each 64-bit draw feeds four neighbouring elements: every lane must keep at the same rate.
-        lanes = kept[: n - n % 4].view(-1, 4).float().mean(0)
+        lanes = kept.view(-1, 4).float().mean(0)
         assert (lanes - (1 - p)).abs().max().item() < 5 * math.sqrt(p * (1 - p) / (n / 4))
         reference = torch.nn.Dropout(p).train()(torch.ones(n))
         assert abs(kept.float().mean().item() - (reference != 0).float().mean().item()) < 0.002
 
-    def test_seeded_eval_identity_and_gradient(self):
+    def test_gradients_equal_autograds_through_the_same_mask(self):
+        """The backward draws the mask again from the seed: gradients equal autograd's through nn.Linear
+        applied to that very dropped input (x and weight), and the same seed gives the same output."""
+        torch.manual_seed(0)
+        layer = self.layer(11, 0.3)
         x = torch.randn(3, 7, 11, requires_grad=True)
-        dropout = FastDropout(0.3)
         torch.manual_seed(1)
-        a = dropout(x)
+        out, seed = dropout_linear(x, layer.weight, layer.salt, layer.threshold, 1 / 0.7)
         torch.manual_seed(1)
-        torch.testing.assert_close(dropout(x), a)
-        a.sum().backward()
-        torch.testing.assert_close(x.grad, (a != 0).float() / 0.7)
-        assert dropout.eval()(x) is x and FastDropout(0.0).train()(x) is x
+        torch.testing.assert_close(layer(x), out)
+        x_ref = x.detach().clone().requires_grad_()
+        w_ref = layer.weight.detach().clone().requires_grad_()
+        torch.manual_seed(1)  # the same seed, so the same mask, read back through an identity weight
+        with torch.no_grad():
+            keep = dropout_linear(torch.ones_like(x), torch.eye(11), layer.salt, layer.threshold, 1.0)[0] != 0
+        reference = torch.nn.functional.linear(torch.where(keep, x_ref * (1 / 0.7), 0), w_ref)
+        torch.testing.assert_close(out, reference)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        reference.backward(grad)
+        torch.testing.assert_close(x.grad, x_ref.grad)
+        torch.testing.assert_close(layer.weight.grad, w_ref.grad)
+
+    def test_backward_keeps_the_shared_input_once_and_no_mask(self):
+        """q, k and v see the same input: autograd keeps that input once (and each A and seed), not a
+        dropped copy and a mask per projection as nn.Dropout before nn.Linear does (3 bytes an element each)."""
+        x = torch.randn(4, 64, 32, requires_grad=True)
+        layers = [self.layer(32, 0.1) for _ in range(3)]
+        saved = {}
+
+        def keep(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            out = sum(layer(x).sum() for layer in layers)
+        weights = sum(layer.weight.untyped_storage().nbytes() for layer in layers)
+        assert sum(saved.values()) <= x.untyped_storage().nbytes() + weights + 3 * 8
+        out.backward()
+        assert x.grad is not None and all(layer.weight.grad is not None for layer in layers)
+
+    def test_under_autocast_runs_in_its_dtype_and_the_fp32_weight_gets_its_gradient(self):
+        """bf16 autocast over fp32 adapters (train.precision=bf16): the layer computes as autocast runs
+        nn.Linear, in bf16, and the gradient reaches the fp32 weight in fp32."""
+        layer = self.layer(11, 0.3)
+        x, identity = torch.randn(3, 7, 11), self.layer(11, 0.3, identity=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.manual_seed(1)
+            out = layer(x)
+            torch.manual_seed(1)  # the same seed, so the same mask, read back through an identity weight
+            ones = identity(torch.ones_like(x))
+        keep = ones != 0
+        assert out.dtype == torch.bfloat16
+        reference = torch.nn.functional.linear(torch.where(keep, x.bfloat16() * (1 / 0.7), 0), layer.weight.bfloat16())
+        torch.testing.assert_close(out, reference)
+        out.float().sum().backward()
+        assert layer.weight.grad.dtype == torch.float32 and layer.weight.grad.abs().sum() > 0
+
+    def test_eval_and_p_zero_are_the_plain_linear(self):
+        layer = self.layer(11, 0.3)
+        x = torch.randn(3, 11)
+        plain = torch.nn.functional.linear(x, layer.weight)
+        torch.testing.assert_close(layer.eval()(x), plain)
+        no_dropout = self.layer(11, 0.0)
+        torch.testing.assert_close(no_dropout(x), torch.nn.functional.linear(x, no_dropout.weight))
+
+    def test_folding_keeps_the_adapters_parameters_and_state_dict(self):
+        tokenizer = make_tokenizer()
+        model = prepare_for_training(make_llama(tokenizer), LoraConfig(r=4, dropout=0.1))
+        before = {n: p for n, p in model.named_parameters()}
+        keys = set(model.state_dict())
+        assert use_fast_dropout(model) > 0
+        assert {n: p for n, p in model.named_parameters()} == before and set(model.state_dict()) == keys
 
     def test_trainer_swaps_every_lora_dropout_unless_asked_not_to(self, tmp_path):
         from instructune.config import load_config
@@ -84,6 +155,8 @@ class TestFastDropout:
             trainer = Trainer(config, model=make_llama(tokenizer), tokenizer=tokenizer, train_examples=examples,
                               progress=False)
             trainer.setup()
-            kinds = {type(d) for m in trainer.model.modules() if hasattr(m, "lora_dropout")
-                     for d in m.lora_dropout.values()}
-            assert kinds == ({FastDropout} if fast else {torch.nn.Dropout})
+            layers = [m for m in trainer.model.modules() if hasattr(m, "lora_dropout")]
+            dropouts = {type(d) for m in layers for d in m.lora_dropout.values()}
+            downs = {type(a) for m in layers for a in m.lora_A.values()}
+            assert (dropouts, downs) == (({torch.nn.Identity}, {DropoutLinear}) if fast
+                                         else ({torch.nn.Dropout}, {torch.nn.Linear}))

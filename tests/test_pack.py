@@ -105,3 +105,35 @@ class TestCollate:
         assert batch["labels"][1].tolist() == [-100] * 8
         assert batch["input_ids"][1, 1:].tolist() == [tokenizer.pad_token_id] * 7
         assert batch["position_ids"][0].tolist() == [0, 1, 2, 0, 1, 2, 3, 4]
+
+    def test_width_rounds_up_but_never_past_max_width(self, tokenizer):
+        def width(length: int, max_width: int) -> int:
+            row = {"input_ids": [5] * length, "labels": [-100] * length}
+            return collate([row], tokenizer.pad_token_id, 64, max_width=max_width)["input_ids"].shape[1]
+
+        assert [width(n, 100) for n in (1, 64, 65, 99, 100)] == [64, 64, 100, 100, 100]
+        assert width(130, 100) == 130  # a row is never cut
+
+    def test_trainer_pads_packed_batches_to_few_widths(self, tokenizer, tmp_path):
+        """Packed micro-batches come in multiples of PACKED_WIDTH_MULTIPLE or max_length, never past it
+        (each new width costs oneDNN kernels); unpacked ones keep the multiple of 8."""
+        from instructune.config import load_config
+        from instructune.train.pack import PACKED_WIDTH_MULTIPLE
+        from instructune.train.trainer import Trainer
+        from tiny import make_llama
+
+        rng = random.Random(0)
+        examples = [{"prompt": " ".join(rng.choice(PROMPTS) for _ in range(rng.randint(1, 6))),
+                     "completion": rng.choice(ANSWERS)} for _ in range(40)]
+        for packing, max_length in ((True, 200), (False, 200)):
+            config = load_config(None, [f"output_dir={tmp_path}", f"run_name=p{packing}", "train.precision=fp32",
+                                        f"data.packing={packing}", f"data.max_length={max_length}",
+                                        "train.batch_size=2", "train.max_steps=4"])
+            trainer = Trainer(config, model=make_llama(tokenizer), tokenizer=tokenizer, train_examples=examples,
+                              progress=False)
+            trainer.setup()
+            widths = {b["input_ids"].shape[1] for step in range(4) for b in trainer.step_batches(step)}
+            if packing:
+                assert widths <= {w for w in range(PACKED_WIDTH_MULTIPLE, max_length, PACKED_WIDTH_MULTIPLE)} | {max_length}
+            else:
+                assert all(w % 8 == 0 for w in widths) and any(w % PACKED_WIDTH_MULTIPLE for w in widths)

@@ -8,6 +8,7 @@ whose input needs no gradient would give the adapters inside it none).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -68,63 +69,120 @@ def native_bf16() -> bool:
         return False
 
 
-@torch.library.custom_op("instructune::dropout_keep", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
-def dropout_keep(x: torch.Tensor, salt: torch.Tensor, threshold: int) -> torch.Tensor:
-    """Keep-mask for `x` (bool, x's shape, contiguous): one 64-bit draw of torch's generator gives four
+def _keep_mask(shape: torch.Size, seed: torch.Tensor, threshold: int, device: torch.device) -> torch.Tensor:
+    """Keep-mask (bool, `shape`) drawn from a generator seeded with `seed`: one 64-bit draw gives four
     elements' 16-bit uniforms, and an element is kept when its uniform (as int16) is >= `threshold`.
+    The same seed gives the same mask, so the backward draws it again instead of keeping it."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(seed))
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
+    return words.view(torch.int16)[:n].view(shape) >= threshold
 
-    A custom operator so that a compiled block calls it as it is, from torch's seeded generator: dynamo
-    cannot trace `random_` (a graph break at every LoRA layer), and inductor's own in-kernel random
-    numbers made a compiled LoRA step slower than the eager one (bench/RESULTS.md). `salt` is the
-    calling module's empty buffer: it only makes each call's arguments different, so that compiler
-    passes never merge the masks of two dropouts that see the same input (q, k and v projections).
+
+@torch.library.custom_op("instructune::dropout_linear", mutates_args=(),
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def dropout_linear(x: torch.Tensor, weight: torch.Tensor, salt: torch.Tensor, threshold: int,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`linear(dropout(x), weight)` and the seed its mask was drawn from (a 0-d int64 from torch's generator).
+
+    One custom operator, forward and backward, so that autograd keeps only `x`, which the q, k and v
+    projections (gate and up) share, and the seed: the backward draws the mask again. Kept the usual way,
+    each LoRA layer held its own dropped copy of its input and a bool mask (3 bytes an element per
+    projection: 0.35 GB of a 2 x 512-token Gemma 3 270M step). Opaque to torch.compile, so a compiled
+    block draws the eager masks (dynamo cannot trace `random_`, and inductor's own in-kernel random
+    numbers made a compiled LoRA step slower than the eager one: bench/RESULTS.md). `salt` is the calling
+    module's empty buffer: it only makes each call's arguments different, so that compiler passes never
+    merge two dropouts that see the same input.
     """
-    n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
-    return words.view(torch.int16)[:n].view(x.shape) >= threshold
+    seed = torch.empty((), dtype=torch.int64).random_()
+    keep = _keep_mask(x.shape, seed, threshold, x.device)
+    return torch.nn.functional.linear(torch.where(keep, x * scale, 0), weight), seed
 
 
-@dropout_keep.register_fake
-def _(x: torch.Tensor, salt: torch.Tensor, threshold: int) -> torch.Tensor:
-    return x.new_empty(x.shape, dtype=torch.bool)
+@dropout_linear.register_fake
+def _(x, weight, salt, threshold, scale):
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty((), dtype=torch.int64)
 
 
-class FastDropout(torch.nn.Module):
-    """Dropout with the same distribution as `nn.Dropout`, its mask drawn from 16 random bits per element.
+@torch.library.custom_op("instructune::dropout_linear_backward", mutates_args=())
+def dropout_linear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, seed: torch.Tensor,
+                            threshold: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of `dropout_linear` for its input and weight, the mask drawn again from its seed."""
+    keep = _keep_mask(x.shape, seed, threshold, x.device)
+    dropped = torch.where(keep, x * scale, 0)
+    grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ dropped.reshape(-1, x.shape[-1])
+    grad_x = torch.where(keep, (grad @ weight) * scale, 0)
+    return grad_x, grad_weight
 
-    torch's CPU dropout draws one random number per element (~5 ns each): with LoRA on every linear
-    layer that was a quarter of a training step (bench/RESULTS.md). Here an element is kept when its
-    16-bit uniform is at least round(p * 65536) / 65536, so p is honoured to within 2**-17
-    (`dropout_keep`). 3x faster than `nn.Dropout` on a (2, 512, 576) bf16 input. Same scaling (kept
-    elements times 1 / (1 - p)), identity in eval; the same masks eager and inside a compiled block.
+
+@dropout_linear_backward.register_fake
+def _(grad, x, weight, seed, threshold, scale):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _salt, threshold, scale = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.threshold, ctx.scale = threshold, scale
+
+
+def _backward(ctx, grad, _grad_seed):
+    x, weight, seed = ctx.saved_tensors
+    grad_x, grad_weight = dropout_linear_backward(grad.contiguous(), x, weight, seed, ctx.threshold, ctx.scale)
+    return (grad_x if ctx.needs_input_grad[0] else None, grad_weight if ctx.needs_input_grad[1] else None,
+            None, None, None)
+
+
+dropout_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+class DropoutLinear(torch.nn.Linear):
+    """LoRA's `A` with its input dropout folded in: `linear(dropout(x))`, the mask not kept for the backward.
+
+    Same distribution as `nn.Dropout` (kept elements times 1 / (1 - p)), the mask drawn from 16 random
+    bits per element: an element is kept when its 16-bit uniform is at least round(p * 65536) / 65536,
+    so p is honoured to within 2**-17. torch's CPU dropout draws one random number per element (~5 ns
+    each): with LoRA on every linear layer that was a quarter of a training step (bench/RESULTS.md).
+    Identity dropout in eval; the same masks eager and inside a compiled block.
     """
 
-    def __init__(self, p: float):
-        super().__init__()
+    def __init__(self, linear: torch.nn.Linear, p: float):
+        if linear.bias is not None:
+            raise ValueError("DropoutLinear: LoRA's A has no bias")
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight  # the same Parameter: the adapter's state dict is unchanged
+        self.register_parameter("bias", None)
         self.p = p
         self.threshold = -(2**15) + round(p * 2**16)  # int16 uniforms below this are dropped
         self.register_buffer("salt", torch.empty(0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
-            return x
-        keep = dropout_keep(x, self.salt, self.threshold)
-        return torch.where(keep, x * (1 / (1 - self.p)), 0)
+            return super().forward(x)
+        weight, device = self.weight, x.device.type
+        if torch.is_autocast_enabled(device):  # as autocast runs a linear layer: both in its dtype
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+        return dropout_linear(x, weight, self.salt, self.threshold, 1 / (1 - self.p))[0]
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"{super().extra_repr()}, dropout p={self.p}"
 
 
 def use_fast_dropout(model: Any) -> int:
-    """Swap PEFT LoRA layers' `nn.Dropout` for FastDropout in place; returns how many were swapped."""
+    """Fold each PEFT LoRA layer's `nn.Dropout` into its `A` (DropoutLinear) in place; returns how many."""
     swapped = 0
     for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if not isinstance(dropouts, torch.nn.ModuleDict):
+        dropouts, downs = getattr(module, "lora_dropout", None), getattr(module, "lora_A", None)
+        if not isinstance(dropouts, torch.nn.ModuleDict) or not isinstance(downs, torch.nn.ModuleDict):
             continue
         for name, dropout in dropouts.items():
-            if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
-                dropouts[name] = FastDropout(dropout.p)
+            down = downs[name] if name in downs else None
+            if (isinstance(dropout, torch.nn.Dropout) and dropout.p > 0 and type(down) is torch.nn.Linear
+                    and down.bias is None):
+                downs[name] = DropoutLinear(down, dropout.p)
+                dropouts[name] = torch.nn.Identity()
                 swapped += 1
     return swapped
-

@@ -36,13 +36,22 @@ def block_classes(model: Any) -> set[str]:
     return set()
 
 
-def compile_blocks(model: Any) -> int:
+def compile_blocks(model: Any, memory_budget: float = 0.8) -> int:
     """Compile every repeated block of `model` in place; returns how many were compiled (0: none found).
 
+    `memory_budget` (0-1] is the share of a block's activations its compiled backward may keep: below 1
+    the partitioner recomputes the cheapest of the rest in the backward (AOTAutograd's
+    `activation_memory_budget`, process-wide, read when a block first compiles).
     A block whose compilation fails at its first call (no C++ compiler, an operator inductor cannot
     lower) runs eagerly instead: dynamo's `suppress_errors` falls back per frame, so training goes on.
     """
     import torch._dynamo
+    import torch._functorch.config
+
+    if torch._functorch.config.activation_memory_budget != memory_budget:
+        # Compiled blocks of an earlier run in this process (a notebook) would be reused as they are.
+        torch._dynamo.reset()
+        torch._functorch.config.activation_memory_budget = memory_budget
 
     if is_encoder_decoder(model):
         return 0

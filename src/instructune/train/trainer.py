@@ -42,7 +42,8 @@ from instructune.train.fsdp import gather_model_state, gather_optimizer_state, i
 from instructune.train.loss import causal_lm_loss_sum, label_count, seq2seq_loss_sum
 from instructune.models import DEFAULT_MODEL, context_length, is_encoder_decoder, load_model
 from instructune.train.optim import BF16AdamW
-from instructune.train.pack import collate, collate_seq2seq, pack_examples, refuse_packed_flash_attention
+from instructune.train.pack import (PACKED_WIDTH_MULTIPLE, collate, collate_seq2seq, pack_examples,
+                                     refuse_packed_flash_attention)
 from instructune.train.runlog import MetricsLog, plot_losses
 from instructune.data.tokenize import apply_chat_template_setting, describe_report, tokenize_examples
 
@@ -168,7 +169,7 @@ class Trainer:
                    "FSDP shards the blocks" if is_sharded(self.accelerator) else None)
         if why_not:
             raise InstructuneError(f"config key 'train.compile': cannot compile while {why_not}; set train.compile=false")
-        n = compile_blocks(self.model)
+        n = compile_blocks(self.model, cfg.train.compile_memory_budget)
         self._say(f"compiled {n} decoder blocks (torch.compile; the first step includes compilation)" if n
                   else "train.compile: no repeated decoder blocks found; running eagerly")
 
@@ -226,7 +227,12 @@ class Trainer:
 
     def _collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         pad = self.tokenizer.pad_token_id
-        batch = collate_seq2seq(rows, pad) if self.encoder_decoder else collate(rows, pad)
+        if self.encoder_decoder:
+            batch = collate_seq2seq(rows, pad)
+        elif self.config.data.packing:
+            batch = collate(rows, pad, PACKED_WIDTH_MULTIPLE, max_width=self.config.data.max_length)
+        else:
+            batch = collate(rows, pad)
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         batch["num_tokens"] = sum(len(r["input_ids"]) for r in rows)  # real (non-padding) input tokens
         return batch
