@@ -28,12 +28,14 @@ from train import MODEL_ENV, run_subprocess  # noqa: E402
 
 
 def parse(text: str) -> tuple:
-    """engine,mode,precision,pack|nopack,micro-batch[,compile][,tcmalloc] -> run_subprocess's arguments."""
+    """engine,mode,precision,pack|nopack,micro-batch[,compile][,tcmalloc][,checkpointing] -> run_subprocess's
+    arguments (checkpointing: gradient checkpointing on, TRL's SFTConfig default)."""
     engine, mode, precision, packing, micro_batch, *flags = text.split(",")
-    unknown = set(flags) - {"compile", "tcmalloc"}
+    unknown = set(flags) - {"compile", "tcmalloc", "checkpointing"}
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown flag(s) {sorted(unknown)}: compile, tcmalloc")
-    return engine, mode, precision, packing == "pack", int(micro_batch), False, "compile" in flags, "tcmalloc" in flags
+        raise argparse.ArgumentTypeError(f"unknown flag(s) {sorted(unknown)}: compile, tcmalloc, checkpointing")
+    return (engine, mode, precision, packing == "pack", int(micro_batch), "checkpointing" in flags, "compile" in flags,
+            "tcmalloc" in flags)
 
 
 def main() -> int:
