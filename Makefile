@@ -253,17 +253,23 @@ foundation-data: $(STAMP)
 	mkdir -p $(FOUND) && [ -f $(FOUND)/times.tsv ] || printf 'stage\tseconds\n' > $(FOUND)/times.tsv
 	set -e; for mix in mixture $(FOUND_ABLATIONS); do \
 		$(VENV)/bin/instructune prepare --mixture configs/foundation/$$mix.mixture.yaml -o $(FOUND)/data/$$mix.jsonl; done
-foundation: foundation-data
+# The untouched model's scores (24 min): made once, reused by every run below; delete the file to score it again.
+$(FOUND)/base.json: | foundation-data
 	$(call found_timed,eval base,$(VENV)/bin/instructune eval --model $(FOUND_BASE) $(FOUND_HELD) $(FOUND_TRAINED) $(FOUND_FLAGS) -o $(FOUND)/base.json)
+# A LoRA run's tables go beside the full run's, in their own folder, with the full run's scores as a third column.
+found_run_docs = $(FOUND_DOCS)$(if $(filter lora,$(FOUND_METHOD)),/lora)
+foundation: foundation-data $(FOUND)/base.json
 	$(call found_timed,train $(FOUND_METHOD),$(VENV)/bin/instructune train configs/foundation/$(FOUND_METHOD).yaml model.name=$(FOUND_BASE) \
 		data.train=$(FOUND)/data/mixture.jsonl output_dir=$(FOUND_OUTPUT) $(FOUND_TRAIN) --overwrite)
 	$(call found_timed,eval $(FOUND_METHOD),$(VENV)/bin/instructune eval $(call found_tuned,foundation-$(FOUND_METHOD)) \
 		$(FOUND_HELD) $(FOUND_TRAINED) $(FOUND_FLAGS) -o $(FOUND)/$(FOUND_METHOD).json)
-	mkdir -p $(FOUND_DOCS)
-	$(VENV)/bin/instructune compare $(FOUND)/base.json $(FOUND)/$(FOUND_METHOD).json --names base $(FOUND_METHOD) \
-		--held-out $(FOUND_HELD_OUT) --loss-png $(FOUND_OUTPUT)/foundation-$(FOUND_METHOD)/loss.png -o $(FOUND_DOCS)
-	cp $(FOUND)/base.json $(FOUND)/base.predictions.jsonl $(FOUND)/$(FOUND_METHOD).json $(FOUND)/$(FOUND_METHOD).predictions.jsonl $(FOUND_DOCS)/
-	cp $(FOUND)/times.tsv $(FOUND_DOCS)/times.tsv
+	mkdir -p $(found_run_docs)
+	$(VENV)/bin/instructune compare $(FOUND)/base.json $(if $(filter lora,$(FOUND_METHOD)),$(wildcard $(FOUND)/full.json)) $(FOUND)/$(FOUND_METHOD).json \
+		--names base $(if $(filter lora,$(FOUND_METHOD)),$(if $(wildcard $(FOUND)/full.json),full)) $(FOUND_METHOD) \
+		--held-out $(FOUND_HELD_OUT) --loss-png $(FOUND_OUTPUT)/foundation-$(FOUND_METHOD)/loss.png -o $(found_run_docs)
+	cp $(FOUND)/$(FOUND_METHOD).json $(FOUND)/$(FOUND_METHOD).predictions.jsonl $(found_run_docs)/
+	$(if $(filter lora,$(FOUND_METHOD)),,cp $(FOUND)/base.json $(FOUND)/base.predictions.jsonl $(FOUND_DOCS)/)
+	cp $(FOUND)/times.tsv $(found_run_docs)/times.tsv
 
 # Full fine-tune vs LoRA (issue 32 item 1), each at FOUND_SEARCH_STEPS (default: a quarter of the budget), scored on
 # validation items only (FOUND_VALSET) against the base model there; pick the method, then `make foundation FOUND_METHOD=...`.
@@ -313,7 +319,7 @@ foundation-ship:
 
 # What makes it work (issue 32 item 5): each ablation mixture trained at the same budget (the same run config,
 # only its data and name change), scored on the held-out clusters, compared with the base model and the full mixture.
-foundation-ablations: foundation-data
+foundation-ablations: foundation-data $(FOUND)/base.json
 	set -e; for abl in $(FOUND_ABLATIONS); do \
 		$(call found_timed,train $$abl,$(VENV)/bin/instructune train configs/foundation/$(FOUND_METHOD).yaml model.name=$(FOUND_BASE) \
 			data.train=$(FOUND)/data/$$abl.jsonl output_dir=$(FOUND_OUTPUT) run_name=foundation-$$abl $(FOUND_TRAIN) --overwrite); \
