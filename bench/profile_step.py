@@ -29,7 +29,8 @@ from train import BATCH, MAX_LENGTH, load_examples  # noqa: E402  (bench/train.p
 PARTS = ("data", "forward+loss", "backward", "clip", "optimizer")
 # Operator kinds, matched on aten names; the first match wins.
 KINDS = (
-    ("matmul (linear layers, LM head)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("attention's batched matmuls (compiled blocks' matmul-softmax attention)", ("aten::bmm",)),
+    ("matmul (linear layers, LM head)", ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear")),
     ("autocast casts and copies", ("aten::_to_copy", "aten::copy_", "aten::to")),
     ("attention", ("scaled_dot_product", "flash_attention")),
     ("cross-entropy", ("log_softmax", "nll_loss", "cross_entropy")),
@@ -38,14 +39,16 @@ KINDS = (
 )
 
 
-def build_trainer(dialogues: int, precision: str, micro_batch: int, lora: bool, packed_attention: bool = True):
+def build_trainer(dialogues: int, precision: str, micro_batch: int, lora: bool, packed_attention: bool = True,
+                  model_name: str | None = None, compile: bool = False, memory_budget: float | None = None):
     from instructune.config import load_config
     from instructune.models import load_model
     from instructune.train.trainer import Trainer
 
-    model, tokenizer = load_model()
+    model, tokenizer = load_model(model_name)
     config = load_config(overrides=[
-        "run_name=profile", f"output_dir=/tmp/instructune-profile-{os.getpid()}", f"lora.enabled={lora}",
+        "run_name=profile", f"train.compile={compile}",
+        *([f"train.compile_memory_budget={memory_budget}"] if memory_budget is not None else []), f"output_dir=/tmp/instructune-profile-{os.getpid()}", f"lora.enabled={lora}",
         f"train.lr={2e-4 if lora else 2e-5}", f"train.batch_size={micro_batch}",
         f"train.grad_accum_steps={BATCH // micro_batch}", f"data.max_length={MAX_LENGTH}", "data.packing=true",
         f"train.precision={precision}", "model.chat_template=false", "train.warmup_ratio=0", "train.schedule=constant",
@@ -79,26 +82,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dialogues", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3, help="steps timed, then as many profiled")
-    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "bf16-true", "fp32"),
+                        help="train.precision: bf16 autocast, bf16-true (the bench pair's), fp32")
+    parser.add_argument("--model", default=None, help="built-in name or local folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--lora", action="store_true")
-    parser.add_argument("--attn", default="packed", choices=("packed", "sdpa", "eager"),
-                        help="attention: packed = one causal SDPA block per example (the default, "
-                             "train.packed_attention), sdpa = transformers' masked SDPA over the row, eager")
+    parser.add_argument("--attn", default="trainer", choices=("trainer", "packed", "sdpa", "eager"),
+                        help="attention: trainer = as the trainer sets it (SDPA eager, matmul-softmax inside compiled "
+                             "blocks on CPU), packed = one causal SDPA block per example (train.packed_attention), "
+                             "sdpa = transformers' masked SDPA over the row, eager")
     parser.add_argument("--compile", action="store_true",
-                        help="train.compile's compiled decoder blocks (with --attn sdpa or eager inside them)")
+                        help="train.compile=true: compiled decoder blocks, at train.compile_memory_budget's default")
+    parser.add_argument("--memory-budget", type=float, default=None,
+                        help="train.compile_memory_budget (default: the config's): the share of activations compiled blocks keep")
     parser.add_argument("--append", default=None, help="append the tables to this markdown file")
     args = parser.parse_args()
 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    trainer = build_trainer(args.dialogues, args.precision, args.micro_batch, args.lora, args.attn == "packed")
-    if args.compile:
-        from instructune.train.compiling import compile_blocks
-
-        compile_blocks(trainer.accelerator.unwrap_model(trainer.model))
-    if args.attn != "packed":
+    trainer = build_trainer(args.dialogues, args.precision, args.micro_batch, args.lora, args.attn == "packed",
+                            model_name=args.model, compile=args.compile, memory_budget=args.memory_budget)
+    if args.attn in ("sdpa", "eager"):
         trainer.accelerator.unwrap_model(trainer.model).set_attn_implementation(args.attn)
     first_loss = trainer._optimizer_step(0)[0]  # warm-up: first-call allocations and kernel choices
     trainer._optimizer_step(0)  # a second shape: dynamic-shape compilation (with --compile) happens here

@@ -9,6 +9,7 @@ checks every name exists, without running the script. Leaves out: the scripts' o
 import ast
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,27 @@ class TestRoofline:
         assert roofline.share(600e9, "bf16", limits) == 0.3
         assert roofline.share(150e9, "float32", limits) == 0.5
         assert roofline.cpu_kind().endswith(("with AMX", "without AMX"))
+
+
+class TestStepFloor:
+    """bench/step_floor.py times each linear layer of a block: together they must be the roofline's weights."""
+
+    def test_the_timed_shapes_are_every_weight_of_a_block(self):
+        from transformers import Gemma3TextConfig, LlamaConfig
+
+        sys.path.insert(0, str(BENCH))
+        try:
+            spec = importlib.util.spec_from_file_location("step_floor", BENCH / "step_floor.py")
+            step_floor = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(step_floor)
+            roofline = importlib.import_module("roofline")
+        finally:
+            sys.path.remove(str(BENCH))
+        smollm2 = LlamaConfig(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                              intermediate_size=1536, vocab_size=49152)
+        gemma = Gemma3TextConfig(hidden_size=640, num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+                                 head_dim=256, intermediate_size=2048, vocab_size=262144)
+        for config in (smollm2, gemma):
+            shapes = step_floor.linear_shapes(config)
+            per_block = sum(fan_in * fan_out * count for fan_in, fan_out, count in shapes.values())
+            assert per_block * config.num_hidden_layers == roofline.model_flops(config)["body"]
