@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from instructune.train.adapters import DropoutLinear, dropout_linear, prepare_for_training, use_fast_dropout
+from instructune.train.adapters import (DropoutLinear, _hashed_keep, dropout_linear, fuse_dropout_masks,
+                                       prepare_for_training, use_fast_dropout)
 from instructune.config import LoraConfig
 from tiny import make_llama, make_tokenizer
 
@@ -44,6 +45,20 @@ def test_same_seed_gives_the_same_lora_initialisation():
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
 
 
+def _assert_autograd_through(keep, x, layer, out, scale):
+    """`out` (from x and layer.weight) and its gradients equal autograd's through nn.Linear on the input
+    dropped by `keep`."""
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = layer.weight.detach().clone().requires_grad_()
+    reference = torch.nn.functional.linear(torch.where(keep, x_ref * scale, 0), w_ref)
+    torch.testing.assert_close(out, reference)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    reference.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.weight.grad, w_ref.grad)
+
+
 class TestFastDropout:
     """LoRA's training dropout folded into A, against nn.Dropout's distribution and autograd's own gradient."""
 
@@ -79,18 +94,10 @@ class TestFastDropout:
         out, seed = dropout_linear(x, layer.weight, layer.salt, layer.threshold, 1 / 0.7)
         torch.manual_seed(1)
         torch.testing.assert_close(layer(x), out)
-        x_ref = x.detach().clone().requires_grad_()
-        w_ref = layer.weight.detach().clone().requires_grad_()
         torch.manual_seed(1)  # the same seed, so the same mask, read back through an identity weight
         with torch.no_grad():
             keep = dropout_linear(torch.ones_like(x), torch.eye(11), layer.salt, layer.threshold, 1.0)[0] != 0
-        reference = torch.nn.functional.linear(torch.where(keep, x_ref * (1 / 0.7), 0), w_ref)
-        torch.testing.assert_close(out, reference)
-        grad = torch.randn_like(out)
-        out.backward(grad)
-        reference.backward(grad)
-        torch.testing.assert_close(x.grad, x_ref.grad)
-        torch.testing.assert_close(layer.weight.grad, w_ref.grad)
+        _assert_autograd_through(keep, x, layer, out, 1 / 0.7)
 
     def test_backward_keeps_the_shared_input_once_and_no_mask(self):
         """q, k and v see the same input: autograd keeps that input once (and each A and seed), not a
@@ -160,3 +167,53 @@ class TestFastDropout:
             downs = {type(a) for m in layers for a in m.lora_A.values()}
             assert (dropouts, downs) == (({torch.nn.Identity}, {DropoutLinear}) if fast
                                          else ({torch.nn.Dropout}, {torch.nn.Linear}))
+
+
+class TestHashedDropout:
+    """Compiled blocks' LoRA dropout (`fuse_dropout_masks`): masks from a counter-based hash of the seed, made
+    inside a compiled kernel. The same distribution as nn.Dropout, no correlation between neighbouring
+    elements or between seeds, and gradients equal autograd's through the same mask."""
+
+    def test_keep_rate_neighbours_and_seeds_are_those_of_independent_draws(self):
+        n, p = 1_000_000, 0.05
+        threshold = round(p * 2**16)
+        sd = math.sqrt(p * (1 - p) / n)
+        masks = [_hashed_keep(torch.empty(n), torch.tensor(seed), threshold).float()
+                 for seed in (0, 1, 2, 2**31, -7, 123456789123)]  # neighbouring seeds, large, negative
+        for keep in masks:
+            assert abs(keep.mean().item() - (1 - p)) < 5 * sd
+            centred = keep - keep.mean()
+            for lag in (1, 2, 4, 64, 1024):  # neighbouring elements, rows of a hidden size
+                assert abs((centred[:-lag] * centred[lag:]).mean().item() / centred.var().item()) < 5 / math.sqrt(n)
+        for a, b in zip(masks, masks[1:]):  # two seeds' masks are independent
+            ca, cb = a - a.mean(), b - b.mean()
+            assert abs((ca * cb).mean().item() / (ca.std() * cb.std()).item()) < 5 / math.sqrt(n)
+
+    def test_gradients_equal_autograds_through_the_same_mask(self):
+        torch.manual_seed(0)
+        layer = DropoutLinear(torch.nn.Linear(11, 5, bias=False), 0.3).train()
+        assert fuse_dropout_masks(torch.nn.Sequential(layer)) == 1 and "hashed masks" in repr(layer)
+        x = torch.randn(3, 7, 11, requires_grad=True)
+        out, seed = dropout_linear(x, layer.weight, layer.salt, layer.threshold, 1 / 0.7, True)
+        keep = _hashed_keep(x, seed, layer.threshold + 2**15)
+        assert 0.55 < keep.float().mean().item() < 0.85
+        _assert_autograd_through(keep, x, layer, out, 1 / 0.7)
+
+    def test_a_compiled_block_draws_the_masks_eager_code_draws(self):
+        """Inside a compiled block (the trainer's case) the same seed gives the same output and gradients."""
+        torch.manual_seed(0)
+        layer = DropoutLinear(torch.nn.Linear(16, 4, bias=False), 0.2).train()
+        fuse_dropout_masks(layer)
+        block = lambda x: torch.nn.functional.silu(layer(x)).sum()  # noqa: E731
+        compiled = torch.compile(block, dynamic=True)
+        results = []
+        for run in (block, compiled):
+            x = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1), requires_grad=True)
+            layer.weight.grad = None
+            torch.manual_seed(5)
+            loss = run(x)
+            loss.backward()
+            results.append((loss.detach(), x.grad, layer.weight.grad))
+        for eager, compiled_result in zip(*results):
+            torch.testing.assert_close(compiled_result, eager)
+

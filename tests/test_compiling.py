@@ -62,6 +62,19 @@ def test_blocks_are_found_through_a_peft_wrapper(tokenizer):
     assert compile_blocks(copy.deepcopy(model)) == model.config.num_hidden_layers
 
 
+def test_a_compiled_lora_run_draws_hashed_masks_and_an_eager_one_the_generators(tmp_path, tokenizer):
+    from instructune.train.adapters import DropoutLinear
+
+    for compiled in (True, False):
+        config = _config(tmp_path, f"lora{compiled}", "lora.enabled=true", "lora.dropout=0.1",
+                         f"train.compile={compiled}")
+        trainer = Trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
+                          progress=False)
+        trainer.setup()
+        layers = [m for m in trainer.model.modules() if isinstance(m, DropoutLinear)]
+        assert layers and {layer.fused for layer in layers} == {compiled}
+
+
 def test_compile_with_packed_attention_is_one_clear_error(tmp_path, tokenizer):
     config = _config(tmp_path, "both", "train.compile=true", "train.packed_attention=true")
     trainer = Trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
@@ -70,12 +83,14 @@ def test_compile_with_packed_attention_is_one_clear_error(tmp_path, tokenizer):
         trainer.setup()
 
 
-def test_lora_fast_dropout_compiles_without_breaks_and_draws_the_eager_masks(tokenizer):
+@pytest.mark.parametrize("hashed", [False, True], ids=["generator-masks", "hashed-masks"])
+def test_lora_fast_dropout_compiles_without_breaks_and_draws_the_eager_masks(tokenizer, hashed):
     """The masks come from the same seeded generator, in the same order, inside the compiled blocks:
-    a compiled LoRA forward and backward equal the eager ones; no dropout splits a block's graph."""
+    a compiled LoRA forward and backward equal the eager ones; no dropout splits a block's graph. So do
+    the hashed masks the trainer switches compiled blocks to (`fuse_dropout_masks`)."""
     from peft import LoraConfig, get_peft_model
 
-    from instructune.train.adapters import use_fast_dropout
+    from instructune.train.adapters import fuse_dropout_masks, use_fast_dropout
 
     torch.manual_seed(0)
     base = get_peft_model(tiny.make_llama(tokenizer), LoraConfig(r=4, lora_dropout=0.3, target_modules="all-linear"))
@@ -84,6 +99,8 @@ def test_lora_fast_dropout_compiles_without_breaks_and_draws_the_eager_masks(tok
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
     assert use_fast_dropout(base) > 0
+    if hashed:
+        assert fuse_dropout_masks(base) > 0
     ids = torch.randint(3, tokenizer.vocab_size, (2, 24))
 
     def loss_and_grads(model):

@@ -80,10 +80,57 @@ def _keep_mask(shape: torch.Size, seed: torch.Tensor, threshold: int, device: to
     return words.view(torch.int16)[:n].view(shape) >= threshold
 
 
+_LOW32 = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Wellons' lowbias32 shape) on values below 2**32 held in int64; both multipliers
+    are below 2**31, so no product leaves int64 and the result is the same in eager torch and in C++."""
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _LOW32
+    h = h ^ (h >> 15)
+    h = (h * 0x4C6CA68B) & _LOW32
+    return h ^ (h >> 16)
+
+
+def _hashed_keep(x: torch.Tensor, seed: torch.Tensor, threshold: int) -> torch.Tensor:
+    """Keep-mask for `x` from a counter-based hash: element i's 16-bit uniform is the top half of
+    mix(i + the seed's low 32 bits); kept when >= `threshold` (0..65536). No generator state and no stored
+    bits: compiled, it is a dozen integer operations fused into the kernel that uses the mask. Two seeds
+    read one sequence of uniforms at shifted positions, so an element sees independent draws under two
+    seeds (what dropout needs) unless their low words are equal (2**-32 for torch's random seeds)."""
+    index = torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape)
+    h = _mix32((index + (seed & _LOW32)) & _LOW32)
+    return (h >> 16) >= threshold
+
+
+def _hashed_dropout(x: torch.Tensor, seed: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
+    return torch.where(_hashed_keep(x, seed, threshold), x * scale, 0)
+
+
+def _hashed_dropout_backward(x: torch.Tensor, grad_x: torch.Tensor, seed: torch.Tensor, threshold: int,
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dropped input again (for the weight's gradient) and the input's gradient, one pass over the mask."""
+    keep = _hashed_keep(x, seed, threshold)
+    return torch.where(keep, x * scale, 0), torch.where(keep, grad_x * scale, 0)
+
+
+_FUSED: dict[str, Any] = {}
+
+
+def _fused(name: str):
+    """The hashed mask and its use compiled into one kernel (inductor, dynamic shapes), made once per process.
+    Called from inside the custom operators at run time, also when a compiled block calls them."""
+    if name not in _FUSED:
+        function = {"forward": _hashed_dropout, "backward": _hashed_dropout_backward}[name]
+        _FUSED[name] = torch.compile(function, dynamic=True)
+    return _FUSED[name]
+
+
 @torch.library.custom_op("instructune::dropout_linear", mutates_args=(),
                          tags=(torch.Tag.nondeterministic_seeded,))
 def dropout_linear(x: torch.Tensor, weight: torch.Tensor, salt: torch.Tensor, threshold: int,
-                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   scale: float, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`linear(dropout(x), weight)` and the seed its mask was drawn from (a 0-d int64 from torch's generator).
 
     One custom operator, forward and backward, so that autograd keeps only `x`, which the q, k and v
@@ -94,44 +141,56 @@ def dropout_linear(x: torch.Tensor, weight: torch.Tensor, salt: torch.Tensor, th
     numbers made a compiled LoRA step slower than the eager one: bench/RESULTS.md). `salt` is the calling
     module's empty buffer: it only makes each call's arguments different, so that compiler passes never
     merge two dropouts that see the same input.
+
+    `fused` draws the mask from a counter-based hash of the seed instead of torch's generator (a different
+    mask, the same distribution), computed with its use in one compiled kernel: set for compiled blocks
+    (`fuse_dropout_masks`), where the generator's draw and the mask's eager passes over each input were a
+    third of a compiled SmolLM2 LoRA step on an AMX CPU; fused, the step ran 1.3x faster (bench/RESULTS.md).
     """
     seed = torch.empty((), dtype=torch.int64).random_()
-    keep = _keep_mask(x.shape, seed, threshold, x.device)
-    return torch.nn.functional.linear(torch.where(keep, x * scale, 0), weight), seed
+    if fused:
+        dropped = _fused("forward")(x, seed, threshold + 2**15, scale)
+    else:
+        dropped = torch.where(_keep_mask(x.shape, seed, threshold, x.device), x * scale, 0)
+    return torch.nn.functional.linear(dropped, weight), seed
 
 
 @dropout_linear.register_fake
-def _(x, weight, salt, threshold, scale):
+def _(x, weight, salt, threshold, scale, fused=False):
     return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty((), dtype=torch.int64)
 
 
 @torch.library.custom_op("instructune::dropout_linear_backward", mutates_args=())
 def dropout_linear_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, seed: torch.Tensor,
-                            threshold: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                            threshold: int, scale: float, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of `dropout_linear` for its input and weight, the mask drawn again from its seed."""
-    keep = _keep_mask(x.shape, seed, threshold, x.device)
-    dropped = torch.where(keep, x * scale, 0)
+    if fused:
+        dropped, grad_x = _fused("backward")(x, grad @ weight, seed, threshold + 2**15, scale)
+    else:
+        keep = _keep_mask(x.shape, seed, threshold, x.device)
+        dropped = torch.where(keep, x * scale, 0)
+        grad_x = torch.where(keep, (grad @ weight) * scale, 0)
     grad_weight = grad.reshape(-1, grad.shape[-1]).t() @ dropped.reshape(-1, x.shape[-1])
-    grad_x = torch.where(keep, (grad @ weight) * scale, 0)
     return grad_x, grad_weight
 
 
 @dropout_linear_backward.register_fake
-def _(grad, x, weight, seed, threshold, scale):
+def _(grad, x, weight, seed, threshold, scale, fused=False):
     return torch.empty_like(x), torch.empty_like(weight)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, _salt, threshold, scale = inputs
+    x, weight, _salt, threshold, scale, fused = inputs
     ctx.save_for_backward(x, weight, output[1])
-    ctx.threshold, ctx.scale = threshold, scale
+    ctx.threshold, ctx.scale, ctx.fused = threshold, scale, fused
 
 
 def _backward(ctx, grad, _grad_seed):
     x, weight, seed = ctx.saved_tensors
-    grad_x, grad_weight = dropout_linear_backward(grad.contiguous(), x, weight, seed, ctx.threshold, ctx.scale)
+    grad_x, grad_weight = dropout_linear_backward(grad.contiguous(), x, weight, seed, ctx.threshold, ctx.scale,
+                                                  ctx.fused)
     return (grad_x if ctx.needs_input_grad[0] else None, grad_weight if ctx.needs_input_grad[1] else None,
-            None, None, None)
+            None, None, None, None)
 
 
 dropout_linear.register_autograd(_backward, setup_context=_setup_context)
@@ -144,7 +203,9 @@ class DropoutLinear(torch.nn.Linear):
     bits per element: an element is kept when its 16-bit uniform is at least round(p * 65536) / 65536,
     so p is honoured to within 2**-17. torch's CPU dropout draws one random number per element (~5 ns
     each): with LoRA on every linear layer that was a quarter of a training step (bench/RESULTS.md).
-    Identity dropout in eval; the same masks eager and inside a compiled block.
+    Identity dropout in eval; the same masks eager and inside a compiled block. With `fused` (set by
+    `fuse_dropout_masks` for compiled blocks) the masks come from a hash of the seed, computed inside one
+    compiled kernel with their use: other masks, the same distribution, the same in eager and compiled code.
     """
 
     def __init__(self, linear: torch.nn.Linear, p: float):
@@ -156,6 +217,7 @@ class DropoutLinear(torch.nn.Linear):
         self.register_parameter("bias", None)
         self.p = p
         self.threshold = -(2**15) + round(p * 2**16)  # int16 uniforms below this are dropped
+        self.fused = False  # masks from the hashed, compiled kernel (`fuse_dropout_masks`)
         self.register_buffer("salt", torch.empty(0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,10 +227,10 @@ class DropoutLinear(torch.nn.Linear):
         if torch.is_autocast_enabled(device):  # as autocast runs a linear layer: both in its dtype
             dtype = torch.get_autocast_dtype(device)
             x, weight = x.to(dtype), weight.to(dtype)
-        return dropout_linear(x, weight, self.salt, self.threshold, 1 / (1 - self.p))[0]
+        return dropout_linear(x, weight, self.salt, self.threshold, 1 / (1 - self.p), self.fused)[0]
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, dropout p={self.p}"
+        return f"{super().extra_repr()}, dropout p={self.p}" + (", hashed masks" if self.fused else "")
 
 
 def use_fast_dropout(model: Any) -> int:
@@ -186,3 +248,15 @@ def use_fast_dropout(model: Any) -> int:
                 dropouts[name] = torch.nn.Identity()
                 swapped += 1
     return swapped
+
+
+def fuse_dropout_masks(model: Any) -> int:
+    """Switch every DropoutLinear of `model` to hashed masks computed in a compiled kernel; returns how many.
+
+    For models whose blocks are compiled (`train.compile`): the kernel needs inductor, as the blocks do, and
+    eager, the hash's integer passes would cost more than the generator's draw they replace.
+    """
+    layers = [m for m in model.modules() if isinstance(m, DropoutLinear)]
+    for layer in layers:
+        layer.fused = True
+    return len(layers)

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from instructune.train import checkpoint as ckpt
-from instructune.train.adapters import native_bf16, prepare_for_training, use_fast_dropout
+from instructune.train.adapters import fuse_dropout_masks, native_bf16, prepare_for_training, use_fast_dropout
 from instructune.train.attention import use_packed_attention
 from instructune.train.compiling import compile_blocks, uncompiled
 from instructune.config import RunConfig, config_keys_help, load_config, save_config
@@ -170,6 +170,8 @@ class Trainer:
         if why_not:
             raise InstructuneError(f"config key 'train.compile': cannot compile while {why_not}; set train.compile=false")
         n = compile_blocks(self.model, cfg.train.compile_memory_budget)
+        if n:
+            fuse_dropout_masks(self.model)  # LoRA's dropout masks from a compiled kernel too (none without LoRA)
         self._say(f"compiled {n} decoder blocks (torch.compile; the first step includes compilation)" if n
                   else "train.compile: no repeated decoder blocks found; running eagerly")
 
