@@ -301,7 +301,8 @@ FOUND_PROMPTS = "Write a two-sentence email to my landlord asking him to repair 
 	"Goal: keep bread fresh longer. Which is better? OPTIONS: - store it in a sealed bag - leave it open on the counter"
 foundation-ship:
 	mkdir -p $(FOUND_SHIP) $(FOUND_DOCS)
-	$(if $(filter lora,$(FOUND_METHOD)),$(VENV)/bin/instructune export --model $(FOUND_BASE) --adapter $(FOUND_OUTPUT)/foundation-lora/adapter -o $(FOUND_SHIP)/model,rm -rf $(FOUND_SHIP)/model && cp -r $(FOUND_OUTPUT)/foundation-full/model $(FOUND_SHIP)/model)
+	rm -f $(FOUND_SHIP)/*.gguf $(FOUND_SHIP)/*.Modelfile  # a rerun (or the other method) replaces what an earlier one shipped
+	rm -rf $(FOUND_SHIP)/model && $(if $(filter lora,$(FOUND_METHOD)),$(VENV)/bin/instructune export --model $(FOUND_BASE) --adapter $(FOUND_OUTPUT)/foundation-lora/adapter -o $(FOUND_SHIP)/model,cp -r $(FOUND_OUTPUT)/foundation-full/model $(FOUND_SHIP)/model)
 	$(VENV)/bin/instructune export --model $(FOUND_SHIP)/model --gguf $(FOUND_GGUF) -o $(FOUND_SHIP)/tuned.$(FOUND_GGUF).gguf
 	$(VENV)/bin/instructune export --model $(FOUND_BASE) --gguf $(FOUND_GGUF) --chat-template gemma -o $(FOUND_SHIP)/base.$(FOUND_GGUF).gguf
 	set -e; out=$(FOUND_DOCS)/chat.md; \
