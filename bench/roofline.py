@@ -72,12 +72,17 @@ def share(flops_per_s: float, precision: str, limits: dict) -> float:
     return flops_per_s / limits["fp32" if precision in ("fp32", "float32") else "bf16"]
 
 
+def attention_dims(config) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of a decoder config; grouped heads and Gemma's head_dim included."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
 def model_flops(config) -> dict:
     """Per-token matmul FLOPs of a decoder-only model (see the module docstring), from its config."""
     hidden, layers = config.hidden_size, config.num_hidden_layers
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    heads, kv_heads, head_dim = attention_dims(config)
     attention = hidden * head_dim * (2 * heads + 2 * kv_heads)  # q, o and k, v projections
     mlp = 3 * hidden * config.intermediate_size                 # gate, up, down
     body = layers * (attention + mlp)                           # multiply-adds per token

@@ -7,9 +7,9 @@ torch's CPU kernels even if everything else cost nothing. Its inverse is a ceili
 speed target above it needs faster kernels, not a better step.
 
 For each linear layer of a decoder block: the forward (`F.linear`), the backward to its input
-(`grad @ W`) and, for a full fine-tune, the weight gradient (`grad.T @ x`); attention: torch's
-`scaled_dot_product_attention`, causal, grouped heads, forward and backward (the kernel the trainer
-runs, compiled or not); the LM head on the labelled share of the tokens (three matmuls, or two for
+(`grad @ W`) and, for a full fine-tune, the weight gradient (`grad.T @ x`); attention, causal, grouped
+heads, forward and backward, as the step runs it (compiled blocks: transformers' matmul-mask-softmax-matmul,
+compiled; `--eager`: torch's flash SDPA kernel), the other kernel timed beside it; the LM head on the labelled share of the tokens (three matmuls, or two for
 LoRA). LoRA's own adapters are left out (rank 32: under 2% of the FLOPs).
 
     .venv/bin/python bench/step_floor.py --model gemma3-270m --method full --measured 480
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from roofline import cpu_kind, format_limits, measure  # noqa: E402
+from roofline import attention_dims, cpu_kind, format_limits, measure  # noqa: E402
 
 
 def _time(fn, seconds: float) -> float:
@@ -45,9 +45,8 @@ def _time(fn, seconds: float) -> float:
 
 def linear_shapes(config) -> dict[str, tuple[int, int, int]]:
     """name -> (in_features, out_features, count per block) of one decoder block's linear layers."""
-    hidden, heads = config.hidden_size, config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    hidden = config.hidden_size
+    heads, kv_heads, head_dim = attention_dims(config)
     return {"q_proj": (hidden, heads * head_dim, 1), "k_proj / v_proj": (hidden, kv_heads * head_dim, 2),
             "o_proj": (heads * head_dim, hidden, 1), "gate_proj / up_proj": (hidden, config.intermediate_size, 2),
             "down_proj": (config.intermediate_size, hidden, 1)}
@@ -75,9 +74,7 @@ def floor(config, *, rows: int, width: int, lora: bool, labelled_share: float, s
             parts.append({"part": f"{name}: {kind}", "seconds": one * count * layers,
                           "flops": flops * count * layers, "rate": flops / one, "in_floor": True})
 
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads, kv_heads, head_dim = attention_dims(config)
     q = torch.randn(rows, heads, width, head_dim, dtype=bf16, requires_grad=True)
     k = torch.randn(rows, kv_heads, width, head_dim, dtype=bf16, requires_grad=True)
     v = torch.randn(rows, kv_heads, width, head_dim, dtype=bf16, requires_grad=True)
@@ -102,7 +99,6 @@ def floor(config, *, rows: int, width: int, lora: bool, labelled_share: float, s
     kernels = {"matmul-softmax, compiled (the compiled step's)": (torch.compile(matmul_softmax), compiled),
                "SDPA flash, causal (the eager step's)": (flash, not compiled)}
     for label, (attend, in_floor) in kernels.items():
-        out = attend(q, k, v)
         forward = _time(lambda: attend(q, k, v), seconds)
         backward = _time(lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), out_grad), seconds) - forward
         parts.append({"part": f"attention, {label}: forward", "seconds": forward * layers,
