@@ -366,8 +366,7 @@ foundation-dialogsum: dialogsum-data
 # (docs/foundation/dialogsum/search/); the test split is read only for the run validation picks (docs/foundation.md).
 FOUND_DS_LORA = data.train=$(LAB)/data/train-all.jsonl run_name=foundation-dialogsum-lora-all lora.enabled=true lora.r=32 \
 	lora.alpha=64 lora.dropout=0.05 lora.target_modules=all-linear train.lr=3e-4 train.max_steps=1400
-foundation-dialogsum-lora: $(STAMP)
-	$(VENV)/bin/instructune prepare --mixture configs/dialogsum/validation.mixture.yaml -o $(LAB)/data/validation.jsonl
+foundation-dialogsum-lora: dialogsum-data
 	$(VENV)/bin/instructune prepare --mixture configs/foundation/dialogsum-all.mixture.yaml -o $(LAB)/data/train-all.jsonl
 	$(VENV)/bin/instructune train configs/foundation/dialogsum.yaml model.name=$(FOUND_BASE) output_dir=$(FOUND_OUTPUT) \
 		$(FOUND_DS_LORA) $(FOUND_TRAIN) --overwrite
