@@ -189,6 +189,24 @@ class TestHashedDropout:
             ca, cb = a - a.mean(), b - b.mean()
             assert abs((ca * cb).mean().item() / (ca.std() * cb.std()).item()) < 5 / math.sqrt(n)
 
+    def test_the_masks_are_the_unsigned_32_bit_hash_eager_and_compiled(self):
+        """int32 lanes (wrapping products, masked shifts) give the bits of lowbias32 on unsigned words, here
+        computed in int64 with explicit masking; eager and compiled, on sizes no vector width divides."""
+        def reference(n, seed, threshold):
+            h = (torch.arange(n, dtype=torch.int64) + (seed & 0xFFFFFFFF)) & 0xFFFFFFFF
+            h = h ^ (h >> 16)
+            h = (h * 0x7FEB352D) & 0xFFFFFFFF
+            h = h ^ (h >> 15)
+            h = (h * 0x4C6CA68B) & 0xFFFFFFFF
+            return ((h ^ (h >> 16)) >> 16) >= threshold
+
+        compiled = torch.compile(_hashed_keep, dynamic=True)
+        for n, seed in ((100_003, 0), (4_099, 2**31 - 5), (777, -7), (65_537, 123456789123), (33, 2**32 - 1)):
+            want = reference(n, seed, 40_000)
+            x = torch.empty(n, dtype=torch.bfloat16)
+            assert torch.equal(_hashed_keep(x, torch.tensor(seed), 40_000), want)
+            assert torch.equal(compiled(x, torch.tensor(seed), 40_000), want)
+
     def test_gradients_equal_autograds_through_the_same_mask(self):
         torch.manual_seed(0)
         layer = DropoutLinear(torch.nn.Linear(11, 5, bias=False), 0.3).train()
