@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from instructune.train.adapters import (DropoutLinear, _hashed_keep, dropout_linear, fuse_dropout_masks,
+from instructune.train.adapters import (DropoutLinear, _as_int32, _hashed_keep, dropout_linear, fuse_dropout_masks,
                                        prepare_for_training, use_fast_dropout)
 from instructune.config import LoraConfig
 from tiny import make_llama, make_tokenizer
@@ -206,6 +206,9 @@ class TestHashedDropout:
             x = torch.empty(n, dtype=torch.bfloat16)
             assert torch.equal(_hashed_keep(x, torch.tensor(seed), 40_000), want)
             assert torch.equal(compiled(x, torch.tensor(seed), 40_000), want)
+        # A tensor past 2**31 elements makes its index in int64 and keeps the low word, wrapping as int32 does.
+        assert _as_int32(torch.arange(2**32 - 3, 2**32 + 3)).tolist() == [-3, -2, -1, 0, 1, 2]
+        assert _as_int32(torch.tensor([2**31 - 1, 2**31])).tolist() == [2**31 - 1, -(2**31)]
 
     def test_gradients_equal_autograds_through_the_same_mask(self):
         torch.manual_seed(0)

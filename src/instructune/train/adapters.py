@@ -98,10 +98,17 @@ def _hashed_keep(x: torch.Tensor, seed: torch.Tensor, threshold: int) -> torch.T
     bits: compiled, it is a dozen integer operations fused into the kernel that uses the mask. Two seeds
     read one sequence of uniforms at shifted positions, so an element sees independent draws under two
     seeds (what dropout needs) unless their low words are equal (2**-32 for torch's random seeds)."""
-    index = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape)
-    low = seed & 0xFFFFFFFF
-    low = torch.where(low >= 2**31, low - 2**32, low).to(torch.int32)  # the low word's bits, as int32
-    return ((_mix32(index + low) >> 16) & 0xFFFF) >= threshold
+    if x.numel() < 2**31:
+        index = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape)
+    else:  # past int32's range: the index modulo 2**32, made in int64 (a slower kernel, the same masks)
+        index = _as_int32(torch.arange(x.numel(), device=x.device, dtype=torch.int64).view(x.shape))
+    return ((_mix32(index + _as_int32(seed)) >> 16) & 0xFFFF) >= threshold
+
+
+def _as_int32(values: torch.Tensor) -> torch.Tensor:
+    """The low 32 bits of int64 `values`, as int32 (two's complement)."""
+    low = values & 0xFFFFFFFF
+    return torch.where(low >= 2**31, low - 2**32, low).to(torch.int32)
 
 
 def _hashed_dropout(x: torch.Tensor, seed: torch.Tensor, threshold: int, scale: float) -> torch.Tensor:
