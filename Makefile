@@ -248,7 +248,7 @@ FOUND_FLAGS = --template 0 --no-progress $(FOUND_EVAL_EXTRA)
 FOUND_HELD_OUT := piqa_generate support_category dialogsum_topic piqa_lmeval hellaswag_lmeval
 # `$(call found_timed,STAGE,COMMAND)`: run COMMAND (stop if it fails), then append "STAGE<tab>seconds" to the times file.
 found_timed = set -e; t=$$(date +%s); $(2); printf '%s\t%s\n' "$(1)" $$(( $$(date +%s) - t )) >> $(FOUND)/times.tsv
-.PHONY: foundation-data foundation foundation-ship foundation-templates-short foundation-search foundation-ablations foundation-dialogsum foundation-dialogsum-search foundation-dialogsum-lora foundation-dialogsum-all
+.PHONY: foundation-data foundation foundation-ship foundation-templates-short foundation-search foundation-ablations foundation-dialogsum foundation-dialogsum-search foundation-dialogsum-lora foundation-dialogsum-all dialogsum-all-data
 foundation-data: $(STAMP)
 	mkdir -p $(FOUND) && [ -f $(FOUND)/times.tsv ] || printf 'stage\tseconds\n' > $(FOUND)/times.tsv
 	set -e; for mix in mixture $(FOUND_ABLATIONS); do \
@@ -361,6 +361,10 @@ foundation-dialogsum: dialogsum-data
 		--loss-png $(FOUND_OUTPUT)/foundation-dialogsum/loss.png -o $(FOUND_DOCS)/dialogsum
 	cp $(FOUND)/dialogsum/*.json $(FOUND)/dialogsum/*.predictions.jsonl $(FOUND_DOCS)/dialogsum/
 
+# Every DialogSum training dialogue under the lab's prompt (template 0), for the item-6 runs over all of them.
+dialogsum-all-data: dialogsum-data
+	$(VENV)/bin/instructune prepare --mixture configs/foundation/dialogsum-all.mixture.yaml -o $(LAB)/data/train-all.jsonl
+
 # Item 6's settings are chosen on the first FOUND_VAL validation dialogues, scored as the test split is (one reference).
 FOUND_DS_VALSET = --task dialogsum --data $(SHARED)/dialogsum/validation.jsonl --limit $(FOUND_VAL) --template 0 \
 	--max-new-tokens 96 --no-progress $(FOUND_EVAL_EXTRA)
@@ -370,8 +374,7 @@ FOUND_DS_VALSET = --task dialogsum --data $(SHARED)/dialogsum/validation.jsonl -
 # the zero-shot base from `make foundation-dialogsum` (and the 1,400-step run over the lab's 4,000, when scored).
 FOUND_DS_ALL = data.train=$(LAB)/data/train-all.jsonl run_name=foundation-dialogsum-all-lr1e-5 train.lr=1e-5 train.max_steps=1400
 FOUND_DS_ALL_BEST = $(FOUND_OUTPUT)/foundation-dialogsum-all-lr1e-5/best
-foundation-dialogsum-all: dialogsum-data
-	$(VENV)/bin/instructune prepare --mixture configs/foundation/dialogsum-all.mixture.yaml -o $(LAB)/data/train-all.jsonl
+foundation-dialogsum-all: dialogsum-all-data
 	$(VENV)/bin/instructune train configs/foundation/dialogsum.yaml model.name=$(FOUND_BASE) output_dir=$(FOUND_OUTPUT) \
 		$(FOUND_DS_ALL) $(FOUND_TRAIN) --overwrite
 	mkdir -p $(FOUND)/dialogsum/search $(FOUND_DOCS)/dialogsum-all
@@ -388,8 +391,7 @@ foundation-dialogsum-all: dialogsum-data
 # (docs/foundation/dialogsum/search/); the test split is read only for the run validation picks (docs/foundation.md).
 FOUND_DS_LORA = data.train=$(LAB)/data/train-all.jsonl run_name=foundation-dialogsum-lora-all lora.enabled=true lora.r=32 \
 	lora.alpha=64 lora.dropout=0.05 lora.target_modules=all-linear train.lr=3e-4 train.max_steps=1400
-foundation-dialogsum-lora: dialogsum-data
-	$(VENV)/bin/instructune prepare --mixture configs/foundation/dialogsum-all.mixture.yaml -o $(LAB)/data/train-all.jsonl
+foundation-dialogsum-lora: dialogsum-all-data
 	$(VENV)/bin/instructune train configs/foundation/dialogsum.yaml model.name=$(FOUND_BASE) output_dir=$(FOUND_OUTPUT) \
 		$(FOUND_DS_LORA) $(FOUND_TRAIN) --overwrite
 	mkdir -p $(FOUND)/dialogsum/search
