@@ -23,6 +23,7 @@ from instructune.train import trainer as train_module
 from instructune.config import load_config
 from instructune.errors import InstructuneError
 from instructune.train.loss import causal_lm_loss_sum
+from instructune.train import precision as precision_module
 from instructune.models import load_model
 from instructune.train.pack import collate
 from instructune.train.runlog import MetricsLog
@@ -43,7 +44,7 @@ EXAMPLES = [
 
 # One thread: tiny matmuls only lose to thread start-up and contention on busy cores.
 QUIET = ["train.log_every_n_steps=1", "train.warmup_ratio=0", "data.max_length=128", "train.num_threads=1",
-         "train.precision=fp32"]  # exact comparisons need fp32 (auto picks bf16 on AVX512-BF16 CPUs)
+         "train.precision=fp32"]  # exact comparisons need fp32 (auto picks bf16 where bf16 matmuls pay)
 
 
 def make_config(tmp_path, *overrides, name="run"):
@@ -488,6 +489,30 @@ class TestPrecision:
             trainer = run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer,
                                   train_examples=examples, overwrite=True)
             assert trainer.accelerator.mixed_precision == ("bf16" if precision == "bf16" else "no")
+
+    @pytest.mark.parametrize("rates, expected", [((279e9, 146e9), "no"), ((302e9, 1977e9), "bf16"),
+                                                 ((250e9, 280e9), "no")])
+    def test_auto_takes_bf16_only_where_its_matmuls_are_clearly_faster(self, tmp_path, tokenizer, monkeypatch, capsys,
+                                                                        rates, expected):
+        # (fp32, bf16) GFLOP/s as measured: an Intel Xeon without AMX, one with AMX, and a near tie.
+        monkeypatch.setattr(precision_module, "native_bf16", lambda: True)
+        monkeypatch.setattr(precision_module, "_cpu_rates", lambda threads: rates)
+        config = make_config(tmp_path, "train.max_steps=1", "train.precision=auto")
+        trainer = run_trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer,
+                              train_examples=[{"prompt": "Is the order late?", "completion": "yes"}] * 4, overwrite=True)
+        assert trainer.accelerator.mixed_precision == expected
+        fp32, bf16 = (f"{rate / 1e9:,.0f}" for rate in rates)
+        captured = capsys.readouterr()
+        assert f"precision {expected} (auto: bf16 matmuls {bf16} GFLOP/s against fp32 {fp32} on this CPU)" in (
+            captured.out + captured.err)
+
+    def test_auto_without_bf16_instructions_is_fp32_and_the_timing_is_real(self, monkeypatch):
+        monkeypatch.setattr(precision_module, "native_bf16", lambda: False)
+        assert precision_module.auto_precision() == precision_module.Choice(
+            "no", "this CPU has no bf16 matmul instructions")
+        # the timed rate is the shape's FLOPs over a measured time: positive, and below a petaflop on 2 cores
+        rate = precision_module.matmul_rate(torch.float32, seconds=0.01, shape=(64, 32, 48))
+        assert 1e6 < rate < 1e15
 
 
     @pytest.mark.parametrize("lora", [False, True])

@@ -59,16 +59,6 @@ def _wrap_lora(model: Any, lora: LoraSettings) -> Any:
     return get_peft_model(model, peft_config)
 
 
-def native_bf16() -> bool:
-    """bf16 matmuls in hardware: a GPU that has them, or a CPU with AVX512-BF16/AMX (1.5x fp32 here)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _keep_mask(shape: torch.Size, seed: torch.Tensor, threshold: int, device: torch.device) -> torch.Tensor:
     """Keep-mask (bool, `shape`) drawn from a generator seeded with `seed`: one 64-bit draw gives four
     elements' 16-bit uniforms, and an element is kept when its uniform (as int16) is >= `threshold`.

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from instructune.train import checkpoint as ckpt
-from instructune.train.adapters import fuse_dropout_masks, native_bf16, prepare_for_training, use_fast_dropout
+from instructune.train.adapters import fuse_dropout_masks, prepare_for_training, use_fast_dropout
 from instructune.train.attention import use_packed_attention
 from instructune.train.compiling import compile_blocks, uncompiled
 from instructune.config import RunConfig, config_keys_help, load_config, save_config
@@ -42,6 +42,7 @@ from instructune.train.fsdp import gather_model_state, gather_optimizer_state, i
 from instructune.train.loss import causal_lm_loss_sum, label_count, seq2seq_loss_sum
 from instructune.models import DEFAULT_MODEL, context_length, is_encoder_decoder, load_model
 from instructune.train.optim import BF16AdamW
+from instructune.train.precision import auto_precision
 from instructune.train.pack import (PACKED_WIDTH_MULTIPLE, collate, collate_seq2seq, pack_examples,
                                      refuse_packed_flash_attention)
 from instructune.train.runlog import MetricsLog, plot_losses
@@ -78,6 +79,7 @@ class Trainer:
         # accelerate keeps one global state; a second run in the same process (a notebook, the quickstart)
         # may want another precision. The process-group part (PartialState) is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
+        self._precision_reason = ""
         self.accelerator = Accelerator(mixed_precision=self._mixed_precision(), cpu=not torch.cuda.is_available())
         refuse_ignored_fsdp(self.accelerator)
         self.world = self.accelerator.num_processes
@@ -151,6 +153,7 @@ class Trainer:
             f"max_length {cfg.data.max_length}), {self.rows_per_step} rows per optimizer step, "
             f"{self.total_steps} steps; {sum(p.numel() for p in self.params):,} trainable parameters; "
             f"precision {'bf16-true (bf16 weights and AdamW state, stochastic rounding)' if cfg.train.precision == 'bf16-true' else self.accelerator.mixed_precision}"
+            f"{self._precision_reason}"
         )
 
     def _check_context_length(self) -> None:
@@ -178,7 +181,14 @@ class Trainer:
     def _mixed_precision(self) -> str:
         precision = self.config.train.precision
         if precision == "auto":
-            return "bf16" if native_bf16() else "no"
+            from accelerate import PartialState
+            from accelerate.utils import broadcast_object_list
+
+            choice = [auto_precision()]
+            if PartialState().num_processes > 1:  # every process trains in what the first one measured
+                broadcast_object_list(choice, from_process=0)
+            self._precision_reason = f" (auto: {choice[0].reason})"
+            return choice[0].mixed_precision
         return "bf16" if precision == "bf16" else "no"
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
