@@ -329,7 +329,8 @@ class TestGgufModelForEvaluation:
             rows = llamacpp_engine.run(gguf_model, gguf_tokenizer, request, Where(), done.append)
             assert [tokenizer.decode(row) for row in rows] == [answer for _, answer in PAIRS]
             assert sorted(done) == list(range(len(prompts)))
-            assert (llamacpp_engine.NAME, llamacpp_engine.GREEDY_ONLY, llamacpp_engine.NEEDS_EXPORT) == ("llamacpp", True, False)
+            assert (llamacpp_engine.NAME, llamacpp_engine.SEARCHES, llamacpp_engine.SAMPLES, llamacpp_engine.NEEDS_EXPORT) == (
+                "llamacpp", False, False, False)
         finally:
             gguf_model.close()
 

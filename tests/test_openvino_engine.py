@@ -150,6 +150,43 @@ class TestGreedyEquality:
 
 
 @needs_openvino
+class TestSampling:
+    def test_top_k_1_samples_hf_greedy_answers(self, llama, tokenizer):
+        # Sampling that keeps only the most likely token is greedy decoding, whatever the seed and temperature.
+        model = _chatty(llama)
+        engine = openvino_engine.load_engine(model, cache=False)
+        rows = [encode_prompt(model, tokenizer, p) for p in PROMPTS]
+        stops = stop_token_ids(model, tokenizer)
+        got = openvino_engine.generate_ids(engine, rows, max_new_tokens=12, stop_ids=stops, num_return_sequences=3,
+                                           sampling=Sampling(temperature=1.7, top_k=1, seed=5))
+        cut = [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in got]
+        assert cut == [hf_greedy_ids(model, tokenizer, p, 12) for p in PROMPTS for _ in range(3)]
+
+    def test_samples_are_seeded_and_mbr_keeps_their_consensus(self, llama, tokenizer):
+        from instructune.generation.mbr import Mbr, choose
+
+        model = _chatty(llama)
+        engine = openvino_engine.load_engine(model, cache=False)
+        stops = stop_token_ids(model, tokenizer)
+        prompt = encode_prompt(model, tokenizer, PROMPTS[1])
+
+        def samples(seed):
+            rows = openvino_engine.generate_ids(engine, [prompt], max_new_tokens=8, stop_ids=stops,
+                                                num_return_sequences=6, sampling=Sampling(1.5, seed=seed))
+            return [tokenizer.decode(row[:next((i for i, t in enumerate(row) if t in stops), len(row))],
+                                     skip_special_tokens=True).strip() for row in rows]
+
+        drawn = samples(7)
+        assert len(drawn) == 6 and len(set(drawn)) > 2  # six different draws of one prompt
+        assert samples(7) == drawn and samples(8) != drawn
+        got = generate(model, tokenizer, [PROMPTS[1]], mbr=Mbr(samples=6, temperature=1.5, seed=7), max_new_tokens=8,
+                       engine="openvino", progress=False)
+        assert got == [drawn[choose(drawn)]]
+        with pytest.raises(InstructuneError, match="several answers per prompt need sampling"):
+            openvino_engine.generate_ids(engine, [prompt], max_new_tokens=4, stop_ids=stops, num_return_sequences=2)
+
+
+@needs_openvino
 class TestEngineCache:
     def test_cached_model_is_kept_by_weights_and_rebuilt_when_they_change(self, tiny_llama_dir, tmp_path,
                                                                           monkeypatch):
@@ -191,7 +228,8 @@ class TestChoice:
         assert select_engine(llama, GenerateOptions(compute_type="bfloat16"), here).engine == "openvino"
         checks = select_engine(llama, GenerateOptions(), Where.here(weights_change=True))
         assert checks.engine == "native" and checks.news == ()  # by design, nothing to say
-        assert select_engine(llama, GenerateOptions(sampling=Sampling()), here).engine == "hf"
+        assert select_engine(llama, GenerateOptions(sampling=Sampling()), here).engine == "openvino"
+        assert select_engine(llama, GenerateOptions(sampling=Sampling()), Where(auto_engines=("native", "hf"))).engine == "hf"
         assert select_engine(llama, GenerateOptions(), Where(auto_engines=("native", "hf"))).engine == "native"
 
     def test_a_preloaded_allocator_is_refused_and_auto_falls_back(self, llama, tokenizer, monkeypatch):
@@ -208,8 +246,8 @@ class TestChoice:
         assert openvino_engine.unsupported_reason(llama) is None
         with pytest.raises(InstructuneError, match="encoder-decoder"):
             generate(t5, tokenizer, PROMPTS[:2], max_new_tokens=4, progress=False, engine="openvino")
-        with pytest.raises(InstructuneError, match="greedily"):
-            generate(llama, tokenizer, PROMPTS[:2], sampling=Sampling(), progress=False, engine="openvino")
+        with pytest.raises(InstructuneError, match="engine 'native' cannot run here: it decodes greedily only"):
+            generate(llama, tokenizer, PROMPTS[:2], sampling=Sampling(), progress=False, engine="native")
 
     def test_eval_command_keeps_glibc_malloc_when_openvino_decodes(self):
         from instructune.cli import allocator_for

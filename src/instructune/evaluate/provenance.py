@@ -54,7 +54,11 @@ def decoding_settings(results: list[dict], names: list[str]) -> dict[str, str]:
 
 
 def _decoding_of(summary: dict) -> str | None:
-    """`Decoding.describe()` of a task summary; None where nothing was decoded (multiple choice)."""
+    """`Decoding.describe()` of a task summary, or its MBR settings; None where nothing was decoded (multiple choice)."""
+    if summary.get("mbr"):
+        mbr = summary["mbr"]
+        return (f"MBR over {mbr['samples']} samples by {mbr['utility']} (temperature {mbr['temperature']}, "
+                f"top_p {mbr['top_p']}, top_k {mbr['top_k']}, seed {mbr['seed']})")
     if "decoding" not in summary:
         return "greedy" if summary.get("kind") == "generation" else None
     return Decoding(**summary["decoding"]).describe() if summary["decoding"] else None

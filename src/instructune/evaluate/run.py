@@ -26,7 +26,8 @@ from instructune.data.render import parse_template_choice
 from instructune.data.tokenize import apply_chat_template_setting
 from instructune.data.templates import EVAL_MODES
 from instructune.errors import InstructuneError
-from instructune.generation.generate import ENGINE_CHOICES, Decoding, GenerateOptions
+from instructune.generation.generate import ENGINE_CHOICES, Decoding, GenerateOptions, Mbr
+from instructune.generation.mbr import UTILITIES
 from instructune.evaluate.metrics import PROTOCOLS
 from instructune.evaluate.score import evaluate_task
 from instructune.generation import llamacpp_engine
@@ -163,6 +164,19 @@ def make_parser() -> argparse.ArgumentParser:
     decoding.add_argument("--repetition-penalty", type=float, default=1.0, metavar="F",
                           help="make tokens already in the prompt or answer less likely: positive logits divided "
                                "by F, negative ones multiplied (default 1.0: off; the CTRL paper suggests ~1.2)")
+    mbr = parser.add_argument_group(
+        "MBR decoding", "minimum Bayes risk: sample N answers per prompt and keep the one that agrees most (by ROUGE) "
+                        "with the others; N times the answers of greedy decoding, on OpenVINO where it runs, else "
+                        "Hugging Face generate. Seeded by --seed")
+    mbr.add_argument("--mbr", type=int, default=0, metavar="N",
+                     help="answers sampled per prompt (default 0: off; 8-32 is usual)")
+    mbr.add_argument("--mbr-utility", choices=UTILITIES, default="rouge1",
+                     help="what agreement is measured by (default rouge1; 'rouge': the mean of ROUGE-1, -2 and -L)")
+    mbr.add_argument("--mbr-temperature", type=float, default=1.0, metavar="T",
+                     help="sampling temperature of the candidates (default 1.0)")
+    mbr.add_argument("--mbr-top-p", type=float, default=1.0, metavar="P",
+                     help="nucleus sampling mass of the candidates (default 1.0; top-k 50 always applies, as in "
+                          "Hugging Face generate)")
     parser.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
                         help="wrap prompts in the tokenizer's chat template (default: when it has one)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -274,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     caps = per_task_values("--max-new-tokens", args.max_new_tokens, len(args.task), default=128, smallest=1)
     decoding = Decoding(num_beams=args.num_beams, length_penalty=args.length_penalty,
                         no_repeat_ngram_size=args.no_repeat_ngram_size, repetition_penalty=args.repetition_penalty)
+    mbr = (Mbr(samples=args.mbr, utility=args.mbr_utility, temperature=args.mbr_temperature, top_p=args.mbr_top_p,
+               seed=args.seed) if args.mbr else None)
     options = GenerateOptions(max_new_tokens=caps[0], batch_size=args.batch_size,
                               chat_template=args.chat_template, engine=args.engine, compute_type=args.compute_type,
-                              decoding=decoding, progress=not args.no_progress)
+                              decoding=decoding, mbr=mbr, progress=not args.no_progress)
     tasks = [TaskData(*spec) for spec in zip(args.task, args.data, limits, starts, strides, caps)]
     output = evaluate_to_file(args.model, args.adapter, tasks, args.output, options=options, split=args.split,
                               num_fewshot=args.num_fewshot, template=parse_template_choice(args.template),

@@ -4,14 +4,17 @@ An engine is a module with these names (hf_engine.py, native.py, openvino_engine
 
 - `NAME`: what `engine=` calls it;
 - `COMPUTE_TYPES`: the precisions it offers, the first its default (() runs the model's own dtype);
-- `GREEDY_ONLY`: True when it decodes plain greedy answers only (no sampling, beams or penalties);
+- `SEARCHES`: True when it runs `Decoding`'s settings (beam search, n-gram blocking, penalties);
+- `SAMPLES`: True when it samples (`Sampling`), several answers per prompt when asked
+  (`Request.num_return_sequences`);
 - `NEEDS_EXPORT`: True when it converts the weights first (then weights that change between calls,
   as in in-training checks, go elsewhere);
 - `BESIDE_ALLOCATOR`: False when it cannot run beside a preloaded malloc (OpenVINO aborts);
 - `unsupported_reason(model, compute_type, where) -> str | None`: why it cannot run this model here;
 - optionally `crash_reason(model, compute_type) -> str | None`: a configuration known to crash it here;
 - `run(model, tokenizer, request, where, on_done) -> list[list[int]]`: the new token ids of every
-  prompt, in the request's order, each cut before its first stop token.
+  prompt, in the request's order (`num_return_sequences` rows per prompt, together), each cut before
+  its first stop token; `on_done(index)` as prompt `index` has all its answers.
 
 `generate.select_engine` chooses among them from visible inputs only: the model, the decoding asked
 for, the precision, and `Where` the call runs (the allocator preloaded in the process, whether the
@@ -122,10 +125,28 @@ class Decoding:
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling instead of greedy decoding (Hugging Face `generate` only)."""
+    """Sampling instead of greedy decoding, as Hugging Face `generate` samples: the logits divided by
+    `temperature`, then the `top_k` most likely tokens kept, then the smallest set of those whose
+    probability reaches `top_p`.
+
+    `seed` makes a call's draws repeatable on the engines that take one (OpenVINO seeds each prompt
+    with `seed` + its place in the call; Hugging Face seeds torch's generator once per call); None
+    draws from the process's generator (chat).
+
+    Example:
+        >>> Sampling(temperature=0.7, top_p=0.95, seed=0)
+        Sampling(temperature=0.7, top_p=0.95, top_k=50, seed=0)
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 50
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 1:
+            raise InstructuneError(f"sampling: temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}; "
+                                   "expected temperature > 0, 0 < top_p <= 1 and top_k >= 1")
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,9 @@ class Request:
     compute_type: str | None = None   # None: the engine's default
     decoding: Decoding = field(default_factory=Decoding)
     sampling: Sampling | None = None
+    # Answers per prompt (sampling only): `run` returns them together, prompt by prompt
+    # (prompt 0's answers, then prompt 1's, ...).
+    num_return_sequences: int = 1
 
 
 class EngineCrashed(InstructuneError):
@@ -154,7 +178,8 @@ class Engine(Protocol):
 
     NAME: str
     COMPUTE_TYPES: tuple[str, ...]
-    GREEDY_ONLY: bool
+    SEARCHES: bool
+    SAMPLES: bool
     NEEDS_EXPORT: bool
     BESIDE_ALLOCATOR: bool
 

@@ -7,9 +7,10 @@ engines share one protocol (engines.py), and
 `select_engine` is the one place an engine is chosen, from visible inputs only: for plain greedy
 decoding "auto" takes OpenVINO (openvino_engine.py: GenAI's continuous batching and paged attention)
 where it can run, else the native engine (native.py: unpadded prefill, continuous batching), both
-with Hugging Face's answers in float32; everything else (sampling, beam search and the other
-`Decoding` settings, encoder-decoder, quantized and unknown-family models) runs on Hugging Face
-`generate` (hf_engine.py), the reference. An engine that crashes at load (a probe in a child process
+with Hugging Face's answers in float32; sampling, and MBR decoding (mbr.py: the consensus of several
+sampled answers), run on OpenVINO where it can, else Hugging Face; everything else (beam search and
+the other `Decoding` settings, encoder-decoder, quantized and unknown-family models) runs on Hugging
+Face `generate` (hf_engine.py), the reference. An engine that crashes at load (a probe in a child process
 that dies, engine_probe.py) costs one line on stderr, and "auto" decodes on the next engine.
 Streaming is chat.py's.
 """
@@ -25,10 +26,11 @@ from instructune.data.tokenize import prompt_token_ids
 from instructune.errors import InstructuneError
 from instructune.generation import hf_engine, llamacpp_engine, native, openvino_engine
 from instructune.generation.engines import Decoding, EngineCrashed, Request, Sampling, Where
+from instructune.generation.mbr import Mbr, choose
 from instructune.models import is_encoder_decoder
 from instructune.models.chat_templates import end_of_turn_token
 
-__all__ = ["Decoding", "GenerateOptions", "Sampling", "Where", "encode_prompt", "generate", "select_engine",
+__all__ = ["Decoding", "GenerateOptions", "Mbr", "Sampling", "Where", "encode_prompt", "generate", "select_engine",
            "stop_token_ids"]
 
 CHAT_END_TOKEN = "<|im_end|>"
@@ -61,8 +63,10 @@ class GenerateOptions:
     compute_type: str | None = None
     # Beam search and the other Hugging Face `generate` settings; the default is plain greedy.
     decoding: Decoding = field(default_factory=Decoding)
-    # Sample instead of searching (Hugging Face only); None = greedy.
+    # Sample instead of searching (OpenVINO or Hugging Face); None = greedy.
     sampling: Sampling | None = None
+    # Minimum Bayes risk decoding (mbr.py): sample `mbr.samples` answers per prompt, return their consensus.
+    mbr: Mbr | None = None
     # A tqdm bar over prompts, with prompts/s and the time left.
     progress: bool = True
 
@@ -72,6 +76,9 @@ class GenerateOptions:
                                    f"{self.max_new_tokens}")
         if self.engine not in ENGINE_CHOICES:
             raise InstructuneError(f"generate: engine {self.engine!r}; expected one of {', '.join(ENGINE_CHOICES)}")
+        if self.mbr is not None and (self.sampling is not None or self.decoding.changed()):
+            what = "sampling" if self.sampling is not None else self.decoding.describe()
+            raise InstructuneError(f"generate: MBR decoding samples its own candidates; it does not combine with {what}")
 
 
 @dataclass(frozen=True)
@@ -166,9 +173,9 @@ def select_engine(model: Any, options: GenerateOptions, where: Where, *, exclude
 
 
 def _reason(engine: ModuleType, model: Any, options: GenerateOptions, where: Where) -> str | None:
-    if engine.GREEDY_ONLY and options.sampling is not None:
+    if not engine.SAMPLES and (options.sampling is not None or options.mbr is not None):
         return "it decodes greedily only"
-    if engine.GREEDY_ONLY and options.decoding.changed():
+    if not engine.SEARCHES and options.decoding.changed():
         return f"{options.decoding.describe()} needs Hugging Face generate"
     if options.compute_type is not None and options.compute_type not in (engine.COMPUTE_TYPES or ("float32",)):
         if not engine.COMPUTE_TYPES:
@@ -182,7 +189,7 @@ def _reason(engine: ModuleType, model: Any, options: GenerateOptions, where: Whe
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], options: GenerateOptions | None = None, *,
              where: Where | None = None, new_token_counts: list[int] | None = None, **settings: Any) -> list[str]:
-    """Generate one answer per prompt, greedy by default.
+    """Generate one answer per prompt: greedy by default, or searched, sampled, or MBR's consensus of samples.
 
     Args:
         model: a transformers causal LM or seq2seq LM (PEFT-wrapped is fine).
@@ -214,9 +221,11 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], options: GenerateOp
     encoded = [encode_prompt(model, tokenizer, prompt, options.chat_template) for prompt in prompts]
     # Longest first: similar lengths share a batch (less padding), and a memory error shows at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    per_prompt = options.mbr.samples if options.mbr else 1
     request = Request(prompts=[encoded[i] for i in order], max_new_tokens=options.max_new_tokens, stop_ids=stop_ids,
                       batch_size=options.batch_size, compute_type=options.compute_type, decoding=options.decoding,
-                      sampling=options.sampling)
+                      sampling=options.mbr.sampling() if options.mbr else options.sampling,
+                      num_return_sequences=per_prompt)
     crashed: tuple[str, ...] = ()
     while True:
         selection = select_engine(model, options, where, exclude=crashed)
@@ -235,9 +244,18 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], options: GenerateOp
             selection = select_engine(model, options, where, exclude=crashed)
             print(f"generate: {crash.engine} engine skipped: {crash.reason}; decoding on the {selection.engine} engine",
                   file=sys.stderr)
+    if options.mbr:
+        rows = [_consensus(tokenizer, rows[start:start + per_prompt], options.mbr.utility)
+                for start in range(0, len(rows), per_prompt)]
     new_tokens: list[list[int]] = [[] for _ in prompts]
     for index, row in zip(order, rows):
         new_tokens[index] = row
     if new_token_counts is not None:
         new_token_counts.extend(len(row) for row in new_tokens)
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new_tokens]
+
+
+def _consensus(tokenizer: Any, candidates: list[list[int]], utility: str) -> list[int]:
+    """The MBR choice among one prompt's sampled answers (token ids in, token ids out)."""
+    texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in candidates]
+    return candidates[choose(texts, utility)]

@@ -18,7 +18,8 @@ from instructune.models import is_encoder_decoder
 
 NAME = "hf"
 COMPUTE_TYPES: tuple[str, ...] = ()  # the model's own dtype
-GREEDY_ONLY = False
+SEARCHES = True
+SAMPLES = True
 NEEDS_EXPORT = False
 BESIDE_ALLOCATOR = True
 
@@ -45,7 +46,8 @@ def generation_config(model: Any, tokenizer: Any, request: Request) -> Any:
     config = GenerationConfig(
         max_new_tokens=request.max_new_tokens, do_sample=sampling is not None, eos_token_id=request.stop_ids,
         pad_token_id=pad_id(tokenizer, request.stop_ids),
-        temperature=sampling.temperature if sampling else 1.0, top_p=sampling.top_p if sampling else 1.0, top_k=50,
+        temperature=sampling.temperature if sampling else 1.0, top_p=sampling.top_p if sampling else 1.0,
+        top_k=sampling.top_k if sampling else 50, num_return_sequences=request.num_return_sequences,
         **request.decoding.to_dict(),
     )
     if is_encoder_decoder(model):
@@ -54,12 +56,23 @@ def generation_config(model: Any, tokenizer: Any, request: Request) -> Any:
 
 
 def run(model: Any, tokenizer: Any, request: Request, where: Where, on_done: Callable[[int], None]) -> list[list[int]]:
-    """New token ids of every prompt (the best beam's), in request order, each cut before its first stop token."""
+    """New token ids of every prompt (the best beam's, or `num_return_sequences` samples together), in request
+    order, each cut before its first stop token. A sampling seed seeds torch's generator for this call only."""
+    import torch
+
+    with torch.random.fork_rng(enabled=request.sampling is not None and request.sampling.seed is not None):
+        if request.sampling is not None and request.sampling.seed is not None:
+            torch.manual_seed(request.sampling.seed)
+        return _run(model, tokenizer, request, on_done)
+
+
+def _run(model: Any, tokenizer: Any, request: Request, on_done: Callable[[int], None]) -> list[list[int]]:
     import torch
 
     encoder_decoder = is_encoder_decoder(model)
     stop_ids = request.stop_ids
     config = generation_config(model, tokenizer, request)
+    per_prompt = request.num_return_sequences
     model.eval()
     answers: list[list[int]] = []
     for start in range(0, len(request.prompts), request.batch_size):
@@ -70,7 +83,8 @@ def run(model: Any, tokenizer: Any, request: Request, where: Where, on_done: Cal
                                     generation_config=config)
         # Decoder-only output repeats the prompt; seq2seq output starts with the decoder start token.
         new_tokens = output[:, 1:] if encoder_decoder else output[:, input_ids.shape[1]:]
-        for offset, row in enumerate(new_tokens.tolist()):
+        for offset, row in enumerate(new_tokens.tolist()):  # generate returns each prompt's sequences together
             answers.append(cut_at_stop(row, stop_ids))
-            on_done(start + offset)
+            if (offset + 1) % per_prompt == 0:
+                on_done(start + offset // per_prompt)
     return answers

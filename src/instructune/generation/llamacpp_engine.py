@@ -56,7 +56,8 @@ from instructune.generation.engines import Request, Sampling, Where, cut_at_stop
 # greedy only; nothing to export (the model is the file); it runs beside tcmalloc (tried: same answers).
 NAME = "llamacpp"
 COMPUTE_TYPES: tuple[str, ...] = ()
-GREEDY_ONLY = True
+SEARCHES = False
+SAMPLES = False
 NEEDS_EXPORT = False
 BESIDE_ALLOCATOR = True
 # The wheel the tests and the docs are checked against (the `test` extra pins it too).
@@ -232,7 +233,7 @@ class LlamaCppServer:
 def sampler_settings(sampling: Sampling | None) -> dict:
     """llama.cpp /completion settings: greedy (top-k 1), or sampling as Hugging Face `generate` samples.
 
-    Sampling mirrors hf_engine.generation_config: temperature, then top-k 50, then top-p, in
+    Sampling mirrors hf_engine.generation_config: temperature, then top-k, then top-p, in
     transformers' order; llama.cpp's other default samplers (min-p 0.05, penalties, DRY) are left out.
 
     Example:
@@ -241,8 +242,9 @@ def sampler_settings(sampling: Sampling | None) -> dict:
     """
     if sampling is None:
         return {"temperature": 0.0, "top_k": 1, "samplers": ["top_k"]}
-    return {"temperature": sampling.temperature, "top_k": 50, "top_p": sampling.top_p,
-            "samplers": ["temperature", "top_k", "top_p"]}
+    settings = {"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p,
+                "samplers": ["temperature", "top_k", "top_p"]}
+    return settings if sampling.seed is None else {**settings, "seed": sampling.seed}
 
 
 def generate_ids(engine: LlamaCppServer, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],

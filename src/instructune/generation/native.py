@@ -44,7 +44,8 @@ from instructune.models.families import engine_unsupported_reason, family_of
 
 NAME = "native"
 COMPUTE_TYPES = ("float32", "bfloat16")
-GREEDY_ONLY = True
+SEARCHES = False
+SAMPLES = False
 NEEDS_EXPORT = False
 BESIDE_ALLOCATOR = True
 # Answers in flight at least: a decode step reads every weight once whatever the number of rows, so on

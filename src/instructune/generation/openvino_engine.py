@@ -1,4 +1,4 @@
-"""The OpenVINO generation engine: greedy decoding with OpenVINO GenAI's continuous batching.
+"""The OpenVINO generation engine: greedy or sampled decoding with OpenVINO GenAI's continuous batching.
 
 OpenVINO's CPU plugin runs a whole forward pass in C++ (oneDNN matmuls, fused paged attention over
 a block KV cache), and GenAI's scheduler keeps every prompt of the call in flight: prompts are
@@ -53,13 +53,14 @@ from typing import Any, Callable
 from instructune.errors import InstructuneError
 from instructune.generation import engine_probe
 from instructune.generation.engine_cache import LoadedEngines, converted_folder, is_temporary
-from instructune.generation.engines import EngineCrashed, Request, Where, cut_at_stop
+from instructune.generation.engines import EngineCrashed, Request, Sampling, Where, cut_at_stop
 from instructune.models import merged_copy, unwrapped_model
 from instructune.models.families import engine_unsupported_reason, family_of
 
 NAME = "openvino"
 COMPUTE_TYPES = ("float32", "bfloat16")
-GREEDY_ONLY = True
+SEARCHES = False
+SAMPLES = True
 NEEDS_EXPORT = True
 # Beside a preloaded tcmalloc (libtcmalloc_minimal.so.4), OpenVINO 2026.4 aborts with "free(): invalid pointer"
 # while reading a model; it brings its own allocator (TBB's libtbbmalloc), and mixing the two is the likely
@@ -125,7 +126,7 @@ def run(model: Any, tokenizer: Any, request: Request, where: Where, on_done: Cal
     """
     pipeline = load_engine(model, compute_type=request.compute_type or COMPUTE_TYPES[0], cache=not where.weights_change)
     rows = generate_ids(pipeline, request.prompts, max_new_tokens=request.max_new_tokens, stop_ids=request.stop_ids,
-                        on_done=on_done)
+                        on_done=on_done, sampling=request.sampling, num_return_sequences=request.num_return_sequences)
     return [cut_at_stop(row, request.stop_ids) for row in rows]
 
 
@@ -372,15 +373,20 @@ def load_engine(model: Any, *, compute_type: str = "float32", cache: bool = True
 
 
 def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
-                 on_done: Callable[[int], None] | None = None) -> list[list[int]]:
-    """Greedy new token ids for every encoded prompt, all in flight at once (a stop token may end a row).
+                 on_done: Callable[[int], None] | None = None, sampling: Sampling | None = None,
+                 num_return_sequences: int = 1) -> list[list[int]]:
+    """New token ids for every encoded prompt, greedy or sampled, all in flight at once (a stop token may end a row).
 
     Args:
         engine: from `load_engine`.
         prompts: token id rows (chat formatting included).
         max_new_tokens: cap on new tokens per answer.
         stop_ids: tokens that end an answer.
-        on_done: called with a prompt's index as its answer finishes (progress bars).
+        on_done: called with a prompt's index as its answers finish (progress bars).
+        sampling: None = greedy; else GenAI's multinomial sampler with the same temperature, top-k and
+            top-p, prompt i seeded with `sampling.seed + i` (0 + i when None).
+        num_return_sequences: sampled answers per prompt, returned together; they share the prompt's
+            KV blocks (GenAI forks the sequence after prefill).
 
     Example:
         >>> generate_ids(engine, [[1, 2, 3]], max_new_tokens=4, stop_ids=[2])
@@ -392,19 +398,18 @@ def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, 
 
     if any(not row for row in prompts):
         raise InstructuneError("openvino engine: an empty prompt has nothing to continue")
-    config = openvino_genai.GenerationConfig()
-    config.max_new_tokens = max_new_tokens
-    config.do_sample = False
-    config.stop_token_ids = set(stop_ids)
-    handles = [engine.add_request(index, ov.Tensor(np.array([row], dtype=np.int64)), config)
+    if sampling is None and num_return_sequences != 1:
+        raise InstructuneError("openvino engine: several answers per prompt need sampling")
+    handles = [engine.add_request(index, ov.Tensor(np.array([row], dtype=np.int64)),
+                                  _config(max_new_tokens, stop_ids, sampling, num_return_sequences, index))
                for index, row in enumerate(prompts)]
-    answers: list[list[int] | None] = [None] * len(prompts)
+    answers: list[list[list[int]] | None] = [None] * len(prompts)
     finished = openvino_genai.GenerationStatus.FINISHED
     while engine.has_non_finished_requests():
         engine.step()
         for index, handle in enumerate(handles):
             if answers[index] is None and handle.get_status() == finished:
-                answers[index] = list(handle.read_all()[0].generated_ids)
+                answers[index] = _read(handle, num_return_sequences)
                 if on_done:
                     on_done(index)
     for index, handle in enumerate(handles):
@@ -413,5 +418,28 @@ def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, 
             if status != finished:
                 raise InstructuneError(f"openvino engine: prompt {index} ended as {status} "
                                        "(the KV cache may be too small for it; use --engine native)")
-            answers[index] = list(handle.read_all()[0].generated_ids)
-    return answers
+            answers[index] = _read(handle, num_return_sequences)
+    return [row for rows in answers for row in rows]
+
+
+def _config(max_new_tokens: int, stop_ids: list[int], sampling: Sampling | None, num_return_sequences: int,
+            index: int) -> Any:
+    import openvino_genai
+
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = max_new_tokens
+    config.stop_token_ids = set(stop_ids)
+    config.do_sample = sampling is not None
+    if sampling is not None:
+        config.temperature, config.top_k, config.top_p = sampling.temperature, sampling.top_k, sampling.top_p
+        config.num_return_sequences = num_return_sequences
+        config.rng_seed = (sampling.seed or 0) + index
+    return config
+
+
+def _read(handle: Any, count: int) -> list[list[int]]:
+    """A finished request's answers, in the order GenAI numbered them (its outputs come keyed by sequence id)."""
+    outputs = handle.read_all()
+    if len(outputs) != count:
+        raise InstructuneError(f"openvino engine: a prompt returned {len(outputs)} answers, expected {count}")
+    return [list(output.generated_ids) for output in outputs]
