@@ -2,7 +2,6 @@
 Hugging Face `generate` draws with the same seed."""
 
 import json
-import os
 import random
 
 import pytest
@@ -15,11 +14,6 @@ from instructune.generation.engines import Decoding
 from instructune.generation.generate import GenerateOptions, encode_prompt, generate, stop_token_ids
 from instructune.generation.mbr import Mbr, choose, expected_utilities
 from test_generate import _chatty
-
-# In the full suite these tests leave the process in a state where tests/test_train.py::TestSignals later dies
-# with SIGSEGV (Intel Xeon without AMX, 2026-12-07; cause not found). They pass alone: INSTRUCTUNE_MBR_TESTS=1.
-pytestmark = pytest.mark.skipif(os.environ.get("INSTRUCTUNE_MBR_TESTS") != "1",
-                                reason="run alone with INSTRUCTUNE_MBR_TESTS=1 (crashes a later test in-process)")
 
 WORDS = ("the customer asks about a refund for the order and the agents explain how returns work while "
          "person1 person2 talked talking talks meeting meetings tomorrow").split()

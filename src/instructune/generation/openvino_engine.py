@@ -38,14 +38,26 @@ machine has not proven, a child process loads the export with the same settings 
 tokens (`_PROBE_SCRIPT`, engine_probe.py): 0.5-1 s for the tests' tiny model, 2.5-3.3 s and 1.1 GB
 at its peak for SmolLM2-135M on a 2-core Xeon, paid once per configuration and machine. A child that
 dies or fails raises `EngineCrashed`, and "auto" decodes on the next engine.
+
+One more native hazard is OpenVINO's own, and lasts past the engine: its CPU plugin gives the thread
+that loads it an alternate signal stack of its own (`SigAltStackSetup`, sized for AMX's large signal
+frames) and unmaps it when the plugin goes, restoring the previous one only if the plugin is
+destroyed on that same thread while its stack is still the current one. The plugin is often released
+elsewhere (a worker thread holds the last reference), so the main thread's signal stack pointed at
+unmapped memory, and the next signal handled there, e.g. Ctrl-C or SIGTERM asking a training run to
+save its checkpoint, ended the process with SIGSEGV (tests/test_train.py::TestSignals died so after
+the engine's tests). `_signal_stack_kept` puts the thread's previous signal stack back as soon as
+the pipeline is built, so the plugin's stack is never the current one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import sys
 import warnings
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -365,11 +377,53 @@ def load_engine(model: Any, *, compute_type: str = "float32", cache: bool = True
         scheduler = openvino_genai.SchedulerConfig()
         for name, value in scheduler_fields.items():
             setattr(scheduler, name, value)
-        engine = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", properties)
+        with _signal_stack_kept():
+            engine = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", properties)
     finally:
         if is_temporary(folder, "ov"):
             shutil.rmtree(folder, ignore_errors=True)  # the weights are in memory now
     return _LOADED.put(model, compute_type, engine) if cache else engine
+
+
+@contextmanager
+def _signal_stack_kept():
+    """Keep this thread's alternate signal stack across the block, whatever OpenVINO's CPU plugin sets.
+
+    The stack there before is put back when it serves at least as well as the plugin's: none at all
+    (handlers then run on the thread's own stack), or one as large. A smaller one (AMX frames might not
+    fit it) is replaced by one of this module's, kept for the life of the process. Linux only.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    before = _sigaltstack()
+    try:
+        yield
+    finally:
+        now = _sigaltstack()
+        if now is not None and before is not None and now.ss_sp != before.ss_sp:
+            if before.ss_flags & _SS_DISABLE or before.ss_size >= now.ss_size:
+                _sigaltstack(before)
+            else:
+                _OWN_SIGNAL_STACKS.append(ctypes.create_string_buffer(now.ss_size))
+                _sigaltstack(_StackT(ctypes.addressof(_OWN_SIGNAL_STACKS[-1]), 0, now.ss_size))
+
+
+_SS_DISABLE = 2
+_OWN_SIGNAL_STACKS: list[Any] = []  # never freed: the kernel may write a signal frame there at any time
+
+
+class _StackT(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _sigaltstack(new: _StackT | None = None) -> _StackT | None:
+    """sigaltstack(2) for this thread: set `new` when given; returns the stack before (None if the call failed)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    old = _StackT()
+    if libc.sigaltstack(ctypes.byref(new) if new is not None else None, ctypes.byref(old)) != 0:
+        return None
+    return old
 
 
 def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
