@@ -3,7 +3,8 @@
 A CPU figure means little without the machine's own ceiling beside it: the 2-core AMD EPYC machines
 (avx512_bf16, no AMX) ran bf16 matmuls at ~0.4 TFLOP/s, the Intel Xeon ones with AMX at ~2 TFLOP/s,
 so the same tokens/s is 90% of one and 17% of the other. `measure()` times torch matmuls in fp32 and
-bf16 (a square 2048 one and a training-shaped one), `cpu_kind()` names the machine, and
+bf16 (a square 2048 one and a training-shaped one; the best call, with the timer that `train.precision:
+auto` uses), `cpu_kind()` names the machine, and
 `share(flops_per_s, precision, limits)` turns a figure into its share of the measured limit. The
 benchmarks (train.py, repeat_train.py, eval.py) print their figures with it.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from pathlib import Path
 
 SHAPES = {"square": (2048, 2048, 2048), "training": (1024, 576, 1536)}  # (m, k, n)
@@ -42,24 +42,13 @@ def cpu_kind() -> str:
     return f"{short} {'with' if 'amx_bf16' in flags else 'without'} AMX"
 
 
-def _rate(m: int, k: int, n: int, dtype, seconds: float = 1.0) -> float:
-    import torch
-
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    for _ in range(3):
-        torch.mm(a, b)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        torch.mm(a, b)
-        runs += 1
-    return 2 * m * k * n * runs / (time.perf_counter() - started)
-
-
 def measure(seconds: float = 1.0) -> dict:
     """The best of the shapes in fp32 and bf16, in FLOP/s, on torch's threads; with the CPU kind and load."""
     import torch
 
-    rates = {f"{precision}_{shape}": _rate(*dims, dtype, seconds)
+    from instructune.train.precision import matmul_rate
+
+    rates = {f"{precision}_{shape}": matmul_rate(dtype, seconds, dims)
              for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
              for shape, dims in SHAPES.items()}
     return {"cpu": cpu_kind(), "threads": torch.get_num_threads(), "load_1min": os.getloadavg()[0],

@@ -23,19 +23,12 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from functools import lru_cache
 
 from instructune.errors import InstructuneError
+from instructune.generation.rouge import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _PUNCTUATION = frozenset(string.punctuation)
-
-
-@lru_cache(maxsize=1)
-def _rouge_scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
 def normalize_answer(text: str) -> str:
@@ -90,7 +83,7 @@ def rouge_scores(prediction: str, references: list[str]) -> dict[str, float]:
         >>> rouge_scores("the cat sat", ["the cat sat on the mat"])["rouge1"]
         0.6666666666666666
     """
-    scores = _rouge_scorer().score_multi(references, prediction)
+    scores = rouge_scorer(ROUGE_TYPES).score_multi(references, prediction)
     return {rouge_type: scores[rouge_type].fmeasure for rouge_type in ROUGE_TYPES}
 
 
@@ -105,7 +98,7 @@ def rouge_protocols(prediction: str, references: list[str]) -> dict[str, float]:
         >>> scores["rouge1"], scores["rouge1_first_ref"], scores["rouge1_mean_ref"]
         (1.0, 1.0, 0.5)
     """
-    scorer = _rouge_scorer()
+    scorer = rouge_scorer(ROUGE_TYPES)
     each = [scorer.score(reference, prediction) for reference in references]
     scores = {}
     for rouge_type in ROUGE_TYPES:

@@ -25,6 +25,7 @@ from typing import Any
 
 from instructune.errors import InstructuneError
 from instructune.generation.engines import Sampling
+from instructune.generation.rouge import rouge_scorer
 
 __all__ = ["UTILITIES", "Mbr", "choose", "expected_utilities"]
 
@@ -67,21 +68,6 @@ class Mbr:
         return asdict(self)
 
 
-class _CachedTokenizer:
-    """rouge-score's default tokenizer (lower case, alphanumeric words, Porter stems), each text tokenized once."""
-
-    def __init__(self):
-        from rouge_score.tokenizers import DefaultTokenizer
-
-        self._tokenizer = DefaultTokenizer(use_stemmer=True)
-        self._tokens: dict[str, list[str]] = {}
-
-    def tokenize(self, text: str) -> list[str]:
-        if text not in self._tokens:
-            self._tokens[text] = self._tokenizer.tokenize(text)
-        return self._tokens[text]
-
-
 def expected_utilities(candidates: list[str], utility: str = "rouge1") -> list[float]:
     """Each candidate's mean utility against every other candidate (the MBR objective, samples as evidence).
 
@@ -93,14 +79,12 @@ def expected_utilities(candidates: list[str], utility: str = "rouge1") -> list[f
         >>> expected_utilities(["a b", "a b", "c"], "rouge1")
         [0.5, 0.5, 0.0]
     """
-    from rouge_score import rouge_scorer
-
     if utility not in UTILITIES:
         raise InstructuneError(f"mbr: utility {utility!r}; expected one of {', '.join(UTILITIES)}")
     if len(candidates) < 2:
         return [0.0] * len(candidates)
     types = ["rouge1", "rouge2", "rougeL"] if utility == "rouge" else [utility]
-    scorer = rouge_scorer.RougeScorer(types, tokenizer=_CachedTokenizer())
+    scorer = rouge_scorer(tuple(types), cache_tokens=True)
     totals = [0.0] * len(candidates)
     for i in range(len(candidates)):
         for j in range(i + 1, len(candidates)):
