@@ -163,6 +163,30 @@ class TestSampling:
         cut = [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in got]
         assert cut == [hf_greedy_ids(model, tokenizer, p, 12) for p in PROMPTS for _ in range(3)]
 
+    def test_groups_admitted_as_the_cache_allows_come_back_whole_and_in_order(self, llama, tokenizer, monkeypatch):
+        model = _chatty(llama)
+        engine = openvino_engine.load_engine(model, cache=False)
+        rows = [encode_prompt(model, tokenizer, p) for p in PROMPTS]
+        stops = stop_token_ids(model, tokenizer)
+        added = []
+        monkeypatch.setattr(openvino_engine, "CACHE_TOKENS", max(map(len, rows)) + 3 * 12)  # one group's worst case
+        real = openvino_engine._admitted
+        monkeypatch.setattr(openvino_engine, "_admitted", lambda *a: added.append(real(*a)) or added[-1])
+        got = openvino_engine.generate_ids(engine, rows, max_new_tokens=12, stop_ids=stops, num_return_sequences=3,
+                                           sampling=Sampling(temperature=1.7, top_k=1, seed=5))
+        assert [len(r) for r in added if len(r)] == [1] * len(PROMPTS)  # one group in flight at a time
+        cut = [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in got]
+        assert cut == [hf_greedy_ids(model, tokenizer, p, 12) for p in PROMPTS for _ in range(3)]
+
+    def test_admission_counts_each_unfinished_groups_worst_case(self):
+        prompts, answers = [[1] * 10, [1] * 20, [1] * 30, [1] * 5], [None] * 4
+        assert openvino_engine._admitted(prompts, 0, answers, None, 48) == range(0, 4)  # greedy: all at once
+        assert openvino_engine._admitted(prompts, 0, answers, 130, 48) == range(0, 2)  # 58 + 68 <= 130 < 204
+        answers[0] = [[7]]  # the first group finished: its room is free again
+        assert openvino_engine._admitted(prompts, 2, answers, 130, 48) == range(2, 2)  # 68 + 78 > 130
+        answers[1] = [[7]]
+        assert openvino_engine._admitted(prompts, 2, answers, 10, 48) == range(2, 3)  # too large alone: still one
+
     def test_samples_are_seeded_and_mbr_keeps_their_consensus(self, llama, tokenizer):
         from instructune.generation.mbr import Mbr, choose
 

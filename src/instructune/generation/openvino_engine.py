@@ -454,11 +454,18 @@ def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, 
         raise InstructuneError("openvino engine: an empty prompt has nothing to continue")
     if sampling is None and num_return_sequences != 1:
         raise InstructuneError("openvino engine: several answers per prompt need sampling")
-    handles = [engine.add_request(index, ov.Tensor(np.array([row], dtype=np.int64)),
-                                  _config(max_new_tokens, stop_ids, sampling, num_return_sequences, index))
-               for index, row in enumerate(prompts)]
+    # Sampled groups are admitted while their worst case fits the KV cache (`_admitted`); greedy prompts all at once.
+    room = CACHE_TOKENS if num_return_sequences > 1 else None
+    handles: list[Any] = []
     answers: list[list[list[int]] | None] = [None] * len(prompts)
     finished = openvino_genai.GenerationStatus.FINISHED
+
+    def admit() -> None:
+        for index in _admitted(prompts, len(handles), answers, room, num_return_sequences * max_new_tokens):
+            handles.append(engine.add_request(index, ov.Tensor(np.array([prompts[index]], dtype=np.int64)),
+                                              _config(max_new_tokens, stop_ids, sampling, num_return_sequences, index)))
+
+    admit()
     while engine.has_non_finished_requests():
         engine.step()
         for index, handle in enumerate(handles):
@@ -466,6 +473,8 @@ def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, 
                 answers[index] = _read(handle, num_return_sequences)
                 if on_done:
                     on_done(index)
+        if len(handles) < len(prompts):
+            admit()
     for index, handle in enumerate(handles):
         if answers[index] is None:
             status = handle.get_status()
@@ -474,6 +483,27 @@ def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, 
                                        "(the KV cache may be too small for it; use --engine native)")
             answers[index] = _read(handle, num_return_sequences)
     return [row for rows in answers for row in rows]
+
+
+def _admitted(prompts: list[list[int]], start: int, answers: list[Any], room: int | None,
+              answer_tokens: int) -> range:
+    """The prompts to add now, from `start` on: all when `room` is None, else while the unfinished ones fit it.
+
+    A prompt's worst case is its own tokens plus `answer_tokens` (every answer at `max_new_tokens`).
+    GenAI admits a sampled group when its prompt fits and grows its answers into whatever room is left;
+    past the cache it preempts running groups and recomputes them from the prompt, sixteen answers
+    at a time under MBR, so an overcommitted cache spends its steps redoing work: 96 DialogSum prompts x
+    16 samples took 548 s added at once and 247 s admitted so (bench/mbr_admission.py, RESULTS). At
+    least one prompt is always in flight.
+    """
+    if room is None:
+        return range(start, len(prompts))
+    used = sum(len(prompts[index]) + answer_tokens for index in range(start) if answers[index] is None)
+    stop = start
+    while stop < len(prompts) and (used == 0 or used + len(prompts[stop]) + answer_tokens <= room):
+        used += len(prompts[stop]) + answer_tokens
+        stop += 1
+    return range(start, stop)
 
 
 def _config(max_new_tokens: int, stop_ids: list[int], sampling: Sampling | None, num_return_sequences: int,
