@@ -1,8 +1,9 @@
 """The OpenVINO generation engine: greedy or sampled decoding with OpenVINO GenAI's continuous batching.
 
 OpenVINO's CPU plugin runs a whole forward pass in C++ (oneDNN matmuls, fused paged attention over
-a block KV cache), and GenAI's scheduler keeps every prompt of the call in flight: prompts are
-prefilled in chunks of up to `PREFILL_TOKENS` tokens beside the running answers, finished answers
+a block KV cache), and GenAI's scheduler keeps every greedy prompt of the call in flight (sampled
+groups, many answers each, as the cache allows: `_admitted`): prompts are prefilled in chunks of up
+to `PREFILL_TOKENS` tokens beside the running answers, finished answers
 leave the batch at once, and KV blocks of a prefix that several prompts share (the system prompt,
 the template's instruction) are computed once. On the 48 DialogSum prompts of issue 13 this ran at
 about three times Hugging Face `generate`'s best and twice the native engine (bench/RESULTS.md).
@@ -429,7 +430,9 @@ def _sigaltstack(new: _StackT | None = None) -> _StackT | None:
 def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
                  on_done: Callable[[int], None] | None = None, sampling: Sampling | None = None,
                  num_return_sequences: int = 1) -> list[list[int]]:
-    """New token ids for every encoded prompt, greedy or sampled, all in flight at once (a stop token may end a row).
+    """New token ids for every encoded prompt, greedy or sampled (a stop token may end a row).
+
+    Greedy prompts are all handed to the scheduler at once; sampled groups as the KV cache allows (`_admitted`).
 
     Args:
         engine: from `load_engine`.
