@@ -107,15 +107,21 @@ def run_lm_eval(lm, names: list[str], limit: int) -> dict:
             finally:
                 lm.loglikelihood = original
             metrics = results["results"][f"{name}_local"]
-            items = []
+            items, tokens, continuation_tokens, shared_tokens = [], 0, 0, 0
             for sample in sorted(results["samples"][f"{name}_local"], key=lambda s: s["doc_id"]):
-                pairs = [tuple(request) for request in sample["arguments"]]
+                encoded = [lm._encode_pair(*request) for request in sample["arguments"]]
+                tokens += sum(len(context) + len(continuation) for context, continuation in encoded)
+                continuation_tokens += sum(len(continuation) for _, continuation in encoded)
+                shared_tokens += max(len(context) for context, _ in encoded) + sum(len(c) for _, c in encoded)
                 items.append({
                     "doc_id": sample["doc_id"], "label": int(sample["target"]),
                     "logprobs": [float(resp[0]) for resp in sample["filtered_resps"]],
-                    "splits": [split_hash(*lm._encode_pair(context, continuation)) for context, continuation in pairs],
+                    "splits": [split_hash(*pair) for pair in encoded],
                 })
-            out[name] = {**timing, "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"], "items": items}
+            # tokens: what the harness's requests pass through the model (each option with its whole context);
+            # shared_tokens: the same items with each context once (instructune's lm-eval mode scores so).
+            out[name] = {**timing, "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"], "items": items,
+                         "tokens": tokens, "continuation_tokens": continuation_tokens, "shared_tokens": shared_tokens}
     return out
 
 

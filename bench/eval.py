@@ -80,14 +80,19 @@ def _cpu_name() -> str:
     return f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs"
 
 
-def _multiple_choice(model, tokenizer, limit: int, batch_size: int, model_name: str | None = None) -> dict:
+def _multiple_choice(model, tokenizer, limit: int, batch_size: int, limits: dict, model_name: str | None = None) -> dict:
     """lm-evaluation-harness and instructune's lm-eval mode on the first `limit` PIQA and HellaSwag items.
 
     bench/choice.py's own functions, in this process and on this model's weights file; returns the
     table rows (one per engine and task) and the notes (speed-ups, every differing prediction).
+    The share of the matmul limit counts the work each engine does: the harness passes every request
+    (an option with its whole context) through the decoder; instructune each context once and every
+    option after it; the LM head is counted on the options' tokens only (the harness computes it on
+    every position: its share is a lower bound).
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import lm_eval
+    import roofline
     from choice import _argmaxes, compare, run_instructune, run_lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -100,6 +105,9 @@ def _multiple_choice(model, tokenizer, limit: int, batch_size: int, model_name: 
     ours = run_instructune(model, tokenizer, names, limit, batch_size)
     load["instructune"] = os.getloadavg()[0]
     rows, notes = [], []
+    body, head = (roofline.forward_flops_per_token(model.config, logits=False), 2 * roofline.model_flops(model.config)["head"])
+    work = {(key, name): reference[name][tokens] * body + reference[name]["continuation_tokens"] * head
+            for name in names for key, tokens in (("lm-eval", "tokens"), ("instructune", "shared_tokens"))}
     for name in names:
         peer_rate = reference[name]["requests"] / reference[name]["seconds"]
         lengths = [[len(option) for option in example["options"]] for example in ours[name]["examples"]]
@@ -108,8 +116,9 @@ def _multiple_choice(model, tokenizer, limit: int, batch_size: int, model_name: 
         for key, engine, result in (("lm-eval", f"lm-evaluation-harness {lm_eval.__version__}", reference[name]),
                                     ("instructune", "instructune --mode lm-eval", ours[name])):
             rate = result["requests"] / result["seconds"]
+            used = roofline.share(work[key, name] / result["seconds"], "fp32", limits)
             rows.append(f"| multiple choice, {name} | {engine} | {result['requests']} requests | {result['seconds']:.1f} | "
-                        f"{rate:.2f} | {rate / peer_rate:.2f} | - | acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} | "
+                        f"{rate:.2f} | {rate / peer_rate:.2f} | {used:.1%} of fp32 | acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} | "
                         f"{same}/{len(lengths)} items | {load[key]:.2f} |")
         notes.append(f"- {name}: instructune {(ours[name]['requests'] / ours[name]['seconds']) / peer_rate:.2f}x "
                      "lm-eval's requests/s")
@@ -259,7 +268,7 @@ def main() -> int:
                          for k in ("rouge1", "rouge2", "rougeL")}}
     hf_best = max((rows[n]["tokens_per_s"] for n in rows if n.startswith("hf-")), default=None)
     reference = answers.get("hf-fp32")
-    choice = (_multiple_choice(model, tokenizer, args.choice_limit, args.batch_size, args.model)
+    choice = (_multiple_choice(model, tokenizer, args.choice_limit, args.batch_size, limits, args.model)
               if args.choice_limit else None)
 
     command = "python bench/eval.py " + " ".join(sys.argv[1:])

@@ -103,8 +103,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                              "native greedy engine, both with the same answers as HF generate fp32 (bench/RESULTS.md); "
                              "else Hugging Face generate (always under the decoding flags below)")
     parser.add_argument("--compute-type", choices=("float32", "bfloat16"), default=None,
-                        help="engine precision (default float32, exact): bfloat16 (openvino, native) is faster and "
-                             "changes some answers; its ROUGE against float32 is in bench/RESULTS.md")
+                        help="engine precision (default float32, exact): bfloat16 (openvino, native) changes some "
+                             "answers and is faster on CPUs with fast bf16 (AMX, AMD EPYC), slower on an Intel Xeon "
+                             "without AMX; speed and ROUGE against float32 are in bench/RESULTS.md")
     return parser
 
 
