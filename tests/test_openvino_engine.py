@@ -301,7 +301,7 @@ import contextlib, gc, os, signal, sys, threading
 import tiny
 from instructune.generation import openvino_engine
 if sys.argv[1] == "unguarded":
-    openvino_engine._signal_stack_kept = contextlib.nullcontext
+    openvino_engine.signal_stack_kept = contextlib.nullcontext
 holder = [openvino_engine.load_engine(tiny.make_llama(tiny.make_tokenizer()), cache=False)]
 worker = threading.Thread(target=holder.clear)
 worker.start(); worker.join(); gc.collect()

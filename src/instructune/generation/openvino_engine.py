@@ -47,18 +47,16 @@ destroyed on that same thread while its stack is still the current one. The plug
 elsewhere (a worker thread holds the last reference), so the main thread's signal stack pointed at
 unmapped memory, and the next signal handled there, e.g. Ctrl-C or SIGTERM asking a training run to
 save its checkpoint, ended the process with SIGSEGV (tests/test_train.py::TestSignals died so after
-the engine's tests). `_signal_stack_kept` puts the thread's previous signal stack back as soon as
-the pipeline is built, so the plugin's stack is never the current one.
+the engine's tests). `signal_stack_kept` (signal_stack.py) puts the thread's previous signal stack
+back as soon as the pipeline is built, so the plugin's stack is never the current one.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import shutil
 import sys
 import warnings
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -67,6 +65,7 @@ from instructune.errors import InstructuneError
 from instructune.generation import engine_probe
 from instructune.generation.engine_cache import LoadedEngines, converted_folder, is_temporary
 from instructune.generation.engines import EngineCrashed, Request, Sampling, Where, cut_at_stop
+from instructune.generation.signal_stack import signal_stack_kept
 from instructune.models import merged_copy, unwrapped_model
 from instructune.models.families import engine_unsupported_reason, family_of
 
@@ -378,53 +377,12 @@ def load_engine(model: Any, *, compute_type: str = "float32", cache: bool = True
         scheduler = openvino_genai.SchedulerConfig()
         for name, value in scheduler_fields.items():
             setattr(scheduler, name, value)
-        with _signal_stack_kept():
+        with signal_stack_kept():
             engine = openvino_genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", properties)
     finally:
         if is_temporary(folder, "ov"):
             shutil.rmtree(folder, ignore_errors=True)  # the weights are in memory now
     return _LOADED.put(model, compute_type, engine) if cache else engine
-
-
-@contextmanager
-def _signal_stack_kept():
-    """Keep this thread's alternate signal stack across the block, whatever OpenVINO's CPU plugin sets.
-
-    The stack there before is put back when it serves at least as well as the plugin's: none at all
-    (handlers then run on the thread's own stack), or one as large. A smaller one (AMX frames might not
-    fit it) is replaced by one of this module's, kept for the life of the process. Linux only.
-    """
-    if not sys.platform.startswith("linux"):
-        yield
-        return
-    before = _sigaltstack()
-    try:
-        yield
-    finally:
-        now = _sigaltstack()
-        if now is not None and before is not None and now.ss_sp != before.ss_sp:
-            if before.ss_flags & _SS_DISABLE or before.ss_size >= now.ss_size:
-                _sigaltstack(before)
-            else:
-                _OWN_SIGNAL_STACKS.append(ctypes.create_string_buffer(now.ss_size))
-                _sigaltstack(_StackT(ctypes.addressof(_OWN_SIGNAL_STACKS[-1]), 0, now.ss_size))
-
-
-_SS_DISABLE = 2
-_OWN_SIGNAL_STACKS: list[Any] = []  # never freed: the kernel may write a signal frame there at any time
-
-
-class _StackT(ctypes.Structure):
-    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
-
-
-def _sigaltstack(new: _StackT | None = None) -> _StackT | None:
-    """sigaltstack(2) for this thread: set `new` when given; returns the stack before (None if the call failed)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    old = _StackT()
-    if libc.sigaltstack(ctypes.byref(new) if new is not None else None, ctypes.byref(old)) != 0:
-        return None
-    return old
 
 
 def generate_ids(engine: Any, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: list[int],
