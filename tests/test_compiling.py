@@ -41,17 +41,31 @@ def test_compiled_run_follows_the_eager_loss_curve_and_weights(tmp_path, tokeniz
     assert counters["stats"]["unique_graphs"] > graphs  # compiled for real, not dynamo's eager fallback
     layers = fast.model.model.layers
     assert all(layer._compiled_call_impl is not None for layer in layers)
-    assert fast.model.config._attn_implementation == "eager"  # on CPU, inside the compiled blocks
+    assert fast.model.config._attn_implementation == "sdpa"  # fp32 on CPU: torch's flash kernel stays
     assert len(plain_curve) == 3
     assert fast_curve == pytest.approx(plain_curve, abs=1e-4)
     for (name, got), expected in zip(fast.model.named_parameters(), plain.model.parameters()):
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=name)
-    # Generation sees the model as loaded: blocks eager, SDPA; compiled again afterwards.
+    # Generation sees the model as loaded: blocks eager; compiled again afterwards.
     with uncompiled(fast.model) as model:
         assert model.config._attn_implementation == "sdpa"
         assert all(layer._compiled_call_impl is None for layer in layers)
-    assert fast.model.config._attn_implementation == "eager"
     assert all(layer._compiled_call_impl is not None for layer in layers)
+
+
+@pytest.mark.parametrize("precision, inside", [("fp32", "sdpa"), ("bf16", "eager"), ("bf16-true", "eager")])
+def test_attention_inside_compiled_blocks_follows_the_compute_precision(tmp_path, tokenizer, precision, inside):
+    """On CPU, bf16 blocks run attention as fused matmul-softmax (faster than the bf16 flash kernel on AMX);
+    fp32 blocks keep torch's flash kernel (as fast there, no attention probabilities kept). Generation
+    always sees the model's own SDPA."""
+    config = _config(tmp_path, precision, "train.compile=true", f"train.precision={precision}")
+    trainer = Trainer(config, model=tiny.make_llama(tokenizer), tokenizer=tokenizer, train_examples=EXAMPLES,
+                      progress=False)
+    trainer.setup()
+    assert trainer.model.config._attn_implementation == inside
+    with uncompiled(trainer.model) as model:
+        assert model.config._attn_implementation == "sdpa"
+    assert trainer.model.config._attn_implementation == inside
 
 
 def test_blocks_are_found_through_a_peft_wrapper(tokenizer):

@@ -7,11 +7,14 @@ start in seconds. Inside a compiled block inductor fuses the element-wise work (
 residual adds, autocast casts) and recomputes cheap activations in the backward instead of keeping
 them: ~30% of an eager CPU step's time went to that work and its casts, and ~0.9 GB of peak memory.
 
-On CPU the blocks also switch from torch's flash-attention kernel to transformers' eager attention
-(matmul, mask, softmax, matmul): inside a compiled block the mask and softmax fuse, and the two bf16
-matmuls run on the BLAS. On 512-token packed rows the flash kernel was ~34% of a compiled step, the
-batched matmuls are ~13%: 1.3x the step's speed for ~0.5 GB more peak memory (bench/RESULTS.md has
-the measured effect of each part). On GPU the model's attention is left alone.
+Where the blocks compute in bf16 on CPU, they also switch from torch's flash-attention kernel to
+transformers' eager attention (matmul, mask, softmax, matmul): inside a compiled block the mask and
+softmax fuse, and the two bf16 matmuls run on the BLAS. On 512-token packed rows on an AMX CPU the bf16
+flash kernel was ~34% of a compiled step, the batched matmuls ~13%: 1.3x the step's speed for ~0.5 GB
+more peak memory. In fp32 the flash kernel is kept: on an Intel Xeon without AMX it was as fast as the
+fused matmul-softmax or faster (1.04-1.10x a LoRA step) and kept 0.65 GB less, as it stores no
+attention probabilities (bench/RESULTS.md has the measured effect of each part). On GPU the model's
+attention is left alone.
 
 The blocks are the classes a transformers model names in `_no_split_modules` (the unit FSDP and
 device maps split at), so any Hugging Face decoder works without a per-architecture list.
@@ -36,8 +39,11 @@ def block_classes(model: Any) -> set[str]:
     return set()
 
 
-def compile_blocks(model: Any, memory_budget: float = 0.8) -> int:
+def compile_blocks(model: Any, memory_budget: float = 0.8, matmul_attention: bool = True) -> int:
     """Compile every repeated block of `model` in place; returns how many were compiled (0: none found).
+
+    `matmul_attention`: on CPU, run an SDPA model's attention as eager matmul-softmax inside the blocks
+    (for bf16 compute; the trainer passes False for fp32, where torch's flash kernel is kept).
 
     `memory_budget` (0-1] is the share of a block's activations its compiled backward may keep: below 1
     the partitioner recomputes the cheapest of the rest in the backward (AOTAutograd's
@@ -68,7 +74,7 @@ def compile_blocks(model: Any, memory_budget: float = 0.8) -> int:
     # Weights are graph inputs (dynamo's inline_inbuilt_nn_modules), so one graph serves every block.
     for block in blocks:
         block.compile(dynamic=True)
-    if not torch.cuda.is_available():
+    if matmul_attention and not torch.cuda.is_available():
         config = getattr(_transformers_model(model), "config", None)
         if getattr(config, "_attn_implementation", None) == "sdpa":
             _transformers_model(model).set_attn_implementation("eager")

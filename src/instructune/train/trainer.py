@@ -172,7 +172,9 @@ class Trainer:
                    "FSDP shards the blocks" if is_sharded(self.accelerator) else None)
         if why_not:
             raise InstructuneError(f"config key 'train.compile': cannot compile while {why_not}; set train.compile=false")
-        n = compile_blocks(self.model, cfg.train.compile_memory_budget)
+        # Eager matmul-softmax attention pays only where the blocks compute in bf16 (compiling.py).
+        in_bf16 = cfg.train.precision == "bf16-true" or self.accelerator.mixed_precision == "bf16"
+        n = compile_blocks(self.model, cfg.train.compile_memory_budget, matmul_attention=in_bf16)
         if n:
             fuse_dropout_masks(self.model)  # LoRA's dropout masks from a compiled kernel too (none without LoRA)
         self._say(f"compiled {n} decoder blocks (torch.compile; the first step includes compilation)" if n
